@@ -1,0 +1,97 @@
+"""The self-description every deploy-unet ONNX file carries in ``metadata_props``.
+
+Downstream commands (quantize, build-engine, the runners, validate) read this instead of asking the
+user again. Values are strings in ONNX; lists and dicts are stored as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+from deploy_unet.errors import ArtifactError
+
+# Keys whose values are JSON in the ONNX file.
+_JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape"}
+_INT_KEYS = {"divisor", "in_channels", "num_classes"}
+
+
+@dataclass
+class ModelInfo:
+    arch: str
+    divisor: int
+    in_channels: int
+    num_classes: int
+    net_config: dict[str, Any] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=lambda: ["input"])
+    output_names: list[str] = field(default_factory=lambda: ["logits"])
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    precision: str = "fp32"
+    export_shape: list[int] = field(default_factory=list)
+    # Anything else (exporter, versions, checkpoint hash, quantization settings) as plain strings.
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        props: dict[str, str] = {}
+        for key, value in asdict(self).items():
+            if key == "extra":
+                continue
+            props[key] = json.dumps(value) if key in _JSON_KEYS else str(value)
+        props.update({k: str(v) for k, v in self.extra.items()})
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelInfo:
+        missing = [k for k in ("arch", "divisor", "in_channels", "num_classes") if k not in props]
+        if missing:
+            raise ArtifactError(
+                f"{source} has no deploy-unet metadata ({', '.join(missing)} missing); "
+                "export it with `deploy-unet export`, or pass the missing values explicitly"
+            )
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        kwargs: dict[str, Any] = {}
+        for key in known & props.keys():
+            value = props[key]
+            if key in _JSON_KEYS:
+                kwargs[key] = json.loads(value)
+            elif key in _INT_KEYS:
+                kwargs[key] = int(value)
+            else:
+                kwargs[key] = value
+        kwargs["extra"] = {k: v for k, v in props.items() if k not in known}
+        return cls(**kwargs)
+
+
+def read_props(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def write_props(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set (add or replace) metadata entries, keeping the others."""
+    current = read_props(model)
+    current.update(props)
+    del model.metadata_props[:]
+    for key, value in current.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def load_onnx(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+    if not os.path.isfile(path):
+        raise ArtifactError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(os.fspath(path), load_external_data=load_weights)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+
+
+def read_model_info(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelInfo:
+    if isinstance(model_or_path, onnx.ModelProto):
+        return ModelInfo.from_props(read_props(model_or_path))
+    model = load_onnx(model_or_path, load_weights=False)
+    return ModelInfo.from_props(read_props(model), source=os.fspath(model_or_path))

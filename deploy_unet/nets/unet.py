@@ -1,0 +1,97 @@
+"""Reference UNet (Ronneberger et al. 2015) with padded convs, so output H/W equals input H/W."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deploy_unet.errors import ConfigError
+from deploy_unet.nets.blocks import NORMS, ConvBlock, SegmentationNet, check_choice, conv3x3
+from deploy_unet.nets.registry import register_net
+
+UP_MODES = ("transpose", "bilinear", "nearest")
+
+
+class Up(nn.Module):
+    """Upsample x2 to half the channels, concatenate the skip, then a conv block.
+
+    ``transpose`` is the paper's 2x2 stride-2 up-convolution; ``bilinear``/``nearest`` interpolate and
+    then apply a 3x3 conv, the usual cure for transposed-conv checkerboard artifacts.
+    """
+
+    def __init__(self, c_in: int, c_out: int, up_mode: str, norm: str):
+        super().__init__()
+        self.up_mode = up_mode
+        if up_mode == "transpose":
+            self.up = nn.ConvTranspose2d(c_in, c_in // 2, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(*conv3x3(c_in, c_in // 2, norm))
+        self.block = ConvBlock(c_in // 2 + c_out, c_out, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.up_mode != "transpose":
+            # align_corners=False: the one coordinate mode every backend (ORT, TensorRT) agrees on.
+            kwargs = {"align_corners": False} if self.up_mode == "bilinear" else {}
+            x = F.interpolate(x, scale_factor=2.0, mode=self.up_mode, **kwargs)
+        x = self.up(x)
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+class UNet(SegmentationNet):
+    arch = "unet"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        depth: int = 4,
+        base_channels: int = 32,
+        up_mode: str = "transpose",
+        norm: str = "batch",
+    ):
+        super().__init__()
+        if not 1 <= depth <= 6:
+            raise ConfigError(f"depth={depth} is out of range; UNet depth must be 1..6")
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_channels", base_channels)):
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be >= 1")
+        check_choice("up_mode", up_mode, UP_MODES)
+        check_choice("norm", norm, NORMS)
+        self.config = dict(
+            in_channels=in_channels, num_classes=num_classes, depth=depth,
+            base_channels=base_channels, up_mode=up_mode, norm=norm,
+        )
+        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        self.divisor = 2**depth
+
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = ConvBlock(in_channels, widths[0], norm)
+        self.down = nn.ModuleList(ConvBlock(widths[i], widths[i + 1], norm) for i in range(depth))
+        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], up_mode, norm) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    @property
+    def contract_reason(self) -> str:
+        return f"2**{self.depth} for UNet depth {self.depth}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.stem(x)]
+        for block in self.down:
+            skips.append(block(F.max_pool2d(skips[-1], 2)))
+        x = skips.pop()
+        for up in self.up:
+            x = up(x, skips.pop())
+        return self.head(x)
+
+
+@register_net("unet")
+def unet(
+    in_channels: int = 3,
+    num_classes: int = 2,
+    depth: int = 4,
+    base_channels: int = 32,
+    up_mode: str = "transpose",
+    norm: str = "batch",
+) -> UNet:
+    return UNet(in_channels, num_classes, depth, base_channels, up_mode, norm)
