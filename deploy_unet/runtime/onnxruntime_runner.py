@@ -1,0 +1,100 @@
+"""ONNX Runtime runner (CPU by default; CUDA / TensorRT execution providers when installed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deploy_unet.errors import ArtifactError, MissingDependencyError
+from deploy_unet.metadata import ModelInfo, load_onnx, read_props
+from deploy_unet.runtime.base import Runner, TensorSpec
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        pad: bool = False,
+        pad_mode: str = "reflect",
+        divisor: int | None = None,
+        disabled_optimizers: list[str] | None = None,
+    ):
+        self.path = Path(path)
+        model = load_onnx(self.path, load_weights=False)
+        props = read_props(model)
+        self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else None
+        if divisor is None:
+            divisor = self.info.divisor if self.info else 1
+        super().__init__(
+            divisor=divisor,
+            in_channels=self.info.in_channels if self.info else None,
+            pad=pad,
+            pad_mode=pad_mode,
+            contract_reason=f"the divisor in {self.path.name}'s metadata" if self.info else "",
+        )
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads
+        self.disabled_optimizers = disabled_optimizers or []
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise MissingDependencyError(
+                f"ONNX Runtime execution provider(s) {', '.join(missing)} are not available "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu for CUDA/TensorRT providers"
+            )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        kwargs = {"disabled_optimizers": self.disabled_optimizers} if self.disabled_optimizers else {}
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(self.path), sess_options=options, providers=self.providers, **kwargs
+            )
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path}: {exc}".splitlines()[0]) from None
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    @property
+    def input_spec(self) -> dict[str, TensorSpec]:
+        session = self._session()
+        return {
+            i.name: TensorSpec(i.name, _ORT_DTYPES.get(i.type, i.type), tuple(i.shape)) for i in session.get_inputs()
+        }
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self._session().get_outputs()]
+
+    def _session(self):
+        if self.session is None:
+            raise RuntimeError("OnnxRuntimeRunner is not active; use it as a context manager")
+        return self.session
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.output_names
+        outputs = self.session.run(names, feeds)
+        return dict(zip(names, outputs))
