@@ -209,7 +209,11 @@ def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
     data = [r.samples_ms or [r.latency_ms.median] for r in results]
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * max(len(results), 1)))
     try:
-        ax.boxplot(data, vert=False, whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
+        style = dict(whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
+        try:
+            ax.boxplot(data, orientation="horizontal", **style)  # matplotlib >= 3.10
+        except TypeError:
+            ax.boxplot(data, vert=False, **style)
         ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
         ax.invert_yaxis()  # first configuration on top, as in the table
         lows = [min(d) for d in data if len(d)]

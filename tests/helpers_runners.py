@@ -10,6 +10,7 @@ import torch
 from deploy_unet.checkpoint import save_checkpoint
 from deploy_unet.metadata import ModelInfo, load_onnx, write_props
 from deploy_unet.nets import create_net
+from deploy_unet.runtime.base import Runner, TensorSpec
 from deploy_unet.validate import Sample
 
 THIN_UNET = dict(in_channels=3, num_classes=3, depth=2, base_channels=4)
@@ -78,3 +79,45 @@ def shape_samples(n: int = 3, channels: int = 3, height: int = 32, width: int = 
             masks.append(mask)
         samples.append(Sample(np.stack(images), np.stack(masks)))
     return samples
+
+
+class ConstantRunner(Runner):
+    """Returns pre-set outputs in turn (one per infer call): constructed cases for metrics and gates."""
+
+    backend = "fake"
+
+    def __init__(self, outputs: list[np.ndarray], divisor: int = 1, in_channels: int = 3, info=None, name="fake"):
+        super().__init__(divisor=divisor, in_channels=in_channels)
+        self.outputs = outputs
+        self.calls = 0
+        self.info = info
+        self.source = name
+
+    @property
+    def input_spec(self):
+        return {"input": TensorSpec("input", "float32", ("N", self.in_channels, "H", "W"))}
+
+    @property
+    def output_names(self):
+        return ["logits"]
+
+    def _infer(self, feeds):
+        out = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        return {"logits": out}
+
+
+_CACHE: dict = {}
+
+
+def thin_artifacts() -> dict[str, Path]:
+    """A thin UNet's checkpoint and ONNX export, built once per test session (export takes seconds)."""
+    if not _CACHE:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="deploy-unet-runners-"))
+        net = thin_unet()
+        _CACHE["pt"] = save_thin_checkpoint(root / "thin.pt", net)
+        _CACHE["onnx"] = export_thin(net, root / "thin.onnx")
+        _CACHE["root"] = root
+    return _CACHE
