@@ -73,7 +73,8 @@ class BenchResult:
     memory_kind: str  # "rss_peak_delta" (CPU) or "cuda_max_allocated"
     phases_ms: dict[str, LatencyStats] | None = None  # h2d / compute / d2h where measured
     samples_ms: list[float] = field(default_factory=list)
-    speedup_vs_first: float = 1.0  # baseline median / this median, same batch and size
+    speedup_vs_first: float = 1.0  # baseline median / this median, same net, batch and size
+    arch: str = ""  # from the artifact's metadata; ratios compare like with like
 
     @property
     def size(self) -> str:
@@ -295,16 +296,17 @@ def bench_runner(
         memory_kind=memory.kind,
         phases_ms={p: LatencyStats.of(v) for p, v in phase_samples.items()} or None,
         samples_ms=samples if keep_samples else [],
+        arch=getattr(info, "arch", None) or "",
     )
 
 
 def add_ratios(results: list[BenchResult]) -> list[BenchResult]:
-    """speedup_vs_first = the first entry's median (same batch and size) / this median."""
-    baselines: dict[tuple[int, int, int], float] = {}
+    """speedup_vs_first = the first entry's median (same net, batch and size) / this median."""
+    baselines: dict[tuple[str, int, int, int], float] = {}
     for r in results:
-        baselines.setdefault((r.batch, r.height, r.width), r.latency_ms.median)
+        baselines.setdefault((r.arch, r.batch, r.height, r.width), r.latency_ms.median)
     for r in results:
-        base = baselines[(r.batch, r.height, r.width)]
+        base = baselines[(r.arch, r.batch, r.height, r.width)]
         r.speedup_vs_first = base / r.latency_ms.median if r.latency_ms.median > 0 else float("inf")
     return results
 

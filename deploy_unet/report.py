@@ -172,7 +172,7 @@ def render_markdown(
             parts += ["CUDA-event phase medians (ms):", "",
                       _md_table(("configuration", "batch", "size", "H2D", "compute", "D2H"), phases), ""]
         first = bench.results[0].iters if bench.results else 0
-        parts += ["Speedup is the first entry's median latency over this one's, at the same batch and size; "
+        parts += ["Speedup is the first entry's median latency over this one's, for the same net, batch and size; "
                   f"peak memory is {bench.results[0].memory_kind if bench.results else 'n/a'}; "
                   f"{first} timed iterations after warmup.", "",
                   "Machine: " + ", ".join(f"{k} {v}" for k, v in bench.machine.items()) + f"; run {bench.created}.", ""]

@@ -130,15 +130,17 @@ def test_bad_arguments_are_config_errors():
     assert parse_batches("1,4,8") == [1, 4, 8]
 
 
-def _result(label, batch, size, median):
+def _result(label, batch, size, median, arch="unet"):
     stats = LatencyStats(median, median, median, median, median, median, median, 0.0)
-    return BenchResult(label, label, "fake", "cpu", "fp32", batch, size, size, 0, 1, median, stats, 1.0, None, "rss")
+    return BenchResult(label, label, "fake", "cpu", "fp32", batch, size, size, 0, 1, median, stats, 1.0, None, "rss",
+                       arch=arch)
 
 
-def test_ratios_are_against_the_first_entry_of_the_same_batch_and_size():
+def test_ratios_are_against_the_first_entry_of_the_same_net_batch_and_size():
     results = add_ratios([_result("a", 1, 32, 10.0), _result("a", 4, 32, 40.0),
-                          _result("b", 1, 32, 5.0), _result("b", 4, 32, 80.0)])
-    assert [r.speedup_vs_first for r in results] == pytest.approx([1.0, 1.0, 2.0, 0.5])
+                          _result("b", 1, 32, 5.0), _result("b", 4, 32, 80.0),
+                          _result("fcn", 1, 32, 100.0, arch="fcn8s"), _result("fcn-int8", 1, 32, 50.0, arch="fcn8s")])
+    assert [r.speedup_vs_first for r in results] == pytest.approx([1.0, 1.0, 2.0, 0.5, 1.0, 2.0])
 
 
 def test_bench_over_artifacts_builds_a_report():
