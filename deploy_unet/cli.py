@@ -228,6 +228,59 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 
+@cli.command()
+@click.option("--arch", type=click.Choice(["unet", "fcn8s"]), default="unet", show_default=True,
+              help="Which shipped reference checkpoint to use when --checkpoint is not given.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="A deploy-unet checkpoint (carries arch, config, normalization); default: the shipped reference.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="deploy-out", show_default=True)
+@click.option("--height", type=int, default=None, help="Export/bench height (default: the checkpoint's recommended size).")
+@click.option("--width", type=int, default=None)
+@click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which ONNX precisions to make.")
+@click.option("--int8-targets", default="tensorrt,onnxruntime", show_default=True,
+              help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU).")
+@click.option("--calib-samples", type=int, default=32, show_default=True)
+@click.option("--eval-samples", type=int, default=16, show_default=True, help="Held-out samples for validation.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed benchmark iterations per artifact.")
+@click.option("--engines/--no-engines", default=True, show_default=True,
+              help="Build TensorRT engines when TensorRT and a GPU are present.")
+@click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
+@handle_errors
+def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
+             iters, engines, threads):
+    """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from deploy_unet.pipeline import PipelineConfig, raise_for_gates, run_pipeline
+    from deploy_unet.report import bench_table, validation_table
+
+    console = Console()
+    config = PipelineConfig(
+        output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
+        height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
+        int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
+        calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters,
+        engines="auto" if engines else "off", threads=threads,
+    )
+    with console.status("working") as status:
+        result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
+    console.print(validation_table(result.validations))
+    console.print(bench_table(result.bench))
+    for kind, path in result.report_files.items():
+        console.print(f"{kind}: {path}")
+    raise_for_gates(result)
+
+
+def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if v not in valid]
+    if bad or not items:
+        raise click.BadParameter(f"{value!r}: choose from {', '.join(valid)} (comma-separated)", param_hint=option)
+    return items
+
+
 # --- build-engine, doctor (TensorRT) ----------------------------------------------------------------
 
 

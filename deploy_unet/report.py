@@ -153,9 +153,10 @@ def render_markdown(
     validations: Sequence[ValidationReport] = (),
     title: str = "deploy-unet report",
     plots: dict[str, str] | None = None,
+    preamble: str = "",
 ) -> str:
     """Markdown with a validation table, gate failures, a latency table and links to the plots."""
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", ""] + ([preamble, ""] if preamble else [])
     if validations:
         parts += [f"## Validation against {validations[0].reference} ({validations[0].reference_backend})", "",
                   _md_table(VALIDATION_COLUMNS, validation_rows(validations)), ""]
@@ -265,6 +266,7 @@ def write_report(
     validations: Sequence[ValidationReport] = (),
     title: str = "deploy-unet report",
     extra: dict[str, Any] | None = None,
+    preamble: str = "",
 ) -> dict[str, Path]:
     """``report.json``, ``report.md`` and the PNG plots into ``out_dir``; returns {kind: path}."""
     out = Path(out_dir)
@@ -281,5 +283,5 @@ def write_report(
     if extra:
         data.update(extra)
     written["json"] = write_json(out / "report.json", data)
-    written["markdown"] = write_markdown(out / "report.md", render_markdown(bench, validations, title, plots))
+    written["markdown"] = write_markdown(out / "report.md", render_markdown(bench, validations, title, plots, preamble))
     return written
