@@ -216,7 +216,7 @@ def _default_opt(info: ModelInfo, dims: list[int | None], onnx_path: str) -> Sha
     else:
         shape = [1, info.in_channels, None, None]
     # Fixed dims in the graph win: a profile must match them exactly.
-    shape = [fixed if fixed is not None else value for fixed, value in zip(dims, shape)]
+    shape = [fixed if fixed is not None else value for fixed, value in zip(dims, shape, strict=True)]
     if shape[2] is None or shape[3] is None:
         raise ConfigError(
             f"{onnx_path} records no export shape and its input is dynamic; pass --opt-shape BxCxHxW "
