@@ -259,3 +259,63 @@ def test_failed_build_reports_the_logged_error_and_writes_nothing(tmp_path, monk
     with pytest.raises(ArtifactError, match="out of tactics"):
         build_engine(plan)
     assert not Path(plan.engine_path).exists() and not Path(plan.manifest_path).exists()
+
+
+# -- plans for real exported nets (slow: two torch exports) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Thin UNet and FCN-32s exported by deploy_unet.export, then made fp16 (onnxconverter-common,
+    keep_io_types) and int8 (ONNX Runtime static QDQ, symmetric int8), as the precision stage will."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnxconverter_common import float16
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from deploy_unet.export import export_onnx
+    from deploy_unet.nets import create_net
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("nets")
+    files = {}
+    for arch, cfg, size in (("unet", {"depth": 3, "base_channels": 4}, 64),
+                            ("fcn32s", {"width_mult": 0.125, "fc_channels": 16}, 64)):
+        fp32 = export_onnx(create_net(arch, **cfg), tmp / f"{arch}.onnx", height=size, width=size, verify=False).path
+        fp16 = tmp / f"{arch}.fp16.onnx"
+        onnx.save(float16.convert_float_to_float16(onnx.load(fp32), keep_io_types=True), fp16)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, size=size):
+                self.data = iter([{"input": np.random.default_rng(i).random((1, 3, size, size), np.float32)}
+                                  for i in range(2)])
+
+            def get_next(self):
+                return next(self.data, None)
+
+        int8 = tmp / f"{arch}.int8.onnx"
+        quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        files[arch] = {"fp32": fp32, "fp16": fp16, "int8": int8}
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, divisor", [("unet", 8), ("fcn32s", 32)])
+def test_plans_for_exported_nets_at_each_precision(exported, arch, divisor):
+    for precision, path in exported[arch].items():
+        plan = plan_build(path)
+        assert plan.precision == precision, (arch, precision, plan.precision_evidence)
+        assert plan.model.divisor == divisor and plan.input_name == "input"
+        (profile,) = plan.profiles
+        assert profile.min == (1, 3, divisor, divisor) and profile.opt == (1, 3, 64, 64)
+        assert profile.max == (1, 3, 128, 128)
+        for shape in (profile.min, profile.opt, profile.max):
+            assert shape[2] % divisor == 0 and shape[3] % divisor == 0
+        with pytest.raises(ShapeContractError, match=f"not divisible by {divisor}"):
+            plan_build(path, max_shape=f"1x3x{128 + divisor // 2}x128")
+        if precision == "int8":
+            assert plan.precision_evidence.quantize_nodes > 0
+            assert not any("zero point" in w for w in plan.warnings)

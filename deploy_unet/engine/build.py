@@ -171,16 +171,18 @@ def read_precision(model: onnx.ModelProto, metadata_precision: str | None = None
 
 
 def _qdq_warnings(model: onnx.ModelProto) -> list[str]:
-    """Q/DQ that TensorRT will not take as INT8: non-int8 or non-zero zero points (TensorRT is symmetric)."""
+    """Q/DQ that TensorRT may not take as INT8: it quantizes symmetrically (int8, zero point 0)."""
     inits = {t.name: t for t in model.graph.initializer}
-    bad_type, nonzero = set(), set()
+    bad_type, nonzero, int32_dq = set(), set(), 0
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
             continue
         zp = inits.get(node.input[2])
         if zp is None:
             continue
-        if zp.data_type != onnx.TensorProto.INT8:
+        if zp.data_type == onnx.TensorProto.INT32 and node.op_type == "DequantizeLinear":
+            int32_dq += 1  # quantized biases, as ONNX Runtime writes them by default
+        elif zp.data_type != onnx.TensorProto.INT8:
             bad_type.add(onnx.TensorProto.DataType.Name(zp.data_type))
         elif onnx.numpy_helper.to_array(zp).any():
             nonzero.add(node.name or node.output[0])
@@ -194,6 +196,12 @@ def _qdq_warnings(model: onnx.ModelProto) -> list[str]:
         warnings.append(
             f"{len(nonzero)} Q/DQ node(s) have non-zero zero points (e.g. {sorted(nonzero)[0]}); "
             "TensorRT supports symmetric quantization only"
+        )
+    if int32_dq:
+        warnings.append(
+            f"{int32_dq} DequantizeLinear node(s) dequantize int32 tensors (quantized biases); TensorRT's "
+            "explicit quantization expects float biases: quantize with biases left in float "
+            "(ONNX Runtime: extra_options QuantizeBias=False)"
         )
     return warnings
 

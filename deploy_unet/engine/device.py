@@ -17,8 +17,8 @@ from deploy_unet.errors import MissingDependencyError
 SUPPORTED_TRT_MAJORS = (10, 11)
 
 TENSORRT_INSTALL_HINT = (
-    "install TensorRT 10.x or 11.x for your CUDA version, e.g. `pip install tensorrt-cu12` "
-    "(or `tensorrt-cu13`; the wheels fetch the libraries from NVIDIA's index https://pypi.nvidia.com)"
+    "install TensorRT 10.x or 11.x: `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your "
+    "CUDA; the wheels download the libraries from https://pypi.nvidia.com)"
 )
 
 
