@@ -36,6 +36,16 @@ class ModelInfo:
     # Anything else (exporter, versions, checkpoint hash, quantization settings) as plain strings.
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def contract_reason(self) -> str:
+        """Why the divisor is what it is, for shape-contract error messages."""
+        depth = self.net_config.get("depth")
+        if self.arch == "unet" and depth:
+            return f"2**{depth} for UNet depth {depth}"
+        if self.arch.startswith("fcn"):
+            return f"{self.divisor} for the five pooling stages of FCN"
+        return f"the divisor of {self.arch}"
+
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {}
         for key, value in asdict(self).items():

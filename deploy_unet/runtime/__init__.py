@@ -1,14 +1,102 @@
-"""Runners: one protocol (``Runner``) over torch, ONNX Runtime and TensorRT backends."""
+"""Runners: one protocol (``Runner``) over torch, ONNX Runtime and TensorRT backends.
+
+``open_runner(artifact, backend)`` picks the runner from the artifact's extension and the backend
+name, so validate, bench and the pipeline never need to know which backend they are driving.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.runtime.base import Runner, TensorSpec
 
-__all__ = ["Runner", "TensorSpec", "run_onnx"]
+__all__ = ["BACKENDS", "Runner", "TensorSpec", "open_runner", "run_onnx", "runner_info"]
+
+# ONNX Runtime execution providers per backend name, in priority order (ORT falls back along the list).
+ORT_PROVIDERS = {
+    "onnxruntime": ["CPUExecutionProvider"],
+    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+# Which backends can run which artifact kind; the first is the default.
+BACKENDS_BY_SUFFIX = {
+    ".pt": ("torch",),
+    ".pth": ("torch",),
+    ".onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "torch"),
+    ".engine": ("tensorrt",),
+    ".plan": ("tensorrt",),
+}
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+
+
+def open_runner(
+    artifact: str | os.PathLike, backend: str | None = None, pad: bool = False, **options: Any
+) -> Runner:
+    """The runner for ``artifact`` (not yet activated: use it as a context manager).
+
+    - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``).
+    - ``.onnx`` -> ONNX Runtime on CPU; ``onnxruntime-cuda`` / ``onnxruntime-trt`` pick the CUDA /
+      TensorRT execution providers (options: ``threads``, ``providers``); ``torch`` builds the net
+      named in the ONNX metadata with the weights of ``checkpoint=`` (options: ``device``).
+    - ``.engine``/``.plan`` -> TensorRT (needs the ``tensorrt`` extra and a CUDA device).
+    """
+    path = Path(artifact)
+    suffix = path.suffix.lower()
+    if suffix not in BACKENDS_BY_SUFFIX:
+        raise ConfigError(
+            f"artifact {path} has an unknown extension {suffix or '(none)'!r}; "
+            f"expected one of: {', '.join(BACKENDS_BY_SUFFIX)}"
+        )
+    if not path.exists():
+        raise ArtifactError(f"artifact {path} does not exist; check the path")
+    valid = BACKENDS_BY_SUFFIX[suffix]
+    backend = (backend or valid[0]).lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
+    if backend not in valid:
+        raise ConfigError(f"backend {backend!r} cannot run a {suffix} file; for {suffix} choose one of: {', '.join(valid)}")
+
+    if backend == "torch":
+        from deploy_unet.runtime.torch_runner import TorchRunner
+
+        torch_options = {k: options[k] for k in ("device", "threads", "strict") if options.get(k) is not None}
+        if suffix == ".onnx":
+            from deploy_unet.metadata import read_model_info
+
+            checkpoint = options.get("checkpoint")
+            if checkpoint is None:
+                raise ConfigError(
+                    f"backend 'torch' for {path.name} runs the net named in its metadata and needs the "
+                    "weights: pass --checkpoint FILE (the checkpoint it was exported from)"
+                )
+            return TorchRunner.from_model_info(read_model_info(path), checkpoint, pad=pad, **torch_options)
+        return TorchRunner.from_checkpoint(path, pad=pad, **torch_options)
+
+    if backend.startswith("onnxruntime"):
+        from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        providers = options.get("providers") or ORT_PROVIDERS[backend]
+        return OnnxRuntimeRunner(path, providers=list(providers), threads=options.get("threads"), pad=pad)
+
+    try:  # tensorrt: imported only when asked for, it needs TensorRT and CUDA
+        from deploy_unet.runtime.tensorrt_runner import TensorRTRunner
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"running {path.name} needs TensorRT ({exc}); install the extra with "
+            "`pip install deploy-unet[tensorrt]` on a machine with an NVIDIA GPU"
+        ) from None
+    trt_options = {k: v for k, v in options.items() if k not in ("checkpoint", "device", "providers", "strict", "threads")}
+    return TensorRTRunner(path, pad=pad, **trt_options)
+
+
+def runner_info(runner: Runner):
+    """The ModelInfo a runner carries (ONNX metadata, checkpoint, or engine manifest), or None."""
+    return getattr(runner, "info", None)
 
 
 def run_onnx(path: str | os.PathLike, array: np.ndarray, pad: bool = False, **runner_options) -> np.ndarray:

@@ -46,7 +46,7 @@ class OnnxRuntimeRunner(Runner):
             in_channels=self.info.in_channels if self.info else None,
             pad=pad,
             pad_mode=pad_mode,
-            contract_reason=f"the divisor in {self.path.name}'s metadata" if self.info else "",
+            contract_reason=self.info.contract_reason if self.info else "",
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads

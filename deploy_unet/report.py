@@ -1,0 +1,285 @@
+"""Render bench and validation results: rich tables for the terminal, JSON, Markdown and PNG plots.
+
+Every file is written atomically; plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy_unet.bench import BenchReport, BenchResult
+from deploy_unet.fileio import atomic_path, write_text_atomic
+from deploy_unet.validate import GATE_METRICS, ValidationReport, json_safe
+
+
+# -- formatting --------------------------------------------------------------------------------------
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
+
+
+def _gate_cell(report: ValidationReport) -> str:
+    failed = report.failed_gates
+    if not failed:
+        return "pass"
+    return "FAIL: " + ", ".join(sorted({g.metric for g in failed}))
+
+
+def _truth_cell(report: ValidationReport, out_index: int = 0) -> str:
+    out = report.outputs[out_index]
+    if out.candidate_vs_truth is None or out.reference_vs_truth is None:
+        return "n/a"
+    return f"{_num(out.candidate_vs_truth.mean_iou)} / {_num(out.reference_vs_truth.mean_iou)}"
+
+
+VALIDATION_COLUMNS = (
+    "candidate", "backend", "precision", "output", "samples", "max abs", "mean abs", "rel L2", "cosine",
+    "mask agree %", "mDice vs ref", "mIoU vs ref", "mIoU vs truth (cand / ref)", "gates",
+)
+
+
+def validation_rows(reports: Sequence[ValidationReport]) -> list[list[str]]:
+    rows = []
+    for report in reports:
+        for i, out in enumerate(report.outputs):
+            rows.append([
+                os.path.basename(report.candidate), report.candidate_backend, report.precision, out.name,
+                str(report.num_samples), _num(out.max_abs, 5), _num(out.mean_abs, 5), _num(out.rel_l2, 5),
+                _num(out.cosine, 6), _num(out.mask_agreement, 3), _num(out.vs_reference.mean_dice, 4),
+                _num(out.vs_reference.mean_iou, 4), _truth_cell(report, i), _gate_cell(report),
+            ])
+    return rows
+
+
+BENCH_COLUMNS = (
+    "configuration", "precision", "batch", "size", "mean ms", "median ms", "p90", "p95", "p99", "min", "max",
+    "first ms", "img/s", "peak MiB", "speedup vs first",
+)
+
+
+def bench_rows(report: BenchReport) -> list[list[str]]:
+    rows = []
+    for r in report.results:
+        s = r.latency_ms
+        rows.append([
+            r.label, r.precision, str(r.batch), r.size, _num(s.mean, 2), _num(s.median, 2), _num(s.p90, 2),
+            _num(s.p95, 2), _num(s.p99, 2), _num(s.min, 2), _num(s.max, 2), _num(r.first_run_ms, 1),
+            _num(r.throughput_ips, 1), _num(r.peak_memory_mib, 1), f"{r.speedup_vs_first:.2f}x",
+        ])
+    return rows
+
+
+def phase_rows(report: BenchReport) -> list[list[str]]:
+    """H2D / compute / D2H medians (ms) for configurations timed with CUDA events."""
+    return [
+        [r.label, str(r.batch), r.size] + [_num(r.phases_ms[p].median, 3) if p in r.phases_ms else "n/a"
+                                            for p in ("h2d", "compute", "d2h")]
+        for r in report.results if r.phases_ms
+    ]
+
+
+# -- terminal ----------------------------------------------------------------------------------------
+def _table(title: str, columns: Sequence[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        # Numbers never wrap mid-digit; the (long) first column folds instead.
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i > 0)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def validation_table(reports: ValidationReport | Sequence[ValidationReport]):
+    """Metrics as rows, one column per candidate output: stays readable in an 80-column terminal."""
+    reports = [reports] if isinstance(reports, ValidationReport) else list(reports)
+    ref = reports[0].reference if reports else ""
+    rows = validation_rows(reports)
+    heads = [f"{r[0]}\n{r[1]}, {r[3]}" for r in rows]
+    transposed = [[VALIDATION_COLUMNS[i]] + [r[i] for r in rows] for i in (2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)]
+    return _table(f"validation vs {os.path.basename(ref)}", ["metric", *heads], transposed)
+
+
+def gate_table(report: ValidationReport):
+    rows = [[g.metric, g.output, _num(g.value, 6), ("<= " if g.direction == "max" else ">= ") + f"{g.threshold:g}",
+             {True: "pass", False: "FAIL", None: "n/a (no ground truth)"}[g.passed]] for g in report.gates]
+    return _table(f"{report.precision} gates", ("metric", "output", "value", "gate", "result"), rows)
+
+
+TERMINAL_BENCH_COLUMNS = (0, 2, 3, 5, 6, 8, 11, 12, 13, 14)  # the rest is in JSON / Markdown
+
+
+def bench_table(report: BenchReport):
+    cols = [BENCH_COLUMNS[i].replace(" ms", "").replace("speedup vs first", "vs first") for i in TERMINAL_BENCH_COLUMNS]
+    rows = [[row[i] for i in TERMINAL_BENCH_COLUMNS] for row in bench_rows(report)]
+    return _table("latency (ms)", cols, rows)
+
+
+# -- files -------------------------------------------------------------------------------------------
+def report_dict(bench: BenchReport | None = None, validations: Sequence[ValidationReport] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if validations:
+        data["validation"] = [v.to_dict() for v in validations]
+    if bench is not None:
+        data["bench"] = json_safe(bench.to_dict())
+    return data
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def _md_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|") for c in row] for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in esc]
+    return "\n".join(lines)
+
+
+def render_markdown(
+    bench: BenchReport | None = None,
+    validations: Sequence[ValidationReport] = (),
+    title: str = "deploy-unet report",
+    plots: dict[str, str] | None = None,
+) -> str:
+    """Markdown with a validation table, gate failures, a latency table and links to the plots."""
+    parts = [f"# {title}", ""]
+    if validations:
+        parts += [f"## Validation against {validations[0].reference} ({validations[0].reference_backend})", "",
+                  _md_table(VALIDATION_COLUMNS, validation_rows(validations)), ""]
+        for v in validations:
+            for g in v.failed_gates:
+                parts.append(f"- **gate failed** for {os.path.basename(v.candidate)}: {g.describe()}")
+        gates = {v.precision: {g.metric: g.threshold for g in v.gates} for v in validations}
+        parts += [""] + [f"- {p} gates: " + ", ".join(f"{k} {'<=' if GATE_METRICS[k] == 'max' else '>='} {t:g}"
+                                                      for k, t in g.items()) for p, g in gates.items()] + [""]
+    if bench is not None:
+        parts += ["## Latency", "", _md_table(BENCH_COLUMNS, bench_rows(bench)), ""]
+        phases = phase_rows(bench)
+        if phases:
+            parts += ["CUDA-event phase medians (ms):", "",
+                      _md_table(("configuration", "batch", "size", "H2D", "compute", "D2H"), phases), ""]
+        first = bench.results[0].iters if bench.results else 0
+        parts += ["Speedup is the first entry's median latency over this one's, for the same net, batch and size; "
+                  f"peak memory is {bench.results[0].memory_kind if bench.results else 'n/a'}; "
+                  f"{first} timed iterations after warmup.", "",
+                  "Machine: " + ", ".join(f"{k} {v}" for k, v in bench.machine.items()) + f"; run {bench.created}.", ""]
+    for name, path in (plots or {}).items():
+        parts += [f"![{name}]({path})", ""]
+    return "\n".join(parts)
+
+
+def write_markdown(path: str | os.PathLike, text: str) -> Path:
+    write_text_atomic(path, text)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return Path(path)
+
+
+def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
+    """Box plot of the per-iteration latencies of every configuration (median line, p5-p95 whiskers)."""
+    plt = _pyplot()
+    results: list[BenchResult] = bench.results
+    labels = [f"{r.label}\nb{r.batch} {r.size}" for r in results]
+    data = [r.samples_ms or [r.latency_ms.median] for r in results]
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * max(len(results), 1)))
+    try:
+        style = dict(whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
+        try:
+            ax.boxplot(data, orientation="horizontal", **style)  # matplotlib >= 3.10
+        except TypeError:
+            ax.boxplot(data, vert=False, **style)
+        ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+        ax.invert_yaxis()  # first configuration on top, as in the table
+        lows = [min(d) for d in data if len(d)]
+        if lows and min(lows) > 0 and max(max(d) for d in data) / min(lows) > 30:
+            ax.set_xscale("log")  # backends and sizes often differ by orders of magnitude
+        ax.set_xlabel("latency per batch (ms)")
+        ax.set_title("latency distribution (box: quartiles, whiskers: p5-p95)")
+        ax.grid(axis="x", alpha=0.3)
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_validation(validations: Sequence[ValidationReport], path: str | os.PathLike) -> Path:
+    """Per-class Dice of each candidate's masks vs the reference's (and vs truth, hatched, when known)."""
+    import numpy as np
+
+    plt = _pyplot()
+    num_classes = max(v.num_classes for v in validations)
+    series = []
+    for v in validations:
+        out = v.outputs[0]
+        name = f"{os.path.basename(v.candidate)} ({v.precision})"
+        series.append((name + " vs ref", out.vs_reference.dice_per_class, None))
+        if out.candidate_vs_truth is not None:
+            series.append((name + " vs truth", out.candidate_vs_truth.dice_per_class, "//"))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(num_classes)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * num_classes * max(len(series), 1) / 2 + 3), 4))
+    try:
+        for i, (name, dice, hatch) in enumerate(series):
+            values = [np.nan if d is None else d for d in dice] + [np.nan] * (num_classes - len(dice))
+            ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name, hatch=hatch)
+        ax.set_xticks(x, [str(c) for c in x])
+        ax.set_xlabel("class")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("per-class Dice (absent classes left blank)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="y", alpha=0.3)
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    bench: BenchReport | None = None,
+    validations: Sequence[ValidationReport] = (),
+    title: str = "deploy-unet report",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """``report.json``, ``report.md`` and the PNG plots into ``out_dir``; returns {kind: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    plots: dict[str, str] = {}
+    if bench is not None and bench.results:
+        written["latency_png"] = plot_latency(bench, out / "latency.png")
+        plots["latency"] = "latency.png"
+    if validations:
+        written["validation_png"] = plot_validation(validations, out / "validation.png")
+        plots["per-class Dice"] = "validation.png"
+    data = report_dict(bench, validations)
+    if extra:
+        data.update(extra)
+    written["json"] = write_json(out / "report.json", data)
+    written["markdown"] = write_markdown(out / "report.md", render_markdown(bench, validations, title, plots))
+    return written

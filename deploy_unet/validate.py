@@ -1,0 +1,499 @@
+"""Parity and segmentation metrics of a candidate runner against a reference, with tolerance gates.
+
+Both runners see the same real inputs (``Sample`` images); per output we report numeric parity
+(max/mean abs error, relative L2, cosine), argmax-mask agreement and per-class Dice/IoU of the
+candidate's masks against the reference's, and against ground-truth masks when the data has them.
+Gates are per precision (fp32 tight, fp16 looser, int8 loosest) and can be overridden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploy_unet import metrics
+from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
+from deploy_unet.runtime.base import Runner
+
+
+@dataclass
+class Sample:
+    """One input: ``image`` float32 (N, C, H, W), already normalized; ``mask`` int64 (N, H, W) or None."""
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    name: str = ""
+
+
+# metric -> "max" (an error: must stay at or below the gate) or "min" (a score: must stay at or above).
+GATE_METRICS: dict[str, str] = {
+    "max_abs": "max",
+    "mean_abs": "max",
+    "rel_l2": "max",
+    "cosine": "min",
+    "mask_agreement": "min",  # percent of pixels whose argmax class matches the reference
+    "mean_dice": "min",  # candidate masks vs reference masks
+    "mean_iou": "min",
+    "miou_drop": "max",  # reference mIoU vs ground truth minus candidate's (needs ground-truth masks)
+    "mdice_drop": "max",
+}
+# Defaults per precision. Errors are relative (logit scale differs per net); masks are what users see.
+DEFAULT_GATES: dict[str, dict[str, float]] = {
+    "fp32": {"rel_l2": 1e-4, "cosine": 0.99999, "mask_agreement": 99.9, "miou_drop": 0.002},
+    "fp16": {"rel_l2": 1e-2, "cosine": 0.9995, "mask_agreement": 99.0, "miou_drop": 0.005},
+    "int8": {"rel_l2": 0.15, "cosine": 0.99, "mask_agreement": 95.0, "miou_drop": 0.02},
+}
+PRECISIONS = tuple(DEFAULT_GATES)
+
+
+def parse_gates(specs: Iterable[str]) -> dict[str, float]:
+    """``["rel_l2=1e-3", "mask_agreement=99"]`` -> ``{"rel_l2": 0.001, "mask_agreement": 99.0}``."""
+    gates: dict[str, float] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in GATE_METRICS:
+            raise ConfigError(
+                f"gate {spec!r} is not METRIC=VALUE with a known metric; metrics: {', '.join(GATE_METRICS)}"
+            )
+        try:
+            gates[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"gate {spec!r} has a value that is not a number; e.g. {name}=0.01") from None
+    return gates
+
+
+def gates_for(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    if precision not in DEFAULT_GATES:
+        raise ConfigError(f"precision {precision!r} has no default gates; choose one of: {', '.join(PRECISIONS)}")
+    merged = dict(DEFAULT_GATES[precision])
+    for name, value in (overrides or {}).items():
+        if name not in GATE_METRICS:
+            raise ConfigError(f"gate metric {name!r} is not known; metrics: {', '.join(GATE_METRICS)}")
+        merged[name] = float(value)
+    return merged
+
+
+@dataclass
+class SegmentationScores:
+    mean_dice: float
+    mean_iou: float
+    dice_per_class: list[float | None]
+    iou_per_class: list[float | None]
+
+    @classmethod
+    def from_confusion(cls, cm: np.ndarray) -> SegmentationScores:
+        dice, iou = metrics.dice_from_confusion(cm), metrics.iou_from_confusion(cm)
+        return cls(_nanmean(dice), _nanmean(iou), _listing(dice), _listing(iou))
+
+
+@dataclass
+class OutputParity:
+    """Parity of one output over all samples (errors pooled over every element of every sample)."""
+
+    name: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    cosine: float
+    mask_agreement: float  # percent
+    vs_reference: SegmentationScores
+    candidate_vs_truth: SegmentationScores | None = None
+    reference_vs_truth: SegmentationScores | None = None
+
+    def metric(self, name: str) -> float | None:
+        """A gate metric's value, or None when it does not apply (no ground truth)."""
+        if name in ("mean_dice", "mean_iou"):
+            return getattr(self.vs_reference, name)
+        if name in ("miou_drop", "mdice_drop"):
+            if self.candidate_vs_truth is None or self.reference_vs_truth is None:
+                return None
+            key = "mean_iou" if name == "miou_drop" else "mean_dice"
+            return getattr(self.reference_vs_truth, key) - getattr(self.candidate_vs_truth, key)
+        return getattr(self, name)
+
+
+@dataclass
+class GateResult:
+    metric: str
+    output: str
+    value: float | None
+    threshold: float
+    direction: str  # "max" or "min"
+    passed: bool | None  # None: not applicable (e.g. no ground truth)
+
+    def describe(self) -> str:
+        op = "<=" if self.direction == "max" else ">="
+        return f"{self.metric} on {self.output!r} = {_fmt(self.value)} (gate: {op} {self.threshold:g})"
+
+
+@dataclass
+class ValidationReport:
+    candidate: str
+    reference: str
+    candidate_backend: str
+    reference_backend: str
+    precision: str
+    num_samples: int
+    num_classes: int
+    outputs: list[OutputParity]
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed is not False for g in self.gates)
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if g.passed is False]
+
+    def raise_for_gates(self) -> None:
+        """GateFailedError (exit 1) naming every failing metric; nothing when all gates pass."""
+        failed = self.failed_gates
+        if failed:
+            raise GateFailedError(
+                f"{self.candidate} failed {len(failed)} {self.precision} gate(s) vs {self.reference}: "
+                + "; ".join(g.describe() for g in failed)
+                + "; loosen with --gate METRIC=VALUE if this is expected"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return json_safe(data)
+
+
+class _OutputAccumulator:
+    """Running sums so samples need not be kept in memory (pooled, not per-sample-averaged, metrics)."""
+
+    def __init__(self, name: str, num_classes: int):
+        self.name = name
+        self.num_classes = num_classes
+        self.shape: list[int] = []
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.count = 0
+        self.sum_sq_diff = 0.0
+        self.sum_sq_ref = 0.0
+        self.sum_sq_cand = 0.0
+        self.dot = 0.0
+        self.agree = 0
+        self.pixels = 0
+        self.cm_vs_ref = np.zeros((num_classes, num_classes), np.int64)
+        self.cm_cand_truth: np.ndarray | None = None
+        self.cm_ref_truth: np.ndarray | None = None
+
+    def add(self, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray | None) -> None:
+        if cand.shape != ref.shape:
+            raise ShapeContractError(
+                f"output {self.name!r} has shape {cand.shape} on the candidate but {ref.shape} on the reference; "
+                "compare artifacts of the same net"
+            )
+        self.shape = list(cand.shape)
+        c = cand.astype(np.float64, copy=False).ravel()
+        r = ref.astype(np.float64, copy=False).ravel()
+        diff = np.abs(c - r)
+        # NaN in the candidate must poison the metrics (and fail gates), not vanish in max().
+        self.max_abs = max(self.max_abs, float(diff.max())) if not np.isnan(diff).any() else math.nan
+        self.sum_abs += float(diff.sum())
+        self.count += diff.size
+        self.sum_sq_diff += float(np.dot(c - r, c - r))
+        self.sum_sq_ref += float(np.dot(r, r))
+        self.sum_sq_cand += float(np.dot(c, c))
+        self.dot += float(np.dot(c, r))
+        cand_mask, ref_mask = to_mask(cand), to_mask(ref)
+        self.agree += int(np.count_nonzero(cand_mask == ref_mask))
+        self.pixels += cand_mask.size
+        self.cm_vs_ref += metrics.confusion_matrix(cand_mask, ref_mask, self.num_classes)
+        if truth is not None:
+            truth = np.asarray(truth).astype(np.int64, copy=False).reshape(cand_mask.shape)
+            # Labels outside [0, classes) (e.g. 255 borders in VOC) are "ignore", as in training.
+            labelled = (truth >= 0) & (truth < self.num_classes)
+            if self.cm_cand_truth is None:
+                self.cm_cand_truth = np.zeros_like(self.cm_vs_ref)
+                self.cm_ref_truth = np.zeros_like(self.cm_vs_ref)
+            truth = truth[labelled]
+            self.cm_cand_truth += metrics.confusion_matrix(cand_mask[labelled], truth, self.num_classes)
+            self.cm_ref_truth += metrics.confusion_matrix(ref_mask[labelled], truth, self.num_classes)
+
+    def result(self) -> OutputParity:
+        denom = math.sqrt(self.sum_sq_ref)
+        rel_l2 = math.sqrt(self.sum_sq_diff) / denom if denom > 0 else (0.0 if self.sum_sq_diff == 0 else math.inf)
+        norms = math.sqrt(self.sum_sq_ref * self.sum_sq_cand)
+        cosine = self.dot / norms if norms > 0 else (1.0 if self.sum_sq_diff == 0 else 0.0)
+        return OutputParity(
+            name=self.name,
+            shape=self.shape,
+            max_abs=self.max_abs,
+            mean_abs=self.sum_abs / max(self.count, 1),
+            rel_l2=rel_l2,
+            cosine=cosine,
+            mask_agreement=100.0 * self.agree / max(self.pixels, 1),
+            vs_reference=SegmentationScores.from_confusion(self.cm_vs_ref),
+            candidate_vs_truth=(
+                SegmentationScores.from_confusion(self.cm_cand_truth) if self.cm_cand_truth is not None else None
+            ),
+            reference_vs_truth=(
+                SegmentationScores.from_confusion(self.cm_ref_truth) if self.cm_ref_truth is not None else None
+            ),
+        )
+
+
+def to_mask(logits: np.ndarray) -> np.ndarray:
+    """Class map from NCHW logits: argmax over channels; one channel means binary (logit > 0)."""
+    if logits.ndim != 4:
+        raise ShapeContractError(f"output of shape {logits.shape} is not NCHW logits; cannot derive a mask")
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(np.int64)
+    return np.argmax(logits, axis=1)
+
+
+def validate(
+    candidate: Runner,
+    reference: Runner,
+    samples: Iterable[Any],
+    gates: dict[str, float] | None = None,
+    *,
+    precision: str | None = None,
+    num_classes: int | None = None,
+    candidate_name: str | None = None,
+    reference_name: str | None = None,
+    on_sample: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Run both runners on the same samples and compare; gates override the precision's defaults.
+
+    Runners are activated here if they are not already. ``precision`` defaults to the candidate's
+    metadata (``runner.info.precision``), else fp32. ``on_sample(i)`` reports progress.
+    """
+    precision = precision or _precision_of(candidate)
+    active_gates = gates_for(precision, gates)
+    cand_input, ref_input = _single_input(candidate), _single_input(reference)
+    pairs = _pair_outputs(candidate, reference)
+    accumulators: dict[str, _OutputAccumulator] = {}
+    count = 0
+    with _active(candidate), _active(reference):
+        for i, sample in enumerate(samples):
+            image = np.asarray(sample.image, dtype=np.float32)
+            cand_out = candidate.infer({cand_input: image})
+            ref_out = reference.infer({ref_input: image})
+            mask = getattr(sample, "mask", None)
+            for cand_name, ref_name in pairs:
+                c, r = cand_out[cand_name], ref_out[ref_name]
+                if cand_name not in accumulators:
+                    # Classes come from the logits themselves (1 channel = binary), so masks always fit.
+                    classes = num_classes or max(int(c.shape[1]) if c.ndim == 4 else 2, 2)
+                    accumulators[cand_name] = _OutputAccumulator(cand_name, classes)
+                truth = mask if (mask is not None and c.ndim == 4 and c.shape[-2:] == np.shape(mask)[-2:]) else None
+                accumulators[cand_name].add(c, r, truth)
+            count += 1
+            if on_sample:
+                on_sample(i)
+    if count == 0:
+        raise ConfigError("no samples to validate on; pass --data with at least one image, or --samples >= 1")
+    outputs = [acc.result() for acc in accumulators.values()]
+    results = []
+    for name, threshold in active_gates.items():
+        direction = GATE_METRICS[name]
+        for out in outputs:
+            value = out.metric(name)
+            if value is None:
+                passed = None
+            elif direction == "max":
+                passed = bool(value <= threshold)  # NaN compares False: a NaN output fails
+            else:
+                passed = bool(value >= threshold)
+            results.append(GateResult(name, out.name, value, threshold, direction, passed))
+    return ValidationReport(
+        candidate=candidate_name or _describe(candidate),
+        reference=reference_name or _describe(reference),
+        candidate_backend=candidate.backend,
+        reference_backend=reference.backend,
+        precision=precision,
+        num_samples=count,
+        num_classes=next(iter(accumulators.values())).num_classes,
+        outputs=outputs,
+        gates=results,
+    )
+
+
+class _active:
+    """Activate a runner for the block unless the caller already did (then leave it active)."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.owned = not runner.is_active
+
+    def __enter__(self) -> Runner:
+        return self.runner.activate()
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.runner.deactivate()
+
+
+def _single_input(runner: Runner) -> str:
+    with _active(runner):
+        names = list(runner.input_spec)
+    if len(names) != 1:
+        raise ConfigError(f"{_describe(runner)} has inputs {names}; validate drives single-input segmentation nets")
+    return names[0]
+
+
+def _pair_outputs(candidate: Runner, reference: Runner) -> list[tuple[str, str]]:
+    """Outputs matched by name; two single-output runners pair whatever their names are."""
+    with _active(candidate), _active(reference):
+        cand, ref = candidate.output_names, reference.output_names
+    if len(cand) == 1 and len(ref) == 1:
+        return [(cand[0], ref[0])]
+    common = [n for n in cand if n in ref]
+    if not common:
+        raise ConfigError(f"candidate outputs {cand} share no name with reference outputs {ref}")
+    return [(n, n) for n in common]
+
+
+def _precision_of(runner: Runner) -> str:
+    info = getattr(runner, "info", None)
+    precision = getattr(info, "precision", None) or "fp32"
+    return precision if precision in DEFAULT_GATES else "fp32"
+
+
+def _describe(runner: Runner) -> str:
+    for attr in ("path", "source"):
+        value = getattr(runner, attr, None)
+        if value:
+            return str(value)
+    return type(runner).__name__
+
+
+def _nanmean(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else math.nan
+
+
+def _listing(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf are not JSON: write them as null/strings so every report parses."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
+
+
+# -- artifacts in, report out (what the CLI and the pipeline call) -----------------------------------
+def validate_artifacts(
+    candidate: str | os.PathLike,
+    reference: str | os.PathLike,
+    *,
+    data: str | None = None,
+    samples: int = 8,
+    batch: int = 1,
+    backend: str | None = None,
+    ref_backend: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    pad: bool = False,
+    gates: dict[str, float] | None = None,
+    precision: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> ValidationReport:
+    """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
+    synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
+    failed gate: call ``report.raise_for_gates()``."""
+    from deploy_unet.runtime import open_runner
+
+    options = {"checkpoint": checkpoint, "device": device}
+    cand_runner = open_runner(candidate, backend, pad=pad, **options)
+    ref_runner = open_runner(reference, ref_backend, pad=pad, **options)
+    with cand_runner, ref_runner:
+        info = getattr(cand_runner, "info", None) or getattr(ref_runner, "info", None)
+        batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad))
+        with _progress(progress, f"validate {os.path.basename(os.fspath(candidate))}", len(batches)) as tick:
+            return validate(
+                cand_runner, ref_runner, batches, gates, precision=precision,
+                candidate_name=os.fspath(candidate), reference_name=os.fspath(reference), on_sample=tick,
+            )
+
+
+def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: bool = False) -> list[Sample]:
+    """``n`` images from ``source`` via ``deploy_unet.data.load_samples``, as Samples of ``batch`` images.
+
+    With ``pad`` the images keep their size and the runners pad/crop; otherwise the loader resizes
+    them to a size the net accepts.
+    """
+    if n < 1 or batch < 1:
+        raise ConfigError(f"--samples {n} and batch {batch} must be >= 1")
+    try:
+        from deploy_unet.data import load_samples
+    except ImportError:  # the data module lands with the precision work; keep arrays usable meanwhile
+        images, masks = _load_arrays_minimal(source, info, n)
+    else:
+        kwargs = {"fit": "pad", "divisor": 1} if pad else {}
+        loaded = load_samples(source, info, n, **kwargs)
+        images, masks = loaded.images, loaded.masks
+    return [
+        Sample(images[i:i + batch], None if masks is None else masks[i:i + batch], name=f"{source}[{i}]")
+        for i in range(0, len(images), batch)
+    ]
+
+
+def _load_arrays_minimal(source: str, info, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fallback reader: ``.npy`` (NCHW images) or ``.npz`` (``images`` [+ ``masks``]), in [0, 1] or uint8."""
+    from deploy_unet.errors import ArtifactError
+
+    path = os.fspath(source)
+    if not path.endswith((".npy", ".npz")):
+        raise ConfigError(f"data source {source!r} needs deploy_unet.data; without it pass a .npy or .npz file")
+    if not os.path.isfile(path):
+        raise ArtifactError(f"data file {path} does not exist")
+    loaded = np.load(path, allow_pickle=False)
+    if path.endswith(".npz"):
+        with loaded:
+            if "images" not in loaded:
+                raise ArtifactError(f"{path} holds {list(loaded.keys())}; name the image array 'images'")
+            images, masks = loaded["images"], (loaded["masks"] if "masks" in loaded else None)
+    else:
+        images, masks = loaded, None
+    if images.ndim != 4:
+        raise ArtifactError(f"{path}: images have shape {images.shape}; expected NCHW")
+    images = images.astype(np.float32) / (255.0 if np.issubdtype(images.dtype, np.integer) else 1.0)
+    if info is not None and info.mean and info.std:
+        mean = np.asarray(info.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(info.std, np.float32).reshape(1, -1, 1, 1)
+        images = (images - mean) / std
+    return images[:n], (None if masks is None else masks.astype(np.int64)[:n])
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda _i: bar.advance(task)

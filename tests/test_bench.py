@@ -1,0 +1,154 @@
+"""bench: statistics on runners with known delays (fake and real clocks), phases, memory, ratios."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from helpers_runners import ConstantRunner, thin_artifacts
+
+from deploy_unet.bench import (
+    BenchResult,
+    LatencyStats,
+    WallPhaseClock,
+    add_ratios,
+    bench,
+    bench_runner,
+    parse_batches,
+    parse_sizes,
+)
+from deploy_unet.errors import ConfigError, ShapeContractError
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class DelayRunner(ConstantRunner):
+    """Each call 'takes' the next delay (ms) from a list, on a fake clock; optional phase split."""
+
+    def __init__(self, delays_ms, clock: FakeClock | None = None, phases_ms=None, sleep=False, **kw):
+        super().__init__([np.zeros((1, 2, 8, 8), np.float32)], **kw)
+        self.delays_ms, self.clock, self.phases_ms, self.sleep = list(delays_ms), clock, phases_ms, sleep
+        self.device_kind = "cpu"
+
+    def _infer(self, feeds):
+        self._spend(self.delays_ms[self.calls % len(self.delays_ms)])
+        return super()._infer(feeds)
+
+    def _spend(self, ms):
+        if self.sleep:
+            time.sleep(ms / 1e3)
+        else:
+            self.clock.now += ms / 1e3
+
+    def infer_phased(self, feeds, mark):
+        for phase, ms in self.phases_ms.items():
+            self._spend(ms)
+            mark(phase)
+        self.calls += 1
+        return {"logits": self.outputs[0]}
+
+
+def test_percentiles_match_known_delays_exactly_on_a_fake_clock():
+    clock = FakeClock()
+    first, then = [250.0], [float(d) for d in range(1, 101)]  # the first call is slow (lazy init)
+    runner = DelayRunner(first + [7.0] * 3 + then, clock=clock)  # 3 warmup calls of 7 ms
+    result = bench_runner(runner, batch=4, height=8, width=8, warmup=3, iters=100, clock=clock, phase_clock=None)
+    assert result.first_run_ms == pytest.approx(250.0)
+    stats = result.latency_ms
+    assert result.iters == 100 and runner.calls == 104
+    assert stats.min == pytest.approx(1.0) and stats.max == pytest.approx(100.0)
+    assert stats.mean == pytest.approx(50.5)
+    assert stats.median == pytest.approx(np.percentile(then, 50))
+    assert stats.p90 == pytest.approx(np.percentile(then, 90))
+    assert stats.p95 == pytest.approx(np.percentile(then, 95))
+    assert stats.p99 == pytest.approx(np.percentile(then, 99))
+    assert result.throughput_ips == pytest.approx(4 * 1000 / 50.5)
+
+
+def test_real_sleep_delays_are_measured_within_tolerance():
+    runner = DelayRunner([5.0], sleep=True)
+    result = bench_runner(runner, height=8, width=8, warmup=1, iters=12, phase_clock=None)
+    # sleep never returns early; the upper slack absorbs scheduling on a busy 2-core machine
+    assert 5.0 <= result.latency_ms.median < 15.0
+    assert 5.0 <= result.latency_ms.min <= result.latency_ms.p90 <= result.latency_ms.max
+
+
+def test_phases_are_timed_separately_with_an_injected_clock():
+    clock = FakeClock()
+    runner = DelayRunner([0.0], clock=clock, phases_ms={"h2d": 1.0, "compute": 5.0, "d2h": 2.0})
+    result = bench_runner(runner, height=8, width=8, warmup=0, iters=5, clock=clock,
+                          phase_clock=lambda r: WallPhaseClock(clock))
+    assert {p: s.median for p, s in result.phases_ms.items()} == pytest.approx({"h2d": 1.0, "compute": 5.0, "d2h": 2.0})
+    assert result.latency_ms.median == pytest.approx(8.0)
+
+
+def test_duration_mode_stops_at_the_deadline():
+    clock = FakeClock()
+    runner = DelayRunner([10.0], clock=clock)
+    result = bench_runner(runner, height=8, width=8, warmup=0, iters=None, duration=0.1, clock=clock, phase_clock=None)
+    assert result.iters == 10  # 100 ms of 10 ms calls
+    assert result.latency_ms.mean == pytest.approx(10.0)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("RSS high-water mark cannot be reset here")
+
+    class Allocating(DelayRunner):
+        def _infer(self, feeds):
+            block = np.ones(64 * 2**20 // 8)  # 64 MiB touched, then freed
+            block.sum()
+            return super()._infer(feeds)
+
+    result = bench_runner(Allocating([0.0], sleep=True), height=8, width=8, warmup=0, iters=2, phase_clock=None)
+    assert result.memory_kind == "rss_peak_delta"
+    assert result.peak_memory_mib > 50
+
+
+def test_bad_arguments_are_config_errors():
+    runner = DelayRunner([0.0], clock=FakeClock(), divisor=16)
+    with pytest.raises(ShapeContractError, match="height 20 is not divisible by 16"):
+        bench_runner(runner, height=20, width=32)
+    with pytest.raises(ConfigError, match="exactly one of iters or duration"):
+        bench_runner(runner, height=16, width=16, iters=5, duration=1.0)
+    with pytest.raises(ConfigError, match="iters 0"):
+        bench_runner(runner, height=16, width=16, iters=0)
+    with pytest.raises(ConfigError, match="HxW"):
+        parse_sizes("256by256")
+    with pytest.raises(ConfigError, match=">= 1"):
+        parse_batches("1,0")
+    assert parse_sizes("256x128, 64") == [(256, 128), (64, 64)]
+    assert parse_batches("1,4,8") == [1, 4, 8]
+
+
+def _result(label, batch, size, median, arch="unet"):
+    stats = LatencyStats(median, median, median, median, median, median, median, 0.0)
+    return BenchResult(label, label, "fake", "cpu", "fp32", batch, size, size, 0, 1, median, stats, 1.0, None, "rss",
+                       arch=arch)
+
+
+def test_ratios_are_against_the_first_entry_of_the_same_net_batch_and_size():
+    results = add_ratios([_result("a", 1, 32, 10.0), _result("a", 4, 32, 40.0),
+                          _result("b", 1, 32, 5.0), _result("b", 4, 32, 80.0),
+                          _result("fcn", 1, 32, 100.0, arch="fcn8s"), _result("fcn-int8", 1, 32, 50.0, arch="fcn8s")])
+    assert [r.speedup_vs_first for r in results] == pytest.approx([1.0, 1.0, 2.0, 0.5, 1.0, 2.0])
+
+
+def test_bench_over_artifacts_builds_a_report():
+    paths = thin_artifacts()
+    report = bench([paths["onnx"], paths["pt"]], batches=[1, 2], sizes=[(32, 32)], warmup=1, iters=3,
+                   progress=False)
+    assert [(r.backend, r.batch) for r in report.results] == [("onnxruntime", 1), ("onnxruntime", 2),
+                                                              ("torch", 1), ("torch", 2)]
+    assert all(len(r.samples_ms) == 3 and r.latency_ms.min > 0 for r in report.results)
+    assert report.results[0].speedup_vs_first == 1.0
+    assert report.machine["onnxruntime"] and report.machine["torch"]
