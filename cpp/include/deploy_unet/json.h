@@ -1,0 +1,58 @@
+// A small JSON reader (RFC 8259 values) for the engine manifest beside each engine.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace deploy_unet {
+
+class Json {
+public:
+    enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
+
+    static Json parse(const std::string& text);  // throws std::runtime_error with the offset
+    static Json parse_file(const std::string& path);
+
+    Type type() const { return type_; }
+    bool is_null() const { return type_ == Type::kNull; }
+    bool as_bool() const;
+    double as_number() const;
+    const std::string& as_string() const;
+    const std::vector<Json>& as_array() const;
+    const std::map<std::string, Json>& as_object() const;
+
+    bool has(const std::string& key) const;
+    // Member access; throws naming the missing key.
+    const Json& operator[](const std::string& key) const;
+    // A dotted path such as "model.divisor".
+    const Json& at_path(const std::string& dotted) const;
+
+    std::vector<float> as_float_vector() const;
+
+private:
+    Type type_ = Type::kNull;
+    bool bool_ = false;
+    double number_ = 0.0;
+    std::string string_;
+    std::vector<Json> array_;
+    std::map<std::string, Json> object_;
+
+    friend class JsonParser;
+};
+
+// What unet_infer needs from FILE.engine.json.
+struct EngineModelInfo {
+    std::string input_name;
+    std::string output_name;
+    int divisor = 1;
+    int in_channels = 3;
+    int num_classes = 0;
+    std::vector<float> mean;
+    std::vector<float> stddev;
+};
+
+EngineModelInfo read_engine_model_info(const std::string& manifest_path);
+
+}  // namespace deploy_unet

@@ -1,0 +1,123 @@
+// ctest: pre/post-processing, image and .npy round trips, JSON reading. No TensorRT, no framework.
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "deploy_unet/image.h"
+#include "deploy_unet/json.h"
+#include "deploy_unet/preprocess.h"
+
+using namespace deploy_unet;
+
+static int failures = 0;
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n"; \
+            ++failures;                                                              \
+        }                                                                            \
+    } while (0)
+
+static void test_reflect_matches_numpy_rule() {
+    // numpy.pad(arange(3), (0, 7), 'reflect') == [0 1 2 1 0 1 2 1 0 1]
+    const int expected[] = {0, 1, 2, 1, 0, 1, 2, 1, 0, 1};
+    for (int i = 0; i < 10; ++i) CHECK(source_index(i, 3, PadMode::kReflect) == expected[i]);
+    CHECK(source_index(5, 1, PadMode::kReflect) == 0);
+    CHECK(source_index(7, 3, PadMode::kEdge) == 2);
+    CHECK(source_index(7, 3, PadMode::kConstant) == -1);
+}
+
+static void test_pad_and_crop() {
+    Tensor x;
+    x.shape = {1, 1, 2, 3};
+    x.data = {1, 2, 3, 4, 5, 6};
+    const Tensor p = pad_to_multiple(x, 4, PadMode::kReflect);
+    CHECK((p.shape == std::vector<std::int64_t>{1, 1, 4, 4}));
+    // numpy.pad(x, ((0, 2), (0, 1)), "reflect"): columns 1 2 3 | 2, rows 0 1 | 0 1 (n = 2 has period 2)
+    const float expected[] = {1, 2, 3, 2, 4, 5, 6, 5, 1, 2, 3, 2, 4, 5, 6, 5};
+    for (int i = 0; i < 16; ++i) CHECK(p.data[i] == expected[i]);
+    const Tensor c = crop(p, 2, 3);
+    CHECK(c.data == x.data);
+    const Tensor same = pad_to_multiple(x, 1);
+    CHECK(same.data == x.data);
+    const Tensor k = pad_to_multiple(x, 4, PadMode::kConstant, -1.0f);
+    CHECK(k.data[3] == -1.0f && k.data[15] == -1.0f && k.data[0] == 1.0f);
+}
+
+static void test_normalize_and_argmax() {
+    Image img;
+    img.width = 2;
+    img.height = 1;
+    img.channels = 3;
+    img.pixels = {255, 0, 51, 0, 255, 102};  // HWC
+    const Tensor t = normalize(img, {0.5f, 0.5f, 0.0f}, {0.5f, 0.5f, 0.2f});
+    CHECK((t.shape == std::vector<std::int64_t>{1, 3, 1, 2}));
+    CHECK(std::fabs(t.data[0] - 1.0f) < 1e-6f && std::fabs(t.data[1] + 1.0f) < 1e-6f);   // channel 0
+    CHECK(std::fabs(t.data[4] - 1.0f) < 1e-6f && std::fabs(t.data[5] - 2.0f) < 1e-5f);   // channel 2: 0.2/0.2, 0.4/0.2
+    Tensor logits;
+    logits.shape = {1, 3, 1, 3};
+    logits.data = {0, 5, 1, /**/ 2, 5, 0, /**/ 1, 0, 3};  // ties go to the first class
+    const Image mask = argmax_mask(logits);
+    CHECK(mask.pixels == (std::vector<std::uint8_t>{1, 0, 2}));
+}
+
+static void test_files_round_trip(const std::string& dir) {
+    Image img;
+    img.width = 3;
+    img.height = 2;
+    img.channels = 3;
+    for (int i = 0; i < 18; ++i) img.pixels.push_back(static_cast<std::uint8_t>(i * 13));
+    write_pnm(dir + "/rt.ppm", img);
+    const Image back = read_pnm(dir + "/rt.ppm");
+    CHECK(back.width == 3 && back.height == 2 && back.channels == 3 && back.pixels == img.pixels);
+
+    Tensor t;
+    t.shape = {1, 2, 2, 2};
+    for (int i = 0; i < 8; ++i) t.data.push_back(i * 0.5f - 1.0f);
+    write_npy(dir + "/rt.npy", t);
+    const Tensor u = read_npy(dir + "/rt.npy");
+    CHECK(u.shape == t.shape && u.data == t.data);
+
+    bool threw = false;
+    try {
+        read_pnm(dir + "/rt.npy");
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
+static void test_json() {
+    const Json doc = Json::parse(
+        R"({"format": "deploy-unet-engine-manifest/1", "model": {"divisor": 16, "mean": [0.485, 0.456, 0.406],)"
+        R"( "name": "caf\u00e9 \"q\"", "ok": true, "none": null}, "list": []})");
+    CHECK(doc.at_path("model.divisor").as_number() == 16);
+    CHECK(doc.at_path("model.mean").as_float_vector().size() == 3);
+    CHECK(doc.at_path("model.name").as_string() == "caf\xc3\xa9 \"q\"");
+    CHECK(doc.at_path("model.ok").as_bool());
+    CHECK(doc.at_path("model.none").is_null());
+    CHECK(doc["list"].as_array().empty());
+    bool threw = false;
+    try {
+        Json::parse("{\"a\": [1, 2,}");
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
+int main(int argc, char** argv) {
+    const std::string dir = argc > 1 ? argv[1] : ".";
+    test_reflect_matches_numpy_rule();
+    test_pad_and_crop();
+    test_normalize_and_argmax();
+    test_files_round_trip(dir);
+    test_json();
+    if (failures) {
+        std::cerr << failures << " check(s) failed\n";
+        return 1;
+    }
+    std::cout << "all checks passed\n";
+    return 0;
+}

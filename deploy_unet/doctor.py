@@ -1,0 +1,195 @@
+"""``deploy-unet doctor``: what is installed, which CUDA devices exist, and which backends can run.
+
+Every backend gets a verdict: usable, or exactly why not and how to fix it. Nothing here raises; a
+package that fails to import is reported with its error. TensorRT is imported only to read its version
+(importing it is safe without a GPU; creating its objects is not, and doctor never does).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from deploy_unet.engine.device import SUPPORTED_TRT_MAJORS, TENSORRT_INSTALL_HINT, cuda_devices
+
+TORCH_CUDA_HINT = "install a CUDA build of torch, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu128`"
+ORT_GPU_HINT = "replace onnxruntime with onnxruntime-gpu: `pip uninstall onnxruntime && pip install onnxruntime-gpu`"
+
+
+@dataclass
+class Backend:
+    name: str
+    usable: bool
+    detail: str  # version / device when usable, the reason when not
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    python: str
+    platform: str
+    packages: dict[str, str | None]  # name -> version, None when not installed
+    import_errors: dict[str, str]
+    onnxruntime_providers: list[str]
+    cuda: dict[str, Any]
+    backends: list[Backend] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def backend(self, name: str) -> Backend:
+        return next(b for b in self.backends if b.name == name)
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _try_import(module: str, errors: dict[str, str]):
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or OSError for missing shared libraries
+        errors[module] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None
+
+
+def run_doctor() -> DoctorReport:
+    errors: dict[str, str] = {}
+    torch = _try_import("torch", errors)
+    onnx = _try_import("onnx", errors)
+    ort = _try_import("onnxruntime", errors)
+    trt = _try_import("tensorrt", errors) if _importable("tensorrt") else None
+    if trt is None and "tensorrt" not in errors:
+        errors["tensorrt"] = "not installed"
+    devices = cuda_devices()
+
+    packages = {
+        "torch": getattr(torch, "__version__", None),
+        "torch.cuda": getattr(getattr(torch, "version", None), "cuda", None) if torch else None,
+        "onnx": getattr(onnx, "__version__", None),
+        "onnxruntime": getattr(ort, "__version__", None),
+        "tensorrt": getattr(trt, "__version__", None),
+        "cuda-python": _dist_version("cuda-python", "cuda-bindings"),
+        "numpy": _dist_version("numpy"),
+    }
+    providers = list(ort.get_available_providers()) if ort else []
+    report = DoctorReport(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        packages=packages,
+        import_errors=errors,
+        onnxruntime_providers=providers,
+        cuda=devices.to_dict(),
+    )
+    gpu = devices.devices[0] if devices.devices else None
+    no_gpu = f"no CUDA device: {devices.error}"
+    gpu_fix = "run on a machine with an NVIDIA GPU and driver (check `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
+    gpu_text = f"{gpu.name} (compute capability {gpu.compute_capability})" if gpu else ""
+
+    # torch
+    if torch is None:
+        report.backends.append(Backend("torch-cpu", False, errors.get("torch", "not installed"), "pip install torch"))
+        report.backends.append(Backend("torch-cuda", False, errors.get("torch", "not installed"), TORCH_CUDA_HINT))
+        torch_cuda = False
+    else:
+        report.backends.append(Backend("torch-cpu", True, f"torch {torch.__version__}"))
+        torch_cuda = torch.version.cuda is not None and torch.cuda.is_available()
+        if torch.version.cuda is None:
+            report.backends.append(
+                Backend("torch-cuda", False, f"torch {torch.__version__} is a CPU-only build", TORCH_CUDA_HINT)
+            )
+        elif not torch_cuda:
+            report.backends.append(
+                Backend("torch-cuda", False, f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no device", gpu_fix)
+            )
+        else:
+            report.backends.append(Backend("torch-cuda", True, f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}"))
+
+    # onnxruntime
+    if ort is None:
+        reason = errors.get("onnxruntime", "not installed")
+        report.backends.append(Backend("onnxruntime-cpu", False, reason, "pip install onnxruntime"))
+        report.backends.append(Backend("onnxruntime-cuda", False, reason, "pip install onnxruntime-gpu"))
+    else:
+        report.backends.append(
+            Backend("onnxruntime-cpu", "CPUExecutionProvider" in providers, f"onnxruntime {ort.__version__}")
+        )
+        if "CUDAExecutionProvider" not in providers:
+            report.backends.append(
+                Backend(
+                    "onnxruntime-cuda",
+                    False,
+                    f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: {', '.join(providers)})",
+                    ORT_GPU_HINT,
+                )
+            )
+        elif gpu is None:
+            report.backends.append(Backend("onnxruntime-cuda", False, no_gpu, gpu_fix))
+        else:
+            report.backends.append(Backend("onnxruntime-cuda", True, f"onnxruntime {ort.__version__} on {gpu_text}"))
+
+    # tensorrt: the package, a supported major, a device, and torch CUDA tensors for buffers
+    problems, fixes = [], []
+    if trt is None:
+        problems.append(f"TensorRT: {errors.get('tensorrt')}")
+        fixes.append(TENSORRT_INSTALL_HINT)
+    else:
+        major = str(trt.__version__).split(".")[0]
+        if not major.isdigit() or int(major) not in SUPPORTED_TRT_MAJORS:
+            problems.append(f"TensorRT {trt.__version__} is not 10.x or 11.x")
+            fixes.append("install TensorRT 10.x or 11.x")
+    if gpu is None:
+        problems.append(no_gpu)
+        fixes.append(gpu_fix)
+    if not torch_cuda:
+        problems.append("the TensorRT runner needs torch with CUDA for device buffers")
+        fixes.append(TORCH_CUDA_HINT)
+    if problems:
+        report.backends.append(Backend("tensorrt", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes))))
+    else:
+        report.backends.append(Backend("tensorrt", True, f"TensorRT {trt.__version__} on {gpu_text}"))
+    return report
+
+
+def _importable(module: str) -> bool:
+    """Whether a module is importable at all, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return True
+
+
+def format_report(report: DoctorReport) -> str:
+    lines = [f"{'python':<14} {report.python} ({report.platform})"]
+    for name, version in report.packages.items():
+        text = version or "not installed"
+        if name == "torch.cuda" and version is None:
+            text = "none (CPU-only torch build)" if report.packages.get("torch") else "-"
+        elif version is None and name in report.import_errors and report.import_errors[name] != "not installed":
+            text = f"not importable ({report.import_errors[name]})"
+        lines.append(f"{name:<14} {text}")
+    lines.append(f"{'ORT providers':<14} {', '.join(report.onnxruntime_providers) or '-'}")
+    devices = report.cuda["devices"]
+    if devices:
+        for d in devices:
+            lines.append(f"{'cuda:' + str(d['index']):<14} {d['name']} (compute capability {d['compute_capability']}, {d['memory_mib']} MiB)")
+    else:
+        lines.append(f"{'CUDA':<14} no device ({report.cuda['error']})")
+    lines.append("")
+    lines.append("backends:")
+    for b in report.backends:
+        mark = "ok " if b.usable else "no "
+        lines.append(f"  [{mark}] {b.name:<17} {b.detail}")
+        if not b.usable and b.fix:
+            lines.append(f"        {'':<17} fix: {b.fix}")
+    return "\n".join(lines)
