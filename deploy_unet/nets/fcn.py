@@ -7,6 +7,8 @@ score map is exactly H/32 x W/32 and no crop layers are needed; the price is the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,20 +105,6 @@ class FCN(SegmentationNet):
         return self.upscore(score)
 
 
-def _fcn_factory(variant: str):
-    def factory(
-        in_channels: int = 3,
-        num_classes: int = 21,
-        width_mult: float = 1.0,
-        fc_channels: int = 4096,
-        norm: str = "none",
-        dropout: float = 0.5,
-    ) -> FCN:
-        return FCN(variant, in_channels, num_classes, width_mult, fc_channels, norm, dropout)
-
-    factory.__name__ = variant
-    return factory
-
-
 for _variant in VARIANTS:
-    register_net(_variant)(_fcn_factory(_variant))
+    # partial(FCN, variant): the registry reads the remaining options from FCN's own signature.
+    register_net(_variant)(functools.partial(FCN, _variant))

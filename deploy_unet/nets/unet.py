@@ -85,13 +85,4 @@ class UNet(SegmentationNet):
         return self.head(x)
 
 
-@register_net("unet")
-def unet(
-    in_channels: int = 3,
-    num_classes: int = 2,
-    depth: int = 4,
-    base_channels: int = 32,
-    up_mode: str = "transpose",
-    norm: str = "batch",
-) -> UNet:
-    return UNet(in_channels, num_classes, depth, base_channels, up_mode, norm)
+register_net("unet")(UNet)
