@@ -1,0 +1,34 @@
+"""Rich renderings of results for the terminal (tables); file reports live in report.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_inspection(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    size_mb = report["file_size_bytes"] / 1e6
+    opsets = ", ".join(f"{k} {v}" for k, v in report["opsets"].items())
+    console.print(f"[bold]{report['file']}[/]  {size_mb:.2f} MB, {report['parameters']:,} parameters, "
+                  f"{report['num_nodes']} nodes, opsets: {opsets}, producer: {report['producer']}")
+    io = Table("", "name", "dtype", "shape", title="inputs and outputs")
+    for kind in ("inputs", "outputs"):
+        for value in report[kind]:
+            io.add_row(kind[:-1], value["name"], value["dtype"], "(" + ", ".join(map(str, value["shape"])) + ")")
+    console.print(io)
+    ops = Table("op", "count", title="op histogram")
+    for op, count in report["op_histogram"].items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    console.print(f"QuantizeLinear: {report['quantize_linear']}  DequantizeLinear: {report['dequantize_linear']}  "
+                  f"Cast: {report['cast']}  initializer dtypes: {report['initializer_dtypes']}")
+    if report["metadata"]:
+        meta = Table("key", "value", title="metadata")
+        for key, value in report["metadata"].items():
+            meta.add_row(key, value)
+        console.print(meta)
+    else:
+        console.print("[yellow]no metadata[/]: not exported by deploy-unet")
