@@ -144,7 +144,7 @@ def _thin(rng, yy, xx, h, w) -> np.ndarray:
         length, angle = rng.uniform(15, 45), rng.uniform(0, 2 * np.pi)
         points.append((points[-1][0] + length * np.sin(angle), points[-1][1] + length * np.cos(angle)))
     region = np.zeros(yy.shape, dtype=bool)
-    for (ay, ax), (by, bx) in zip(points[:-1], points[1:]):
+    for (ay, ax), (by, bx) in zip(points[:-1], points[1:], strict=True):
         vy, vx = by - ay, bx - ax
         t = np.clip(((yy - ay) * vy + (xx - ax) * vx) / max(vy * vy + vx * vx, 1e-6), 0.0, 1.0)
         region |= np.hypot(yy - (ay + t * vy), xx - (ax + t * vx)) <= half

@@ -121,7 +121,7 @@ def write_card(args, net, n_params, mean, std, result, train_s, argv) -> None:
         f"| {i} {name} | {d if d is None else f'{d:.4f}'} | {u if u is None else f'{u:.4f}'} |"
         for i, (name, d, u) in enumerate(zip(
             ("background", "ellipse", "polygon", "thin")[: args.num_classes],
-            result["dice_per_class"], result["iou_per_class"]))
+            result["dice_per_class"], result["iou_per_class"], strict=True))
     )
     command = "PYTHONPATH=. python models/train.py " + " ".join(argv)
     card = f"""# {out.name}: reference {args.arch} on deploy-unet synthetic scenes

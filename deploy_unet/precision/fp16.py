@@ -52,5 +52,8 @@ def convert_fp16(
         max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
         min_positive_val=1e-7,
     )
+    # The converter retypes every value_info to fp16, also those between kept fp32 nodes: re-infer them.
+    del converted.graph.value_info[:]
+    converted = onnx.shape_inference.infer_shapes(converted)
     onnx.checker.check_model(converted)
     return converted, kept

@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from deploy_unet.errors import ArtifactError, ConfigError
 from deploy_unet.precision.calibration import Calibration
