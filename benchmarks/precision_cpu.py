@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,21 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CALIB, EVAL = "synthetic:seed=1,size=256x256", "synthetic:seed=2,size=256x256"
 
 
-def latency_ms(path: Path, x: np.ndarray, threads: int, warmup: int = 5, runs: int = 30) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.disable_specified_optimizers", "WeightBiasQuantization")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def latencies_ms(paths: dict[str, Path], x: np.ndarray, threads: int, warmup: int = 5, runs: int = 30) -> dict:
+    """Median latency per file; runs are interleaved round-robin so load changes hit every variant alike."""
+    sessions = {}
+    for label, path in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.disable_specified_optimizers", "WeightBiasQuantization")
+        sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = next(iter(sessions.values())).get_inputs()[0].name
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for i in range(warmup + runs):
+        for label, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, {name: x})
+            if i >= warmup:
+                times[label].append((time.perf_counter() - t) * 1e3)
+    return {label: statistics.median(v) for label, v in times.items()}
 
 
 def placement(path: Path) -> dict:
@@ -89,11 +94,16 @@ def placement(path: Path) -> dict:
 
 
 def modelopt_int8(fp32: Path, out: Path, images: np.ndarray, modelopt_path: str) -> Path:
-    sys.path.insert(0, modelopt_path)
-    from modelopt.onnx.quantization import quantize as mo_quantize
-
-    mo_quantize(str(fp32), quantize_mode="int8", calibration_data=images, calibration_method="max",
-                calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32")
+    """ModelOpt in a subprocess: importing it patches onnxruntime.quantization's calibrators in-process."""
+    data = out.with_suffix(".calib.npy")
+    np.save(data, images)
+    code = (
+        "import numpy as np; from modelopt.onnx.quantization import quantize as q; "
+        f"q({str(fp32)!r}, quantize_mode='int8', calibration_data=np.load({str(data)!r}), "
+        f"calibration_method='max', calibration_eps=['cpu'], output_path={str(out)!r}, high_precision_dtype='fp32')"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([modelopt_path, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
     return out
 
 
@@ -132,9 +142,7 @@ def main() -> None:
                 calib_images = load_samples(CALIB, info, args.calib_samples).images
                 variants["int8 ModelOpt"] = modelopt_int8(fp32, tmp / f"{ckpt.arch}.mo.onnx", calib_images,
                                                           args.modelopt_path)
-            lat = {}
-            for label, path in variants.items():  # same run, one after the other
-                lat[label] = latency_ms(path, x, args.threads)
+            lat = latencies_ms(variants, x, args.threads)
             for label, path in variants.items():
                 report = gate.evaluate(fp32, path, samples, info.num_classes, threads=args.threads)
                 rows.append({
@@ -158,7 +166,7 @@ def write_report(rows, placements, args) -> None:
         f"Date {datetime.date.today()}; {cpu}, {platform.system()} {platform.release()}; "
         f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, torch {torch.__version__}, numpy {np.__version__}.",
         f"ORT CPU, intra-op threads {args.threads}; latency = median of 30 runs after 5 warm-up, 256x256, batch 1, "
-        "all variants of a model timed in the same run. Accuracy: "
+        "all variants of a model timed in the same run, interleaved round-robin. Accuracy: "
         f"{args.eval_samples} held-out scenes `{EVAL}` vs ground truth; calibration {args.calib_samples} scenes `{CALIB}`.",
         "",
         "    " + "PYTHONPATH=. python benchmarks/precision_cpu.py " + " ".join(sys.argv[1:]),
