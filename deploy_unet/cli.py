@@ -138,6 +138,54 @@ def inspect_command(file, as_json):
 # --- quantize (precision) ---------------------------------------------------------------------------
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
+              help="int8 Q/DQ placement: TensorRT fusion-friendly, or ORT CPU (every activation quantized).")
+@click.option("--calib", default="synthetic:seed=1", show_default=True,
+              help="Calibration data: synthetic[:seed=S,size=HxW], an image folder, or .npy/.npz.")
+@click.option("--calib-samples", type=int, default=64, show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
+              help="Activation range estimator (int8).")
+@click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+              help="JSON of tensor ranges: reused when it matches this model and calibration, else written.")
+@click.option("--eval", "eval_source", default="synthetic:seed=2", show_default=True,
+              help="Held-out data for the accuracy gate (must differ from --calib).")
+@click.option("--eval-samples", type=int, default=32, show_default=True)
+@click.option("--no-eval", is_flag=True, help="Skip the accuracy gate.")
+@click.option("--max-dice-drop", type=float, default=0.01, show_default=True,
+              help="Gate: exit 1 when fp32 Dice - new Dice exceeds this.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: MODEL.fp16.onnx, MODEL.int8.onnx, MODEL.int8.ort.onnx).")
+@handle_errors
+def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
+             no_eval, max_dice_drop, output):
+    """Make an fp16 or int8 (explicit Q/DQ) ONNX from an fp32 export, calibrated and accuracy-gated."""
+    from deploy_unet.precision import check_gate
+    from deploy_unet.precision import quantize as run_quantize
+
+    result = run_quantize(
+        model, precision, target=target, calib=calib, calib_samples=calib_samples, method=method,
+        calib_cache=calib_cache, eval_source=None if no_eval else eval_source, eval_samples=eval_samples,
+        max_dice_drop=max_dice_drop, output=output,
+    )
+    how = "cached ranges" if result.from_cache else "calibrated"
+    where = f", target {result.target}" if precision == "int8" else ""
+    click.echo(f"wrote {result.path} ({precision}{where}, {result.size_bytes / 1e6:.2f} MB; {how}: "
+               f"{result.method} on {result.calib_samples} samples of {result.calib_source})")
+    if result.kept_fp32:
+        click.echo(f"kept in fp32 (activations beyond the fp16 range): {', '.join(result.kept_fp32)}")
+    gate = result.gate
+    if gate is not None:
+        click.echo(f"accuracy on {gate.samples} samples of {gate.source} (vs {gate.reference}): "
+                   f"Dice fp32 {gate.fp32['mean_dice']:.4f} -> {gate.candidate['mean_dice']:.4f} "
+                   f"(drop {gate.dice_drop:+.4f}, limit {gate.max_dice_drop}), "
+                   f"IoU {gate.fp32['mean_iou']:.4f} -> {gate.candidate['mean_iou']:.4f}, "
+                   f"mask agreement {gate.mask_agreement:.4f}")
+    check_gate(result)
+
+
 # --- validate, bench, pipeline (runners) ------------------------------------------------------------
 _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
 

@@ -1,0 +1,59 @@
+"""fp16: a float16 graph with float32 IO, and an overflow policy driven by calibration data.
+
+Policy: run the fp32 model on the calibration samples and record max |x| of every float tensor
+(``minmax``). A node stays float32 when any of its float inputs or outputs reached more than
+``FP16_LIMIT`` = 65504 / 4 (fp16's largest finite value with a 4x headroom for inputs brighter than
+the calibration set); inputs are included because a fp32 value cast down to a fp16 consumer would
+overflow just the same. Casts are inserted at the fp16/fp32 borders, graph inputs and outputs stay
+float32 (``keep_io_types``), and ops fp16 does not serve well (Resize, TopK, ... onnxconverter-common's
+default block list) stay float32 too.
+
+The conversion is onnxconverter-common's ``convert_float_to_float16``; NVIDIA's ModelOpt AutoCast does
+the same job with the same inputs (keep_io_types, a node block list) and may replace it where ModelOpt
+is installed.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from deploy_unet.errors import MissingDependencyError
+from deploy_unet.precision.calibration import Calibration
+
+FP16_MAX = 65504.0
+FP16_LIMIT = FP16_MAX / 4
+
+
+def overflowing_nodes(model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT) -> list[str]:
+    """Names of nodes touching a tensor whose calibrated max |x| exceeds ``limit``."""
+    hot = {name for name in calib.ranges if calib.absmax(name) > limit}
+    return [n.name for n in model.graph.node if hot.intersection(n.input) or hot.intersection(n.output)]
+
+
+def convert_fp16(
+    model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Return the fp16 model (IO float32) and the names of the nodes kept in fp32 for range."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise MissingDependencyError(
+            "fp16 conversion needs onnxconverter-common; install it with `pip install onnxconverter-common`"
+        ) from None
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, node in enumerate(model.graph.node):
+        if not node.name:  # the block list goes by node name
+            node.name = f"{node.op_type}_{i}"
+    kept = overflowing_nodes(model, calib, limit)
+    converted = float16.convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        node_block_list=kept,
+        max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
+        min_positive_val=1e-7,
+    )
+    # The converter retypes every value_info to fp16, also those between kept fp32 nodes: re-infer them.
+    del converted.graph.value_info[:]
+    converted = onnx.shape_inference.infer_shapes(converted)
+    onnx.checker.check_model(converted)
+    return converted, kept

@@ -1,0 +1,241 @@
+"""int8 by explicit quantization: QuantizeLinear/DequantizeLinear pairs written into the ONNX graph.
+
+Common to both placements: symmetric (zero point 0, int8), per-channel weights on the output-channel
+axis (0 for Conv, 1 for ConvTranspose, whose weight is (C_in, C_out/groups, kH, kW)), per-tensor
+activations, opset >= 13 (below 13 QuantizeLinear has no ``axis`` and per-channel Q/DQ is invalid
+without any error). Graph inputs and outputs stay float32.
+
+``target="tensorrt"`` (default) -- the placement TensorRT's Q/DQ fusion wants, the one NVIDIA ModelOpt's
+ONNX PTQ produces: Q/DQ on the activation input and the weight of every Conv/ConvTranspose and on the
+input of pooling; nothing on Conv outputs (so Conv+bias+ReLU fuse into one int8 kernel) and nothing on
+the logits; the inputs of each Concat carry Q/DQ with one shared scale (the largest range of the
+group), so the concat stays int8 and feeds the next Conv without a re-quantize. Biases stay float
+(TensorRT folds them). Written here, directly, from the calibration ranges (see README: why not ModelOpt).
+
+``target="onnxruntime"`` -- ``onnxruntime.quantization.quantize_static`` in QDQ format (every
+activation quantized), which ORT CPU turns into QLinearConv & co. ``quant_pre_process`` (symbolic shape
+inference, ``auto_merge=True``) runs in a temp dir because it drops files in the working directory;
+the unused opset domains it adds are stripped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from deploy_unet.errors import ArtifactError, ConfigError
+from deploy_unet.precision.calibration import Calibration
+
+TARGETS = ("tensorrt", "onnxruntime")
+MIN_OPSET = 13
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
+POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+QMAX = 127.0
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def check_opset(model: onnx.ModelProto) -> None:
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise ConfigError(
+            f"model opset {opset} is below {MIN_OPSET}: per-channel QuantizeLinear needs opset >= 13 "
+            "(older opsets write an invalid model silently); re-export with `deploy-unet export --opset 18`"
+        )
+
+
+def _scale(absmax: float) -> np.float32:
+    # A tensor that is always 0 still needs a positive scale; any value works, 1/127 keeps it tidy.
+    return np.float32(absmax / QMAX) if absmax > 0 else np.float32(1.0 / QMAX)
+
+
+def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 of a weight along ``axis``: (int8 values, float32 scales)."""
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    absmax = np.abs(moved).max(axis=1)
+    scales = np.where(absmax > 0, absmax / QMAX, 1.0 / QMAX).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scales.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scales
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.ModelProto:
+    """Insert Q/DQ with TensorRT's placement (see module doc). Returns a new model."""
+    check_opset(model)
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+
+    # Which edges (node, input index) read a quantized activation, and which tensors those are.
+    edges: list[tuple[onnx.NodeProto, int]] = []
+    for node in graph.node:
+        if node.op_type in WEIGHT_AXIS or node.op_type in POOL_OPS:
+            edges.append((node, 0))
+        elif node.op_type == "Concat":
+            edges.extend((node, i) for i in range(len(node.input)))
+    edges = [(n, i) for n, i in edges if n.input[i] and n.input[i] not in inits and n.input[i] not in outputs]
+
+    # Concat inputs (and its output) share one scale; groups merge through chained Concats.
+    groups = _UnionFind()
+    for node in graph.node:
+        if node.op_type == "Concat":
+            for name in node.input:
+                groups.union(name, node.output[0])
+    group_absmax: dict[str, float] = defaultdict(float)
+    for name in {n.input[i] for n, i in edges} | set(groups.parent):
+        if name in calib.ranges:
+            root = groups.find(name)
+            group_absmax[root] = max(group_absmax[root], calib.absmax(name))
+
+    missing = sorted({n.input[i] for n, i in edges if n.input[i] not in calib.ranges})
+    if missing:
+        raise ArtifactError(
+            f"calibration has no range for {', '.join(missing[:5])}; the calibration (cache) was made for "
+            "another graph: delete the cache and calibrate again"
+        )
+
+    new_nodes: dict[int, list[onnx.NodeProto]] = defaultdict(list)  # insert before node index
+    producers = {out: idx for idx, node in enumerate(graph.node) for out in node.output}
+    dq_of: dict[str, str] = {}
+    zero = "qdq_zero_point_int8"
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.int8), zero))
+    for node, i in edges:
+        name = node.input[i]
+        if name not in dq_of:
+            scale_name = f"{name}_scale"
+            graph.initializer.append(
+                numpy_helper.from_array(np.array(_scale(group_absmax[groups.find(name)])), scale_name)
+            )
+            q_name, dq_name = f"{name}_quantized", f"{name}_dequantized"
+            where = producers.get(name, -1) + 1
+            new_nodes[where] += [
+                helper.make_node("QuantizeLinear", [name, scale_name, zero], [q_name], name=f"{name}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [q_name, scale_name, zero], [dq_name], name=f"{name}_DequantizeLinear"),
+            ]
+            dq_of[name] = dq_name
+        node.input[i] = dq_of[name]
+
+    # Weights: int8 initializer + per-channel DequantizeLinear (4x smaller file; TensorRT and ORT fold it).
+    for node in graph.node:
+        if node.op_type not in WEIGHT_AXIS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w_name = node.input[1]
+        weight = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        axis = WEIGHT_AXIS[node.op_type]
+        q, scales = quantize_weight(weight, axis)
+        q_name, s_name, z_name = f"{w_name}_int8", f"{w_name}_scale", f"{w_name}_zero_point"
+        graph.initializer.extend([
+            numpy_helper.from_array(q, q_name),
+            numpy_helper.from_array(scales, s_name),
+            numpy_helper.from_array(np.zeros(scales.shape, dtype=np.int8), z_name),
+        ])
+        dq_out = f"{w_name}_dequantized"
+        idx = list(graph.node).index(node)
+        new_nodes[idx].append(
+            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=f"{w_name}_DequantizeLinear", axis=axis)
+        )
+        node.input[1] = dq_out
+    _rebuild(graph, new_nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]  # drops the replaced fp32 weights
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _rebuild(graph: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) -> None:
+    """Re-emit nodes with the new ones inserted before their index (keeps topological order)."""
+    ordered: list[onnx.NodeProto] = []
+    for idx, node in enumerate(graph.node):
+        ordered.extend(before.get(idx, []))
+        ordered.append(node)
+    ordered.extend(before.get(len(graph.node), []))
+    # Inputs of the graph itself are quantized before everything (index 0 via producers.get(-1)+1).
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx.ModelProto:
+    """onnxruntime.quantization QDQ, fed with our calibration ranges through its cache file."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    check_opset(model)
+    with tempfile.TemporaryDirectory(prefix="deploy-unet-ortq-") as tmp:
+        src, pre, out = (os.path.join(tmp, n) for n in ("model.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(model, src)
+        cwd = os.getcwd()
+        os.chdir(tmp)  # quant_pre_process leaves temporary files in the working directory
+        try:
+            # The exported graph is already optimized (constants and BatchNorm folded); skipping ORT's
+            # optimizer keeps tensor names equal to the calibrated ones.
+            quant_pre_process(src, pre, skip_optimization=True, auto_merge=True)
+        finally:
+            os.chdir(cwd)
+        ranges = TensorsData(
+            CalibrationMethod.MinMax,
+            {k: TensorData(lowest=np.float32(-calib.absmax(k)), highest=np.float32(calib.absmax(k))) for k in calib.ranges},
+        )
+        cache = os.path.join(tmp, "ranges.json")
+        save_tensors_data(ranges, cache)
+        quantize_static(
+            pre, out,
+            calibration_data_reader=None,
+            calibration_cache_path=cache,
+            calibrate_method=CalibrationMethod.MinMax,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
+            },
+        )
+        result = onnx.load(out)
+    _strip_unused_domains(result)
+    onnx.checker.check_model(result)
+    return result
+
+
+def _strip_unused_domains(model: onnx.ModelProto) -> None:
+    """quantize_static adds opset imports (com.microsoft, ...) even when no node uses them."""
+    used = {node.domain or "" for node in model.graph.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def quantize_int8(model: onnx.ModelProto, calib: Calibration, target: str = "tensorrt") -> onnx.ModelProto:
+    if target not in TARGETS:
+        raise ConfigError(f"--target {target!r} is not valid; choose one of: {', '.join(TARGETS)}")
+    if target == "tensorrt":
+        return quantize_for_tensorrt(model, calib)
+    return quantize_for_onnxruntime(model, calib)
