@@ -13,6 +13,7 @@ import click
 
 from deploy_unet import __version__
 from deploy_unet.errors import DeployUnetError
+from deploy_unet.report_console import make_console
 
 
 def handle_errors(func):
@@ -211,8 +212,6 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, precision,
                      gate_specs, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
-    from rich.console import Console
-
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
 
@@ -220,7 +219,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
     )
-    console = Console()
+    console = make_console()
     console.print(validation_table(report))
     console.print(gate_table(report))
     if json_path:
@@ -252,7 +251,6 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
                   json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
-    from rich.console import Console
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
     from deploy_unet.errors import ConfigError
@@ -265,7 +263,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
         runner_options={"checkpoint": checkpoint, "device": device},
     )
-    console = Console()
+    console = make_console()
     console.print(bench_table(report))
     for path, write in ((json_path, lambda p: write_json(p, report.to_dict())),
                         (markdown_path, lambda p: write_markdown(p, render_markdown(report, title="deploy-unet bench"))),
@@ -299,12 +297,10 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from deploy_unet.pipeline import PipelineConfig, raise_for_gates, run_pipeline
-    from deploy_unet.report import bench_table, validation_table
+    from deploy_unet.report import summary_table
 
-    console = Console()
+    console = make_console()
     config = PipelineConfig(
         output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
         height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
@@ -314,8 +310,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
-    console.print(validation_table(result.validations))
-    console.print(bench_table(result.bench))
+    console.print(summary_table(result.validations, result.bench))
     for kind, path in result.report_files.items():
         console.print(f"{kind}: {path}")
     raise_for_gates(result)

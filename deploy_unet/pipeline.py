@@ -17,7 +17,7 @@ from typing import Any
 from deploy_unet.errors import ArtifactError, GateFailedError
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-REFERENCE_CHECKPOINTS = {"unet": "unet_reference.pt", "fcn8s": "fcn8s_reference.pt"}
+REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"
@@ -172,8 +172,8 @@ class _Timer:
 
 
 def _size(config: PipelineConfig, loaded) -> tuple[int, int]:
-    size = (loaded.checkpoint.extra or {}).get("recommended_size") if loaded.checkpoint else None
-    default = tuple(size) if size else (256, 256)
+    shape = (loaded.checkpoint.extra or {}).get("recommended_export_shape") if loaded.checkpoint else None
+    default = tuple(shape[-2:]) if shape else (256, 256)
     return config.height or default[0], config.width or default[1]
 
 

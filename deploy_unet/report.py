@@ -101,6 +101,30 @@ def _table(title: str, columns: Sequence[str], rows: list[list[str]]):
     return table
 
 
+SUMMARY_COLUMNS = ("artifact", "prec", "rel L2", "agree %", "Dice GT", "gates", "p50 ms", "speedup")
+
+
+def summary_rows(validations: Sequence[ValidationReport], bench: BenchReport | None) -> list[list[str]]:
+    """One row per artifact: the numbers a person compares first, parity and speed side by side."""
+    timings = {os.path.abspath(r.artifact): r for r in (bench.results if bench else [])}
+    rows = []
+    for v in validations:
+        out = v.outputs[0]
+        timing = timings.get(os.path.abspath(v.candidate))
+        truth = out.candidate_vs_truth.mean_dice if out.candidate_vs_truth else None
+        rows.append([
+            os.path.basename(v.candidate), v.precision, _num(out.rel_l2), _num(out.mask_agreement, 3), _num(truth, 4),
+            "pass" if v.passed else "FAIL: " + ", ".join(g.metric for g in v.failed_gates),
+            _num(timing.latency_ms.median, 2) if timing else "-",
+            f"{timing.speedup_vs_first:.2f}x" if timing else "-",
+        ])
+    return rows
+
+
+def summary_table(validations: Sequence[ValidationReport], bench: BenchReport | None = None):
+    return _table("summary (reference: first benchmark entry)", SUMMARY_COLUMNS, summary_rows(validations, bench))
+
+
 def validation_table(reports: ValidationReport | Sequence[ValidationReport]):
     """Metrics as rows, one column per candidate output: stays readable in an 80-column terminal."""
     reports = [reports] if isinstance(reports, ValidationReport) else list(reports)
@@ -243,17 +267,21 @@ def plot_validation(validations: Sequence[ValidationReport], path: str | os.Path
             series.append((name + " vs truth", out.candidate_vs_truth.dice_per_class, "//"))
     width = 0.8 / max(len(series), 1)
     x = np.arange(num_classes)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * num_classes * max(len(series), 1) / 2 + 3), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * num_classes * max(len(series), 1) / 2 + 3) + 3, 4))
     try:
+        lowest = 1.0
         for i, (name, dice, hatch) in enumerate(series):
             values = [np.nan if d is None else d for d in dice] + [np.nan] * (num_classes - len(dice))
             ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name, hatch=hatch)
+            lowest = min([lowest] + [v for v in values if not np.isnan(v)])
         ax.set_xticks(x, [str(c) for c in x])
         ax.set_xlabel("class")
         ax.set_ylabel("Dice")
-        ax.set_ylim(0, 1.05)
-        ax.set_title("per-class Dice (absent classes left blank)")
-        ax.legend(fontsize=7, loc="lower right")
+        # Zoom to the data: differences between precisions are often in the third decimal.
+        floor = max(0.0, np.floor((lowest - 0.005) * 100) / 100)
+        ax.set_ylim(floor, 1.0 + (1.0 - floor) * 0.02)
+        ax.set_title(f"per-class Dice (absent classes left blank; axis from {floor:.2f})")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="y", alpha=0.3)
         return _save(fig, path)
     finally:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 
+def make_console(stderr: bool = False) -> Console:
+    """A terminal keeps its own width; a pipe or log file gets 140 columns so wide tables stay whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+
+
 def print_inspection(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     size_mb = report["file_size_bytes"] / 1e6
     opsets = ", ".join(f"{k} {v}" for k, v in report["opsets"].items())
     console.print(f"[bold]{report['file']}[/]  {size_mb:.2f} MB, {report['parameters']:,} parameters, "

@@ -15,6 +15,8 @@ is installed.
 
 from __future__ import annotations
 
+import warnings
+
 import onnx
 
 from deploy_unet.errors import MissingDependencyError
@@ -45,13 +47,16 @@ def convert_fp16(
         if not node.name:  # the block list goes by node name
             node.name = f"{node.op_type}_{i}"
     kept = overflowing_nodes(model, calib, limit)
-    converted = float16.convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        node_block_list=kept,
-        max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
-        min_positive_val=1e-7,
-    )
+    with warnings.catch_warnings():
+        # It warns once per tiny weight it rounds to fp16's smallest normal; that is the intended clamp.
+        warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            node_block_list=kept,
+            max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
+            min_positive_val=1e-7,
+        )
     # The converter retypes every value_info to fp16, also those between kept fp32 nodes: re-infer them.
     del converted.graph.value_info[:]
     converted = onnx.shape_inference.infer_shapes(converted)

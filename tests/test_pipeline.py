@@ -1,0 +1,78 @@
+"""The main job end to end on a thin net: every file in the report folder exists and parses."""
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from deploy_unet.checkpoint import save_checkpoint
+from deploy_unet.cli import cli
+from deploy_unet.metadata import read_model_info
+from tests.conftest import thin_net
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    net = thin_net("unet", num_classes=4)
+    ckpt = folder / "thin.pt"
+    save_checkpoint(ckpt, net, mean=[0.45] * 3, std=[0.15] * 3)
+    out = folder / "out"
+    result = CliRunner().invoke(cli, [
+        "pipeline", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64", "--width", "64",
+        "--calib-samples", "8", "--eval-samples", "4", "--iters", "3",
+    ])
+    return result, out
+
+
+def test_pipeline_exits_cleanly_and_prints_the_summary(pipeline_run):
+    result, _ = pipeline_run
+    # A random-init net's int8 masks may disagree with fp32: exit 1 (gate) is a legitimate outcome,
+    # but it must be the gate, never a crash.
+    assert result.exit_code in (0, 1), result.output
+    assert "Traceback" not in result.output
+    assert "[1/6] export to ONNX" in result.output and "[6/6] report" in result.output
+    if result.exit_code == 1:
+        assert "gate(s) failed" in result.output
+
+
+def test_pipeline_writes_every_artifact_with_the_right_precision(pipeline_run):
+    _, out = pipeline_run
+    expected = {"unet.onnx": "fp32", "unet.fp16.onnx": "fp16", "unet.int8.onnx": "int8", "unet.int8.ort.onnx": "int8"}
+    for name, precision in expected.items():
+        onnx.checker.check_model(str(out / name))
+        info = read_model_info(out / name)
+        assert info.precision == precision
+        assert info.export_shape == [1, 3, 64, 64]
+    ops = {n.op_type for n in onnx.load(str(out / "unet.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_pipeline_report_folder_parses(pipeline_run):
+    _, out = pipeline_run
+    report = json.loads((out / "report.json").read_text())
+    labels = [a["label"] for a in report["pipeline"]["artifacts"]]
+    assert labels[0] == "PyTorch (reference)" and len(labels) == 5
+    assert len(report["validation"]) == 4
+    assert len(report["bench"]["results"]) == 5  # the reference is timed too
+    assert "TensorRT engines skipped" in report["pipeline"]["notes"][0]
+    markdown = (out / "report.md").read_text()
+    for heading in ("## Validation against", "## Latency", "![latency](latency.png)"):
+        assert heading in markdown
+    for png in ("latency.png", "validation.png"):
+        with Image.open(out / png) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_pipeline_without_checkpoint_for_unshipped_arch(tmp_path):
+    result = CliRunner().invoke(cli, ["pipeline", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: checkpoint") and "does not exist" in result.output
+
+
+def test_pipeline_bad_precision_list(tmp_path):
+    result = CliRunner().invoke(cli, ["pipeline", "--precisions", "fp32,int4", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "choose from fp32, fp16, int8" in result.output
