@@ -60,17 +60,23 @@ def _graph(path):
     return model, producers, inits, consumers
 
 
-def _assert_common_qdq_rules(path):
+def _assert_common_qdq_rules(path, symmetric_activations=True):
     model, producers, inits, _ = _graph(path)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq
-    for n in qdq:  # symmetric: every zero point is 0, int8 (int32 only for ORT's quantized biases)
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    for n in qdq:
         assert len(n.input) == 3
         zp = inits[n.input[2]]
-        assert not zp.any()
         is_bias = n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0, np.int8)).dtype == np.int32
-        assert zp.dtype == (np.int32 if is_bias else np.int8)
+        is_weight = n.op_type == "DequantizeLinear" and n.output[0] in weights
+        if symmetric_activations or is_weight or is_bias:
+            # symmetric: zero point 0, int8 (int32 only for ORT's quantized biases)
+            assert not zp.any(), n.name
+            assert zp.dtype == (np.int32 if is_bias else np.int8)
+        else:
+            assert zp.dtype == np.uint8  # the onnxruntime target's U8S8 activations
     for io in list(model.graph.input) + list(model.graph.output):
         assert io.type.tensor_type.elem_type == TensorProto.FLOAT
     for n in model.graph.node:
@@ -117,11 +123,16 @@ def test_int8_tensorrt_placement_rules(unet_onnx, tmp_path):
 
 def test_int8_onnxruntime_target_rules_and_runs(unet_onnx, tmp_path):
     res = quantize(unet_onnx, "int8", target="onnxruntime", output=tmp_path / "o.onnx", **FAST)
-    model, producers, _ = _assert_common_qdq_rules(res.path)
+    model, producers, inits = _assert_common_qdq_rules(res.path, symmetric_activations=False)
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # unused domains stripped
-    # every activation quantized: the ReLU outputs feed Q nodes too
-    relu_out = {n.output[0] for n in model.graph.node if n.op_type == "Relu"}
-    assert any(n.op_type == "QuantizeLinear" and n.input[0] in relu_out for n in model.graph.node)
+    # every activation quantized, and each ReLU folded into the uint8 Q after its Conv: zero point 0 is
+    # uint8's qmin, so the Q clamps at 0 exactly as the ReLU did (this is what makes ORT CPU fast)
+    relus_before = sum(n.op_type == "Relu" for n in onnx.load(unet_onnx).graph.node)
+    assert relus_before > 0 and not any(n.op_type == "Relu" for n in model.graph.node)
+    conv_out = {n.output[0] for n in model.graph.node if n.op_type == "Conv"}
+    clamping_q = [n for n in model.graph.node
+                  if n.op_type == "QuantizeLinear" and n.input[0] in conv_out and int(inits[n.input[2]]) == 0]
+    assert len(clamping_q) == relus_before
     assert res.gate.mask_agreement > 0.9
     assert read_model_info(res.path).extra["quant_target"] == "onnxruntime"
 

@@ -112,7 +112,9 @@ def collect_ranges(
             [],  # every float tensor
             augmented_model_path=os.path.join(tmp, "augmented.onnx"),
             calibrate_method=ort_method,
-            extra_options={"symmetric": True},
+            # MinMax keeps the true (min, max): the onnxruntime target needs it for its uint8 activations,
+            # the symmetric targets take max(|min|, |max|). The histogram methods stay symmetric.
+            extra_options={"symmetric": method != "minmax"},
         )
         with _progress(progress, f"calibrating ({method})", len(images)) as step:
             calibrator.collect_data(_Reader(input_name, images.astype(np.float32), step))

@@ -181,7 +181,14 @@ def _rebuild(graph: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) ->
 
 
 def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx.ModelProto:
-    """onnxruntime.quantization QDQ, fed with our calibration ranges through its cache file."""
+    """onnxruntime.quantization QDQ, fed with our calibration ranges through its cache file.
+
+    Activations are uint8 *asymmetric* (weights stay int8 symmetric per-channel): that is ORT's U8S8
+    recommendation for x86, and it lets ORT drop every ReLU into the following Q (a ReLU output's
+    zero point is then 0 = qmin). With symmetric int8 activations the ReLUs, their Q/DQ pairs and
+    layout transposes stay in the graph and ORT CPU ran this UNet at 0.86x of fp32 instead of ~0.5x.
+    TensorRT requires zero point 0, so the tensorrt target keeps symmetric int8 activations.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -200,7 +207,10 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
             os.chdir(cwd)
         ranges = TensorsData(
             CalibrationMethod.MinMax,
-            {k: TensorData(lowest=np.float32(-calib.absmax(k)), highest=np.float32(calib.absmax(k))) for k in calib.ranges},
+            {
+                k: TensorData(lowest=np.float32(min(0.0, low)), highest=np.float32(max(0.0, high)))
+                for k, (low, high) in calib.ranges.items()
+            },
         )
         cache = os.path.join(tmp, "ranges.json")
         save_tensors_data(ranges, cache)
@@ -211,10 +221,10 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
             calibrate_method=CalibrationMethod.MinMax,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             extra_options={
-                "ActivationSymmetric": True,
+                "ActivationSymmetric": False,
                 "WeightSymmetric": True,
                 "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
             },
