@@ -270,7 +270,8 @@ def test_fp16_keeps_overflowing_nodes_fp32(tmp_path):
     onnx.save(naive, naive_path)
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(naive).graph.value_info}
     assert types["big"] == TensorProto.FLOAT16  # the naive graph stores the ~1e5 activation as fp16,
-    assert np.isinf(np.float16(calib.absmax("big")))  # which a real fp16 engine rounds to inf
+    with np.errstate(over="ignore"):  # the overflow is the point
+        assert np.isinf(np.float16(calib.absmax("big")))  # which a real fp16 engine rounds to inf
     # (ORT CPU computes fp16 Conv in fp32 internally, so it cannot show the overflow itself)
     kept_types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     big_out = next(n.output[0] for n in model.graph.node if n.name == "big_conv")

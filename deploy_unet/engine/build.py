@@ -249,7 +249,7 @@ def default_profile(opt: Shape, divisor: int, dims: list[int | None]) -> Profile
 
 def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None], source: str) -> None:
     """Every profile shape obeys the divisor, the channel count and fixed dims; min <= opt <= max."""
-    reason = f"the divisor of {info.arch} in {source}'s metadata"
+    reason = info.contract_reason
     for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
         option = f"--{which}-shape {_fmt(shape)}"
         if shape[0] < 1:
