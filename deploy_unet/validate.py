@@ -445,45 +445,15 @@ def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: b
     """
     if n < 1 or batch < 1:
         raise ConfigError(f"--samples {n} and batch {batch} must be >= 1")
-    try:
-        from deploy_unet.data import load_samples
-    except ImportError:  # the data module lands with the precision work; keep arrays usable meanwhile
-        images, masks = _load_arrays_minimal(source, info, n)
-    else:
-        kwargs = {"fit": "pad", "divisor": 1} if pad else {}
-        loaded = load_samples(source, info, n, **kwargs)
-        images, masks = loaded.images, loaded.masks
+    from deploy_unet.data import load_samples
+
+    kwargs = {"fit": "pad", "divisor": 1} if pad else {}
+    loaded = load_samples(source, info, n, **kwargs)
+    images, masks = loaded.images, loaded.masks
     return [
         Sample(images[i:i + batch], None if masks is None else masks[i:i + batch], name=f"{source}[{i}]")
         for i in range(0, len(images), batch)
     ]
-
-
-def _load_arrays_minimal(source: str, info, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Fallback reader: ``.npy`` (NCHW images) or ``.npz`` (``images`` [+ ``masks``]), in [0, 1] or uint8."""
-    from deploy_unet.errors import ArtifactError
-
-    path = os.fspath(source)
-    if not path.endswith((".npy", ".npz")):
-        raise ConfigError(f"data source {source!r} needs deploy_unet.data; without it pass a .npy or .npz file")
-    if not os.path.isfile(path):
-        raise ArtifactError(f"data file {path} does not exist")
-    loaded = np.load(path, allow_pickle=False)
-    if path.endswith(".npz"):
-        with loaded:
-            if "images" not in loaded:
-                raise ArtifactError(f"{path} holds {list(loaded.keys())}; name the image array 'images'")
-            images, masks = loaded["images"], (loaded["masks"] if "masks" in loaded else None)
-    else:
-        images, masks = loaded, None
-    if images.ndim != 4:
-        raise ArtifactError(f"{path}: images have shape {images.shape}; expected NCHW")
-    images = images.astype(np.float32) / (255.0 if np.issubdtype(images.dtype, np.integer) else 1.0)
-    if info is not None and info.mean and info.std:
-        mean = np.asarray(info.mean, np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(info.std, np.float32).reshape(1, -1, 1, 1)
-        images = (images - mean) / std
-    return images[:n], (None if masks is None else masks.astype(np.int64)[:n])
 
 
 @contextlib.contextmanager

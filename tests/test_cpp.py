@@ -18,6 +18,7 @@ from PIL import Image
 from test_manifest import make_manifest
 from trt_fakes import make_onnx
 
+from deploy_unet.data import normalize
 from deploy_unet.engine.manifest import write_manifest
 from deploy_unet.shapes import Padding, crop_back, pad_to_multiple
 
@@ -60,13 +61,13 @@ def run_tool(build: Path, tool: str, *args) -> subprocess.CompletedProcess:
 
 
 def python_preprocess(path: Path, mean, std, divisor: int, mode: str = "reflect") -> np.ndarray:
-    """The Python reference: decode with Pillow, /255, (x - mean) / std in float32, shapes.pad_to_multiple."""
+    """The Python reference: decode with Pillow, /255, then the project's own data.normalize and
+    shapes.pad_to_multiple, so the C++ is held to the code the runners use."""
     pixels = np.asarray(Image.open(path))
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     x = pixels.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255.0)
-    x = (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
-    padded, _ = pad_to_multiple(x, divisor, mode)
+    padded, _ = pad_to_multiple(normalize(x, mean, std), divisor, mode)
     return padded
 
 

@@ -247,7 +247,7 @@ def default_profile(opt: Shape, divisor: int, dims: list[int | None]) -> Profile
     return Profile(minimum, opt, maximum)  # type: ignore[arg-type]
 
 
-def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None], source: str) -> None:
+def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> None:
     """Every profile shape obeys the divisor, the channel count and fixed dims; min <= opt <= max."""
     reason = info.contract_reason
     for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
@@ -310,7 +310,6 @@ def plan_build(
 
     model = load_onnx(onnx_path, load_weights=False)
     info = read_model_info(model)
-    source = Path(onnx_path).name
     graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(graph_inputs) != 1:
         raise ArtifactError(f"{onnx_path} has {len(graph_inputs)} inputs {graph_inputs}; deploy-unet builds single-input nets")
@@ -326,7 +325,7 @@ def plan_build(
     opt = shapes["opt"] or _default_opt(info, dims, onnx_path)
     derived = default_profile(opt, info.divisor, dims)
     profile = Profile(shapes["min"] or derived.min, opt, shapes["max"] or derived.max)
-    check_profile(profile, info, dims, source)
+    check_profile(profile, info, dims)
 
     evidence = read_precision(model, info.precision if "precision" in read_props(model) else None)
     warnings = _qdq_warnings(model) if evidence.precision == "int8" else []
