@@ -75,6 +75,7 @@ class BenchResult:
     samples_ms: list[float] = field(default_factory=list)
     speedup_vs_first: float = 1.0  # baseline median / this median, same net, batch and size
     arch: str = ""  # from the artifact's metadata; ratios compare like with like
+    wall_seconds: float = 0.0  # what measuring this entry cost (warmup + timed iterations), for stage reports
 
     @property
     def size(self) -> str:
@@ -352,10 +353,12 @@ def bench(
                             if bar and total:
                                 bar.advance(task)
 
+                        started = time.perf_counter()
                         result = bench_runner(
                             runner, batch=b, height=h, width=w, warmup=warmup, iters=iters,
                             duration=duration, label=label, artifact=str(artifact), on_iter=step,
                         )
+                        result.wall_seconds = time.perf_counter() - started
                         if bar and not iters:
                             bar.advance(task)
                         results.append(result)

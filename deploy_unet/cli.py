@@ -115,6 +115,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
     click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}, dynamic {dynamic}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
+    click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))
 
 
 @cli.command("inspect")
@@ -291,14 +292,17 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--engines/--no-engines", default=True, show_default=True,
               help="Build TensorRT engines when TensorRT and a GPU are present.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
+@click.option("--bench-tensorrt-qdq", is_flag=True, default=False,
+              help="Also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU (validated either way; "
+                   "ORT's CPU provider runs it as dequantize + fp32 conv, so it is skipped by default).")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, engines, threads):
+             iters, engines, threads, bench_tensorrt_qdq):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
     from deploy_unet.pipeline import PipelineConfig, raise_for_gates, run_pipeline
-    from deploy_unet.report import summary_table
+    from deploy_unet.report import stage_table, summary_table
 
     console = make_console()
     config = PipelineConfig(
@@ -306,11 +310,12 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters,
-        engines="auto" if engines else "off", threads=threads,
+        engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
     console.print(summary_table(result.validations, result.bench))
+    console.print(stage_table(result.stages))
     for kind, path in result.report_files.items():
         console.print(f"{kind}: {path}")
     raise_for_gates(result)

@@ -32,6 +32,7 @@ from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
 from deploy_unet.fileio import atomic_path
 from deploy_unet.metadata import ModelInfo, write_props
 from deploy_unet.shapes import validate_shape
+from deploy_unet.timing import StageTimes
 
 DYNAMIC_CHOICES = ("all", "batch", "hw", "none")
 MIN_OPSET = 13  # per-channel Q/DQ (the int8 path) needs 13; the dynamo exporter itself emits 18
@@ -47,6 +48,7 @@ class ExportResult:
     info: ModelInfo
     parity: dict[str, float] = field(default_factory=dict)  # "BxCxHxW" -> max abs error vs PyTorch
     seconds: float = 0.0
+    stages: StageTimes = field(default_factory=StageTimes)  # where the time went
 
 
 def export_onnx(
@@ -73,6 +75,7 @@ def export_onnx(
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured."""
     log = log or (lambda _msg: None)
     start = time.perf_counter()
+    times = StageTimes()
     net = net.eval()
     divisor = divisor or getattr(net, "divisor", None)
     if not divisor:
@@ -88,7 +91,7 @@ def export_onnx(
     validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
 
     sample = torch.from_numpy(_sample(batch, in_channels, height, width, seed=0))
-    with torch.no_grad():
+    with torch.no_grad(), times.stage("PyTorch forward (sample)"):
         try:
             reference = net(sample)
         except Exception as exc:
@@ -101,13 +104,16 @@ def export_onnx(
     num_classes = int(reference.shape[1])
 
     log("exporting with torch.onnx.export(dynamo=True)")
-    model = _torch_export(net, sample, dynamic, opset)
-    _name_dims(model, dynamic)
+    with times.stage("torch.onnx.export (dynamo)"):
+        model = _torch_export(net, sample, dynamic, opset)
+        _name_dims(model, dynamic)
     log("checking (onnx.checker, full shape inference)")
-    model = _check(model)
+    with times.stage("onnx.checker + shape inference"):
+        model = _check(model)
     if simplify:
         log("simplifying (onnxslim)")
-        model = _simplify(model)
+        with times.stage("onnxslim"):
+            model = _simplify(model)
 
     info = ModelInfo(
         arch=arch or getattr(net, "arch", None) or type(net).__name__,
@@ -138,8 +144,9 @@ def export_onnx(
         parity: dict[str, float] = {}
         if verify:
             log("verifying in ONNX Runtime against PyTorch")
-            parity = _verify(net, tmp, info, dynamic, tolerance)
-    return ExportResult(Path(output), info, parity, time.perf_counter() - start)
+            with times.stage("parity check (ORT vs PyTorch, 2 shapes)"):
+                parity = _verify(net, tmp, info, dynamic, tolerance)
+    return ExportResult(Path(output), info, parity, time.perf_counter() - start, times)
 
 
 def _sample(batch: int, channels: int, height: int, width: int, seed: int) -> np.ndarray:

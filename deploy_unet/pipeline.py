@@ -8,19 +8,22 @@ raised at the very end, so one failing artifact does not hide the others' number
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy_unet.errors import ArtifactError, GateFailedError
+from deploy_unet.timing import StageTimes
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"
+# Why the TensorRT-placement int8 ONNX is not timed on ONNX Runtime CPU by default (benchmarks/int8_ort_cpu.md).
+TENSORRT_QDQ_ON_CPU = ("TensorRT Q/DQ placement: ONNX Runtime's x86 CPU provider fuses no symmetric-int8 Q/DQ, so it "
+                       "runs dequantize + fp32 convolutions, slower than fp32; TensorRT compiles this file")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class PipelineConfig:
     bench_batch: int = 1
     engines: str = "auto"  # auto | off
     threads: int | None = None
+    bench_tensorrt_qdq: bool = False  # also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Artifact:
     precision: str
     backend: str | None = None
     note: str = ""
+    target: str = ""  # int8 Q/DQ placement: tensorrt | onnxruntime
 
 
 @dataclass
@@ -55,7 +60,7 @@ class PipelineResult:
     output_dir: Path
     artifacts: list[Artifact] = field(default_factory=list)
     report_files: dict[str, Path] = field(default_factory=dict)
-    step_seconds: dict[str, float] = field(default_factory=dict)
+    stages: StageTimes = field(default_factory=StageTimes)
     notes: list[str] = field(default_factory=list)
     failed_gates: list[str] = field(default_factory=list)
     validations: list = field(default_factory=list)  # validate.ValidationReport per candidate
@@ -80,61 +85,77 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     from deploy_unet.nets.loading import load_net
     from deploy_unet.precision import quantize
     from deploy_unet.report import write_report
-    from deploy_unet.validate import validate_artifacts
+    from deploy_unet.validate import validate_artifacts_many
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = PipelineResult(out)
+    times = result.stages
     checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint(config.arch)
     steps = 5 + (config.engines != "off")
     step = iter(range(1, steps + 1))
 
-    def timed(name: str):
-        log(f"[{next(step)}/{steps}] {name}")
-        return _Timer(result.step_seconds, name)
+    def timed(name: str, label: str):
+        log(f"[{next(step)}/{steps}] {label}")
+        return times.stage(name)
 
     loaded = load_net(checkpoint=checkpoint)
     stem = loaded.arch
     height, width = _size(config, loaded)
     reference = Artifact("PyTorch (reference)", checkpoint, "fp32", "torch")
 
-    with timed("export to ONNX"):
+    with timed("export", "export to ONNX"):
         fp32 = out / f"{stem}.onnx"
-        export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
-                    arch=loaded.arch, net_config=loaded.net_config, checkpoint_sha256=loaded.checkpoint.sha256)
+        exported = export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
+                               arch=loaded.arch, net_config=loaded.net_config,
+                               checkpoint_sha256=loaded.checkpoint.sha256)
+        times.extend(exported.stages, "export")
         onnx_artifacts = [Artifact("ONNX fp32", fp32, "fp32")]
 
-    with timed("precision: " + ", ".join(_precision_labels(config))):
+    with timed("precision", "precision: " + ", ".join(_precision_labels(config))):
         cache = out / f"{stem}.calib.json"  # one calibration pass shared by fp16 and both int8 targets
         for precision, target in _quantize_jobs(config):
             q = quantize(fp32, precision, target=target, calib=CALIB_SOURCE, calib_samples=config.calib_samples,
                          calib_cache=cache, eval_source=None, progress=False, threads=config.threads)
             label = f"ONNX {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")
+            for stage in q.stages.stages:
+                times.add(f"{q.path.name}: {stage.name}", stage.seconds, "precision")
             note = f"{len(q.kept_fp32)} node(s) kept fp32 (fp16 range)" if q.kept_fp32 else ""
-            onnx_artifacts.append(Artifact(label, q.path, precision, note=note))
+            onnx_artifacts.append(Artifact(label, q.path, precision, note=note, target=target))
 
     engines: list[Artifact] = []
     if config.engines != "off":
-        with timed("TensorRT engines"):
+        with timed("TensorRT engines", "TensorRT engines"):
             engines, note = _build_engines(onnx_artifacts, out, log)
             result.notes.append(note)
             log(f"      {note}")
 
     candidates = onnx_artifacts + engines
-    validations = []
-    with timed(f"validate every artifact against PyTorch ({config.eval_samples} held-out samples)"):
-        for artifact in candidates:
-            report = validate_artifacts(artifact.path, checkpoint, data=EVAL_SOURCE, samples=config.eval_samples,
-                                        backend=artifact.backend, progress=False)
-            validations.append(report)
+    with timed("validate", f"validate every artifact against PyTorch ({config.eval_samples} held-out samples)"):
+        # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
+        validations = validate_artifacts_many(
+            [(a.path, a.backend) for a in candidates], checkpoint, data=EVAL_SOURCE, samples=config.eval_samples,
+            progress=False, threads=config.threads,
+        )
+        times.add("reference (PyTorch) inference", validations[0].reference_seconds, "validate")
+        for artifact, report in zip(candidates, validations):
+            times.add(f"{artifact.path.name} inference", report.candidate_seconds, "validate")
             result.failed_gates += [f"{artifact.path.name}: {g.describe()}" for g in report.failed_gates]
 
-    with timed(f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations)"):
-        bench_report = bench([reference.path] + [a.path for a in candidates], batches=(config.bench_batch,),
+    timed_artifacts, untimed = _bench_selection(config, candidates)
+    for artifact in untimed:
+        note = (f"not benchmarked: {artifact.path.name} ({TENSORRT_QDQ_ON_CPU}; validated above; "
+                "--bench-tensorrt-qdq times it anyway)")
+        result.notes.append(note)
+        log(f"      {note}")
+    with timed("bench", f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations)"):
+        bench_report = bench([reference.path] + [a.path for a in timed_artifacts], batches=(config.bench_batch,),
                              sizes=((height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
                              threads=config.threads, progress=False)
+        for r in bench_report.results:
+            times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
 
-    with timed("report"):
+    with timed("report", "report"):
         result.artifacts = [reference] + candidates
         result.validations, result.bench = validations, bench_report
         extra = {
@@ -144,9 +165,12 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
                 "size": [height, width],
                 "calibration_source": CALIB_SOURCE,
                 "evaluation_source": EVAL_SOURCE,
-                "artifacts": [_artifact_entry(a) for a in result.artifacts],
+                "threads": config.threads,
+                "artifacts": [_artifact_entry(a, a in untimed) for a in result.artifacts],
                 "notes": result.notes,
-                "step_seconds": result.step_seconds,
+                "step_seconds": {s.name: round(s.seconds, 3) for s in times.stages if not s.group},
+                # written inside the report step, so the report's own time is not in these numbers
+                "stage_seconds": times.to_list(),
             }
         }
         preamble = _preamble(result, checkpoint, height, width)
@@ -160,15 +184,14 @@ def raise_for_gates(result: PipelineResult) -> None:
         raise GateFailedError(f"{len(result.failed_gates)} gate(s) failed: " + "; ".join(result.failed_gates))
 
 
-class _Timer:
-    def __init__(self, store: dict[str, float], name: str):
-        self.store, self.name = store, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.store[self.name] = round(time.perf_counter() - self.start, 2)
+def _bench_selection(config: PipelineConfig, candidates: list[Artifact]) -> tuple[list[Artifact], list[Artifact]]:
+    """Which candidates to time. The TensorRT-placement int8 ONNX is the file TensorRT compiles, so it is
+    always validated, but ONNX Runtime's CPU provider cannot run it as int8 (see TENSORRT_QDQ_ON_CPU):
+    timing it there measures a configuration nobody deploys, so it is left out unless asked for."""
+    untimed = [a for a in candidates
+               if a.precision == "int8" and a.target == "tensorrt" and a.path.suffix == ".onnx"
+               and not config.bench_tensorrt_qdq]
+    return [a for a in candidates if a not in untimed], untimed
 
 
 def _size(config: PipelineConfig, loaded) -> tuple[int, int]:
@@ -211,10 +234,10 @@ def _build_engines(onnx_artifacts: list[Artifact], out: Path, log: Callable[[str
     return engines, f"built {len(engines)} TensorRT engine(s) on {devices.devices[0].name}"
 
 
-def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
+def _artifact_entry(artifact: Artifact, untimed: bool = False) -> dict[str, Any]:
     size = artifact.path.stat().st_size if artifact.path.exists() else None
     return {"label": artifact.label, "file": os.fspath(artifact.path), "precision": artifact.precision,
-            "size_bytes": size, "note": artifact.note}
+            "size_bytes": size, "note": artifact.note, "benchmarked": not untimed}
 
 
 def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int) -> str:
@@ -224,6 +247,8 @@ def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int)
         size = a.path.stat().st_size / 1e6 if a.path.exists() else float("nan")
         lines.append(f"| {a.label} | `{a.path.name}` | {size:.2f} | {a.note} |")
     lines += [""] + [f"- {note}" for note in result.notes]
-    steps = ", ".join(f"{name.split(' (')[0]} {sec:.1f}s" for name, sec in result.step_seconds.items())
-    lines += [f"- step times: {steps}", ""]
+    lines += ["", "## Where the time went", "", "| stage | seconds | share |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {sec} | {share} |" for name, sec, share in result.stages.rows(indent="&emsp;")]
+    lines += ["", f"Total {result.stages.total:.1f} s, the report step's own time not included; "
+              "indented rows are parts of the step above them.", ""]
     return "\n".join(lines)

@@ -125,6 +125,11 @@ def summary_table(validations: Sequence[ValidationReport], bench: BenchReport | 
     return _table("summary (reference: first benchmark entry)", SUMMARY_COLUMNS, summary_rows(validations, bench))
 
 
+def stage_table(stages):
+    """Where a long command's time went (a ``timing.StageTimes``), sub-stages indented under their step."""
+    return _table(f"time per stage (total {stages.total:.1f} s)", ("stage", "seconds", "share"), stages.rows())
+
+
 def validation_table(reports: ValidationReport | Sequence[ValidationReport]):
     """Metrics as rows, one column per candidate output: stays readable in an 80-column terminal."""
     reports = [reports] if isinstance(reports, ValidationReport) else list(reports)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,6 +146,8 @@ class ValidationReport:
     num_classes: int
     outputs: list[OutputParity]
     gates: list[GateResult] = field(default_factory=list)
+    candidate_seconds: float = 0.0  # wall time in the candidate's infer (the reference's is shared)
+    reference_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -272,34 +275,90 @@ def validate(
     Runners are activated here if they are not already. ``precision`` defaults to the candidate's
     metadata (``runner.info.precision``), else fp32. ``on_sample(i)`` reports progress.
     """
-    precision = precision or _precision_of(candidate)
-    active_gates = gates_for(precision, gates)
-    cand_input, ref_input = _single_input(candidate), _single_input(reference)
-    pairs = _pair_outputs(candidate, reference)
-    accumulators: dict[str, _OutputAccumulator] = {}
+    return validate_many(
+        [candidate], reference, samples, gates, precisions=[precision], num_classes=num_classes,
+        candidate_names=[candidate_name], reference_name=reference_name, on_sample=on_sample,
+    )[0]
+
+
+def validate_many(
+    candidates: Sequence[Runner],
+    reference: Runner,
+    samples: Iterable[Any],
+    gates: dict[str, float] | None = None,
+    *,
+    precisions: Sequence[str | None] | None = None,
+    num_classes: int | None = None,
+    candidate_names: Sequence[str | None] | None = None,
+    reference_name: str | None = None,
+    on_sample: Callable[[int], None] | None = None,
+) -> list[ValidationReport]:
+    """``validate`` for several candidates against one reference, which runs once per sample.
+
+    The reference (usually PyTorch eager, the slowest backend on a CPU) is the dominant cost when each
+    candidate is validated on its own; here its outputs are shared. Each report also records the
+    seconds its candidate spent in ``infer``.
+    """
+    n = len(candidates)
+    precisions = list(precisions or [None] * n)
+    names = list(candidate_names or [None] * n)
+    precisions = [p or _precision_of(c) for p, c in zip(precisions, candidates)]
+    active_gates = [gates_for(p, gates) for p in precisions]
+    ref_input = _single_input(reference)
+    cand_inputs = [_single_input(c) for c in candidates]
+    pairs = [_pair_outputs(c, reference) for c in candidates]
+    accumulators: list[dict[str, _OutputAccumulator]] = [{} for _ in candidates]
+    seconds = [0.0] * n
+    ref_seconds = 0.0
     count = 0
-    with _active(candidate), _active(reference):
+    with contextlib.ExitStack() as stack:
+        for runner in (*candidates, reference):
+            stack.enter_context(_active(runner))
         for i, sample in enumerate(samples):
             image = np.asarray(sample.image, dtype=np.float32)
-            cand_out = candidate.infer({cand_input: image})
+            start = time.perf_counter()
             ref_out = reference.infer({ref_input: image})
+            ref_seconds += time.perf_counter() - start
             mask = getattr(sample, "mask", None)
-            for cand_name, ref_name in pairs:
-                c, r = cand_out[cand_name], ref_out[ref_name]
-                if cand_name not in accumulators:
-                    # Classes come from the logits themselves (1 channel = binary), so masks always fit.
-                    classes = num_classes or max(int(c.shape[1]) if c.ndim == 4 else 2, 2)
-                    accumulators[cand_name] = _OutputAccumulator(cand_name, classes)
-                truth = mask if (mask is not None and c.ndim == 4 and c.shape[-2:] == np.shape(mask)[-2:]) else None
-                accumulators[cand_name].add(c, r, truth)
+            for k, candidate in enumerate(candidates):
+                start = time.perf_counter()
+                cand_out = candidate.infer({cand_inputs[k]: image})
+                seconds[k] += time.perf_counter() - start
+                for cand_name, ref_name in pairs[k]:
+                    c, r = cand_out[cand_name], ref_out[ref_name]
+                    if cand_name not in accumulators[k]:
+                        # Classes come from the logits themselves (1 channel = binary), so masks always fit.
+                        classes = num_classes or max(int(c.shape[1]) if c.ndim == 4 else 2, 2)
+                        accumulators[k][cand_name] = _OutputAccumulator(cand_name, classes)
+                    fits = mask is not None and c.ndim == 4 and c.shape[-2:] == np.shape(mask)[-2:]
+                    accumulators[k][cand_name].add(c, r, mask if fits else None)
             count += 1
             if on_sample:
                 on_sample(i)
     if count == 0:
         raise ConfigError("no samples to validate on; pass --data with at least one image, or --samples >= 1")
-    outputs = [acc.result() for acc in accumulators.values()]
+    reports = []
+    for k, candidate in enumerate(candidates):
+        outputs = [acc.result() for acc in accumulators[k].values()]
+        reports.append(ValidationReport(
+            candidate=names[k] or _describe(candidate),
+            reference=reference_name or _describe(reference),
+            candidate_backend=candidate.backend,
+            reference_backend=reference.backend,
+            precision=precisions[k],
+            num_samples=count,
+            num_classes=next(iter(accumulators[k].values())).num_classes,
+            outputs=outputs,
+            gates=_apply_gates(active_gates[k], outputs),
+            candidate_seconds=seconds[k],
+            reference_seconds=ref_seconds,
+        ))
+    return reports
+
+
+def _apply_gates(gates: dict[str, float], outputs: list[OutputParity]) -> list[GateResult]:
     results = []
-    for name, threshold in active_gates.items():
+    for name, threshold in gates.items():
         direction = GATE_METRICS[name]
         for out in outputs:
             value = out.metric(name)
@@ -310,17 +369,7 @@ def validate(
             else:
                 passed = bool(value >= threshold)
             results.append(GateResult(name, out.name, value, threshold, direction, passed))
-    return ValidationReport(
-        candidate=candidate_name or _describe(candidate),
-        reference=reference_name or _describe(reference),
-        candidate_backend=candidate.backend,
-        reference_backend=reference.backend,
-        precision=precision,
-        num_samples=count,
-        num_classes=next(iter(accumulators.values())).num_classes,
-        outputs=outputs,
-        gates=results,
-    )
+    return results
 
 
 class _active:
@@ -418,22 +467,50 @@ def validate_artifacts(
     precision: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    threads: int | None = None,
 ) -> ValidationReport:
     """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
     synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
     failed gate: call ``report.raise_for_gates()``."""
+    return validate_artifacts_many(
+        [(candidate, backend)], reference, data=data, samples=samples, batch=batch, ref_backend=ref_backend,
+        checkpoint=checkpoint, pad=pad, gates=gates, precisions=[precision], device=device, progress=progress,
+        threads=threads,
+    )[0]
+
+
+def validate_artifacts_many(
+    candidates: Sequence[tuple[str | os.PathLike, str | None]],
+    reference: str | os.PathLike,
+    *,
+    data: str | None = None,
+    samples: int = 8,
+    batch: int = 1,
+    ref_backend: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    pad: bool = False,
+    gates: dict[str, float] | None = None,
+    precisions: Sequence[str | None] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    threads: int | None = None,
+) -> list[ValidationReport]:
+    """Validate several ``(artifact, backend)`` candidates of one net against one reference on the same
+    inputs; the reference runs once per sample (``validate_many``)."""
     from deploy_unet.runtime import open_runner
 
-    options = {"checkpoint": checkpoint, "device": device}
-    cand_runner = open_runner(candidate, backend, pad=pad, **options)
-    ref_runner = open_runner(reference, ref_backend, pad=pad, **options)
-    with cand_runner, ref_runner:
-        info = getattr(cand_runner, "info", None) or getattr(ref_runner, "info", None)
+    options = {"checkpoint": checkpoint, "device": device, "threads": threads}
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_runner(path, backend, pad=pad, **options)) for path, backend in candidates]
+        ref_runner = stack.enter_context(open_runner(reference, ref_backend, pad=pad, **options))
+        info = next((r.info for r in runners if getattr(r, "info", None)), None) or getattr(ref_runner, "info", None)
         batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad))
-        with _progress(progress, f"validate {os.path.basename(os.fspath(candidate))}", len(batches)) as tick:
-            return validate(
-                cand_runner, ref_runner, batches, gates, precision=precision,
-                candidate_name=os.fspath(candidate), reference_name=os.fspath(reference), on_sample=tick,
+        label = ", ".join(os.path.basename(os.fspath(path)) for path, _ in candidates)
+        with _progress(progress, f"validate {label}", len(batches)) as tick:
+            return validate_many(
+                runners, ref_runner, batches, gates, precisions=precisions,
+                candidate_names=[os.fspath(path) for path, _ in candidates], reference_name=os.fspath(reference),
+                on_sample=tick,
             )
 
 

@@ -1,6 +1,7 @@
 """The main job end to end on a thin net: every file in the report folder exists and parses."""
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -56,15 +57,56 @@ def test_pipeline_report_folder_parses(pipeline_run):
     labels = [a["label"] for a in report["pipeline"]["artifacts"]]
     assert labels[0] == "PyTorch (reference)" and len(labels) == 5
     assert len(report["validation"]) == 4
-    assert len(report["bench"]["results"]) == 5  # the reference is timed too
+    # The reference is timed too; the TensorRT-placement int8 ONNX is validated but not timed on ORT CPU.
+    timed = [r["artifact"] for r in report["bench"]["results"]]
+    assert len(timed) == 4 and not any(t.endswith("unet.int8.onnx") for t in timed)
+    untimed = [a["file"] for a in report["pipeline"]["artifacts"] if not a["benchmarked"]]
+    assert [Path(f).name for f in untimed] == ["unet.int8.onnx"]
     assert "TensorRT engines skipped" in report["pipeline"]["notes"][0]
+    assert any(n.startswith("not benchmarked: unet.int8.onnx") for n in report["pipeline"]["notes"])
     markdown = (out / "report.md").read_text()
-    for heading in ("## Validation against", "## Latency", "![latency](latency.png)"):
+    for heading in ("## Validation against", "## Latency", "## Where the time went", "![latency](latency.png)"):
         assert heading in markdown
     for png in ("latency.png", "validation.png"):
         with Image.open(out / png) as image:
             image.verify()
             assert image.format == "PNG"
+
+
+def test_pipeline_records_where_the_time_went(pipeline_run):
+    result, out = pipeline_run
+    stages = json.loads((out / "report.json").read_text())["pipeline"]["stage_seconds"]
+    steps = [s["stage"] for s in stages if not s["group"]]
+    assert steps == ["export", "precision", "TensorRT engines", "validate", "bench", "report"]
+    by_group = {}
+    for s in stages:
+        by_group.setdefault(s["group"], []).append(s["stage"])
+    assert "torch.onnx.export (dynamo)" in by_group["export"]
+    assert "unet.fp16.onnx: calibration" in by_group["precision"]  # the first job calibrates...
+    assert "unet.int8.onnx: calibration (from cache)" in by_group["precision"]  # ...the others reuse it
+    assert by_group["validate"][0] == "reference (PyTorch) inference"
+    assert {"unet.onnx inference", "unet.int8.onnx inference"} <= set(by_group["validate"])
+    assert "unet.int8.onnx" not in by_group["bench"] and "thin.pt" in by_group["bench"]
+    # A step's parts never add up to more than the step (they are measured inside it).
+    seconds = {s["stage"]: s["seconds"] for s in stages if not s["group"]}
+    for group in by_group:
+        if group:
+            parts = sum(s["seconds"] for s in stages if s["group"] == group)
+            assert parts <= seconds[group] + 1e-3, (group, parts, seconds[group])
+    assert "time per stage" in result.output
+
+
+def test_bench_selection_is_explicit_about_the_tensorrt_placement():
+    from deploy_unet.pipeline import Artifact, PipelineConfig, _bench_selection
+
+    fp32 = Artifact("ONNX fp32", Path("m.onnx"), "fp32")
+    trt = Artifact("ONNX int8 (tensorrt Q/DQ)", Path("m.int8.onnx"), "int8", target="tensorrt")
+    ort = Artifact("ONNX int8 (onnxruntime Q/DQ)", Path("m.int8.ort.onnx"), "int8", target="onnxruntime")
+    engine = Artifact("TensorRT int8", Path("m.int8.engine"), "int8", target="tensorrt")
+    timed, untimed = _bench_selection(PipelineConfig(), [fp32, trt, ort, engine])
+    assert untimed == [trt] and timed == [fp32, ort, engine]  # the engine built from it is timed
+    timed, untimed = _bench_selection(PipelineConfig(bench_tensorrt_qdq=True), [fp32, trt, ort])
+    assert untimed == [] and timed == [fp32, trt, ort]
 
 
 def test_pipeline_without_checkpoint_for_unshipped_arch(tmp_path):

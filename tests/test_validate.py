@@ -19,6 +19,7 @@ from deploy_unet.validate import (
     parse_gates,
     to_mask,
     validate,
+    validate_many,
 )
 
 
@@ -162,3 +163,22 @@ def test_onnxruntime_vs_torch_passes_fp32_gates_on_shape_images():
     out = report.outputs[0]
     assert out.rel_l2 < 1e-4 and out.mask_agreement > 99.9
     assert out.candidate_vs_truth is not None  # the shape images carry masks
+
+
+def test_validate_many_runs_the_reference_once_per_sample_and_matches_validate():
+    rng = np.random.default_rng(1)
+    ref_outs = [rng.standard_normal((1, 3, 4, 4)).astype(np.float32) for _ in range(3)]
+    noisy = [(r + 0.01 * rng.standard_normal(r.shape)).astype(np.float32) for r in ref_outs]
+    scaled = [(r * 1.02).astype(np.float32) for r in ref_outs]
+    samples = [Sample(np.zeros((1, 3, 4, 4), np.float32)) for _ in range(3)]
+    reference = ConstantRunner(ref_outs)
+    reports = validate_many([ConstantRunner(noisy), ConstantRunner(scaled)], reference, samples,
+                            precisions=["fp16", "int8"])
+    assert reference.calls == 3  # not 6: both candidates share the reference's outputs
+    alone = [validate(ConstantRunner(c), ConstantRunner(ref_outs), samples, precision=p)
+             for c, p in ((noisy, "fp16"), (scaled, "int8"))]
+    for many, one in zip(reports, alone):
+        assert many.precision == one.precision
+        assert many.outputs[0].rel_l2 == pytest.approx(one.outputs[0].rel_l2)
+        assert [g.passed for g in many.gates] == [g.passed for g in one.gates]
+    assert reports[1].outputs[0].rel_l2 == pytest.approx(0.02, rel=1e-4)

@@ -16,6 +16,7 @@ import onnx
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
 from deploy_unet.fileio import atomic_path
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props, write_props
+from deploy_unet.timing import StageTimes
 
 PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB = "synthetic:seed=1"
@@ -34,6 +35,7 @@ class QuantizeResult:
     gate: object | None  # gate.GateReport
     kept_fp32: list[str] = field(default_factory=list)
     size_bytes: int = 0
+    stages: StageTimes = field(default_factory=StageTimes)  # calibration, conversion, gate
 
 
 def default_output(model_path: str | os.PathLike, precision: str, target: str) -> Path:
@@ -89,16 +91,21 @@ def quantize(
     if out.resolve() == Path(model_path).resolve():
         raise ConfigError(f"output {out} would overwrite the input model; pass another -o")
 
-    calib_result, from_cache = calibration.calibrate(
-        model, info, calib, calib_samples, method, calib_cache, progress=progress
-    )
+    times = StageTimes()
+    with times.stage("calibration"):
+        calib_result, from_cache = calibration.calibrate(
+            model, info, calib, calib_samples, method, calib_cache, progress=progress
+        )
+    if from_cache:
+        times.stages[-1].name = "calibration (from cache)"
     kept: list[str] = []
-    if precision == "fp16":
-        from deploy_unet.precision.fp16 import convert_fp16
+    with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")):
+        if precision == "fp16":
+            from deploy_unet.precision.fp16 import convert_fp16
 
-        new_model, kept = convert_fp16(model, calib_result)
-    else:
-        new_model = quantize_int8(model, calib_result, target)
+            new_model, kept = convert_fp16(model, calib_result)
+        else:
+            new_model = quantize_int8(model, calib_result, target)
 
     meta = {
         "precision": precision,
@@ -123,14 +130,15 @@ def quantize(
         onnx.save(new_model, candidate)
         report = None
         if eval_source is not None:
-            samples = load_samples(eval_source, info, eval_samples)
-            report = gate.evaluate(model_path, candidate, samples, info.num_classes, max_dice_drop, threads)
+            with times.stage("accuracy gate"):
+                samples = load_samples(eval_source, info, eval_samples)
+                report = gate.evaluate(model_path, candidate, samples, info.num_classes, max_dice_drop, threads)
         with atomic_path(out) as dst:
             dst.write_bytes(candidate.read_bytes())
     result = QuantizeResult(
         path=out, precision=precision, target=target, method=method, calib_source=calib_result.source,
         calib_samples=calib_result.samples, from_cache=from_cache, gate=report, kept_fp32=kept,
-        size_bytes=out.stat().st_size,
+        size_bytes=out.stat().st_size, stages=times,
     )
     return result
 
