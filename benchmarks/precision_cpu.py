@@ -30,11 +30,12 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from deploy_unet.checkpoint import load_checkpoint, load_weights
+from deploy_unet.checkpoint import load_checkpoint
 from deploy_unet.data import load_samples
 from deploy_unet.export import export_onnx
+from deploy_unet.machine import cpu_info, machine_info
 from deploy_unet.metadata import read_model_info
-from deploy_unet.nets import create_net
+from deploy_unet.nets.loading import build_net
 from deploy_unet.precision import gate, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +123,7 @@ def main() -> None:
         tmp = Path(tmp)
         for ckpt_name in args.models:
             ckpt = load_checkpoint(ckpt_name if Path(ckpt_name).is_file() else ROOT / "models" / ckpt_name)
-            net = create_net(ckpt.arch, **ckpt.net_config)
-            load_weights(net, ckpt)
+            net = build_net(None, {}, ckpt).net
             fp32 = tmp / f"{ckpt.arch}.onnx"
             export_onnx(net, fp32, height=256, width=256, mean=ckpt.mean, std=ckpt.std, arch=ckpt.arch,
                         net_config=ckpt.net_config, checkpoint_sha256=ckpt.sha256)
@@ -158,12 +158,11 @@ def main() -> None:
 
 
 def write_report(rows, placements, args) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_info().describe()
     lines = [
         "# Precision on CPU: fp32 / fp16 / int8 (ONNX Runtime)",
         "",
-        f"Date {datetime.date.today()}; {cpu}, {platform.system()} {platform.release()}; "
+        f"Date {datetime.date.today()}; CPU {cpu}; {platform.system()} {platform.release()}; "
         f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, torch {torch.__version__}, numpy {np.__version__}.",
         f"ORT CPU, intra-op threads {args.threads}; latency = median of 30 runs after 5 warm-up, 256x256, batch 1, "
         "all variants of a model timed in the same run, interleaved round-robin. Accuracy: "
@@ -187,7 +186,7 @@ def write_report(rows, placements, args) -> None:
                      f"{v['concat_shared_scale']} | {v['logits_qdq']} | {v['opset']} |")
     out = ROOT / "benchmarks" / "precision_cpu.md"
     out.write_text("\n".join(lines) + "\n")
-    (ROOT / "benchmarks" / "precision_cpu.json").write_text(json.dumps({"rows": rows, "placement": placements}, indent=1))
+    (ROOT / "benchmarks" / "precision_cpu.json").write_text(json.dumps({"rows": rows, "placement": placements, "machine": machine_info(args.threads)}, indent=1))
     print(f"wrote {out}")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from deploy_unet.errors import ConfigError
+from deploy_unet.machine import machine_info
 from deploy_unet.runtime.base import Runner
 from deploy_unet.shapes import validate_shape
 
@@ -365,33 +366,6 @@ def bench(
     return BenchReport(add_ratios(results), machine_info(threads), _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
-def machine_info(threads: int | None = None) -> dict[str, str]:
-    """What a benchmark number means nothing without: CPU, cores, library versions, GPU if any."""
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_name(),
-        "cpu_count": str(os.cpu_count()),
-        "threads": str(threads) if threads else "default",
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["cuda"] = str(torch.version.cuda)
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return info
-
-
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"256x256,512x384"`` -> ``[(256, 256), (512, 384)]`` (H x W); ``"256"`` means square."""
     sizes = []
@@ -445,14 +419,3 @@ def _source(runner: Runner) -> str:
 def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
     return f"{name} [{runner.backend}]"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -78,32 +78,62 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return state
 
 
-def load_weights(net: nn.Module, ckpt: Checkpoint, strict: bool = True) -> None:
-    """Load weights; with ``strict`` any missing or unexpected key is an error that lists them."""
+@dataclass
+class WeightFit:
+    """How a checkpoint's tensors line up with a net's: what is missing, extra, or of another shape."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]  # "key (ckpt shape) vs (net shape)"
+    matching: int
+    total: int
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def weight_fit(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> WeightFit:
     expected = net.state_dict()
-    missing = [k for k in expected if k not in ckpt.state_dict]
-    unexpected = [k for k in ckpt.state_dict if k not in expected]
     mismatched = [
-        f"{k} {tuple(ckpt.state_dict[k].shape)} vs {tuple(v.shape)}"
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in ckpt.state_dict and ckpt.state_dict[k].shape != v.shape
+        if k in state_dict and state_dict[k].shape != v.shape
     ]
-    if mismatched:
+    return WeightFit(
+        missing=[k for k in expected if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in expected],
+        mismatched=mismatched,
+        matching=sum(1 for k, v in expected.items() if k in state_dict and state_dict[k].shape == v.shape),
+        total=len(expected),
+    )
+
+
+def load_weights(net: nn.Module, ckpt: Checkpoint, strict: bool = True, skip_mismatched: bool = False) -> None:
+    """Load weights; with ``strict`` any missing or unexpected key is an error that lists them.
+
+    A tensor of another shape is always an error, unless ``skip_mismatched`` (a deliberate, non-strict
+    override of the checkpoint's config): then only the tensors that fit are loaded.
+    """
+    fit = weight_fit(net, ckpt.state_dict)
+    if fit.mismatched and not skip_mismatched:
         raise ArtifactError(
-            f"checkpoint {ckpt.path} does not fit the net: shape mismatch in {_listing(mismatched)}; "
+            f"checkpoint {ckpt.path} does not fit the net: shape mismatch in {_listing(fit.mismatched)}; "
             "check the net options (depth, base_channels, num_classes, ...)"
         )
-    if strict and (missing or unexpected):
+    if strict and (fit.missing or fit.unexpected):
         parts = []
-        if missing:
-            parts.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_listing(unexpected)}")
+        if fit.missing:
+            parts.append(f"missing keys {_listing(fit.missing)}")
+        if fit.unexpected:
+            parts.append(f"unexpected keys {_listing(fit.unexpected)}")
         raise ArtifactError(
             f"checkpoint {ckpt.path} does not fit the net: {'; '.join(parts)}; "
             "check the net options, or pass --no-strict to load what matches"
         )
-    net.load_state_dict(ckpt.state_dict, strict=False)
+    expected = net.state_dict()
+    state = {k: v for k, v in ckpt.state_dict.items() if k in expected and v.shape == expected[k].shape}
+    net.load_state_dict(state, strict=False)
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:

@@ -58,12 +58,15 @@ def _net_options(**given) -> dict:
 
 @cli.command()
 @click.option("--arch", type=click.Choice(["unet", "fcn8s", "fcn16s", "fcn32s"]), default=None,
-              help="Reference net (default: the checkpoint's arch, else unet).")
+              help="Reference net (default: the checkpoint's arch, else unet); must agree with a deploy-unet checkpoint.")
 @click.option("--model", "model_spec", metavar="PKG.MODULE:CALLABLE", default=None,
               help="Your own nn.Module factory instead of --arch; needs --divisor.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="state_dict (bare, or under 'state_dict'/'model'); a deploy-unet checkpoint also sets arch and options.")
-@click.option("--strict/--no-strict", default=True, show_default=True, help="Missing or unexpected checkpoint keys are an error.")
+              help="state_dict (bare, or under 'state_dict'/'model'); a deploy-unet checkpoint also sets arch and "
+                   "options, which the options you pass override field by field.")
+@click.option("--strict/--no-strict", default=True, show_default=True,
+              help="Missing or unexpected checkpoint keys, or an option the weights no longer fit, are an error; "
+                   "--no-strict loads the tensors that fit.")
 @click.option("--divisor", type=int, default=None, help="Spatial multiple the net needs (only with --model).")
 @click.option("--in-channels", type=int, default=None)
 @click.option("--num-classes", type=int, default=None)
@@ -100,6 +103,8 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if checkpoint is None:
         console.print("[yellow]note:[/] no --checkpoint: the weights are random (fine for testing the toolchain)")
     output = output or f"{loaded.arch.replace(':', '_').replace('.', '_')}.onnx"
@@ -276,8 +281,9 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "fcn8s"]), default="unet", show_default=True,
-              help="Which shipped reference checkpoint to use when --checkpoint is not given.")
+@click.option("--arch", type=click.Choice(["unet", "fcn8s"]), default=None,
+              help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
+                   "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="A deploy-unet checkpoint (carries arch, config, normalization); default: the shipped reference.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="deploy-out", show_default=True)

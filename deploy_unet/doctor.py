@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deploy_unet.engine.device import SUPPORTED_TRT_MAJORS, TENSORRT_INSTALL_HINT, cuda_devices
+from deploy_unet.machine import cpu_info
 
 TORCH_CUDA_HINT = "install a CUDA build of torch, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu128`"
 ORT_GPU_HINT = "replace onnxruntime with onnxruntime-gpu: `pip uninstall onnxruntime && pip install onnxruntime-gpu`"
@@ -37,6 +38,7 @@ class DoctorReport:
     import_errors: dict[str, str]
     onnxruntime_providers: list[str]
     cuda: dict[str, Any]
+    cpu: dict[str, Any] = field(default_factory=dict)  # machine.CpuInfo.to_json(): model, CPUs, quota, ISA
     backends: list[Backend] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +92,7 @@ def run_doctor() -> DoctorReport:
         import_errors=errors,
         onnxruntime_providers=providers,
         cuda=devices.to_dict(),
+        cpu=cpu_info().to_json(),
     )
     gpu = devices.devices[0] if devices.devices else None
     no_gpu = f"no CUDA device: {devices.error}"
@@ -171,6 +174,8 @@ def _importable(module: str) -> bool:
 
 def format_report(report: DoctorReport) -> str:
     lines = [f"{'python':<14} {report.python} ({report.platform})"]
+    if report.cpu:
+        lines.append(f"{'cpu':<14} {report.cpu['summary']}")
     for name, version in report.packages.items():
         text = version or "not installed"
         if name == "torch.cuda" and version is None:

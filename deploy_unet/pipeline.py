@@ -29,7 +29,7 @@ TENSORRT_QDQ_ON_CPU = ("TensorRT Q/DQ placement: ONNX Runtime's x86 CPU provider
 @dataclass
 class PipelineConfig:
     output_dir: Path = Path("deploy-out")
-    arch: str = "unet"
+    arch: str | None = None  # picks the shipped checkpoint (default unet); with --checkpoint it must agree
     checkpoint: Path | None = None
     height: int | None = None  # None: the checkpoint card's training size, else 256
     width: int | None = None
@@ -88,10 +88,9 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     from deploy_unet.validate import validate_artifacts_many
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = PipelineResult(out)
     times = result.stages
-    checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint(config.arch)
+    checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint(config.arch or "unet")
     steps = 5 + (config.engines != "off")
     step = iter(range(1, steps + 1))
 
@@ -99,7 +98,8 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         log(f"[{next(step)}/{steps}] {label}")
         return times.stage(name)
 
-    loaded = load_net(checkpoint=checkpoint)
+    loaded = load_net(arch=config.arch, checkpoint=checkpoint)
+    out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is accepted: a refused one leaves no folder
     stem = loaded.arch
     height, width = _size(config, loaded)
     reference = Artifact("PyTorch (reference)", checkpoint, "fp32", "torch")

@@ -14,6 +14,7 @@ from typing import Any
 
 from deploy_unet.bench import BenchReport, BenchResult
 from deploy_unet.fileio import atomic_path, write_text_atomic
+from deploy_unet.machine import machine_line
 from deploy_unet.validate import GATE_METRICS, ValidationReport, json_safe
 
 
@@ -205,7 +206,7 @@ def render_markdown(
         parts += ["Speedup is the first entry's median latency over this one's, for the same net, batch and size; "
                   f"peak memory is {bench.results[0].memory_kind if bench.results else 'n/a'}; "
                   f"{first} timed iterations after warmup.", "",
-                  "Machine: " + ", ".join(f"{k} {v}" for k, v in bench.machine.items()) + f"; run {bench.created}.", ""]
+                  "Machine: " + machine_line(bench.machine) + f"; run {bench.created}.", ""]
     for name, path in (plots or {}).items():
         parts += [f"![{name}]({path})", ""]
     return "\n".join(parts)

@@ -1,18 +1,22 @@
 """Build a net from what the user gave: a registry name + options, a self-describing checkpoint, or
-``package.module:callable`` for their own ``nn.Module``; then load weights."""
+``package.module:callable`` for their own ``nn.Module``; then load weights.
+
+``build_net`` holds the one rule for combining a checkpoint with an arch and options; export, the
+pipeline and the torch runner (validate/bench ``--checkpoint``) all build through it.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from deploy_unet.checkpoint import Checkpoint, load_checkpoint, load_weights
+from deploy_unet.checkpoint import Checkpoint, load_checkpoint, load_weights, weight_fit
 from deploy_unet.errors import ConfigError
-from deploy_unet.nets.registry import create_net
+from deploy_unet.nets.registry import create_net, net_options
 
 DEFAULT_ARCH = "unet"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -29,6 +33,92 @@ class LoadedNet:
     checkpoint: Checkpoint | None
     mean: list[float]
     std: list[float]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuiltNet:
+    net: nn.Module
+    arch: str
+    warnings: list[str]  # e.g. a --no-strict override that loaded only part of the weights
+
+
+def build_net(
+    arch: str | None,
+    options: dict[str, Any] | None,
+    ckpt: Checkpoint | None,
+    *,
+    strict: bool = True,
+    given_by: str | None = None,
+) -> BuiltNet:
+    """Build a registered net and load ``ckpt`` into it, combining the two by one rule.
+
+    - A self-describing checkpoint supplies arch and config; ``options`` override single fields, and an
+      ``arch`` or option equal to the checkpoint's changes nothing.
+    - An arch or override under which the net no longer fits the weights is a conflict: one ConfigError
+      line naming the checkpoint's values and the asked-for ones. With ``strict=False`` it goes ahead,
+      loading the tensors that still fit, and says so in ``warnings``.
+    - A plain state_dict (no metadata) builds ``arch`` (default unet) with ``options`` as given.
+
+    ``given_by`` names where arch/options came from when not from command-line options (e.g. an ONNX
+    file's metadata); it only changes the wording of the conflict line.
+    """
+    options = dict(options or {})
+    if ckpt is None or not ckpt.arch:
+        arch = arch or DEFAULT_ARCH
+        net = create_net(arch, **options)
+        if ckpt is not None:
+            load_weights(net, ckpt, strict=strict)
+        return BuiltNet(net, arch, [])
+    arch = arch or ckpt.arch
+    trained = dict(ckpt.net_config or {})
+    accepted = net_options(arch)
+    # Another arch keeps the checkpoint's fields it shares (fcn8s -> fcn16s keeps width_mult, ...).
+    base = {k: v for k, v in trained.items() if k in accepted}
+    net = create_net(arch, **{**base, **options})
+    overrides = {k: v for k, v in options.items() if trained.get(k, accepted.get(k)) != v}
+    fit = weight_fit(net, ckpt.state_dict)
+    if fit.fits or (arch == ckpt.arch and not overrides):
+        # Nothing the user asked for made it misfit: any error left is the checkpoint's own.
+        load_weights(net, ckpt, strict=strict)
+        return BuiltNet(net, arch, [])
+    asked = ({"arch": arch} if arch != ckpt.arch else {}) | overrides
+    had = {k: ckpt.arch if k == "arch" else trained.get(k, accepted.get(k)) for k in asked}
+    what = _asked_for(asked, given_by)
+    if strict or fit.matching == 0:
+        line = _conflict_line(what, asked, had, ckpt, given_by)
+        raise ConfigError(line if strict else f"{line}; not one of its tensors fits, even with --no-strict")
+    load_weights(net, ckpt, strict=False, skip_mismatched=True)
+    return BuiltNet(net, arch, [
+        f"{what} overrides {ckpt.path}'s {', '.join(f'{k}={v}' for k, v in had.items())} (--no-strict): "
+        f"loaded the {fit.matching} of {fit.total} tensors that still fit; the rest keep their random init"
+    ])
+
+
+def _asked_for(asked: dict[str, Any], given_by: str | None) -> str:
+    """``--depth 5 and --base-channels 8`` for options, ``model.onnx's metadata (depth=5)`` otherwise."""
+    if given_by is None:
+        return _and([f"{_flag(k)} {v}" for k, v in asked.items()])
+    return f"{given_by} ({', '.join(f'{k}={v}' for k, v in asked.items())})"
+
+
+def _conflict_line(what: str, asked: dict[str, Any], had: dict[str, Any], ckpt: Checkpoint,
+                   given_by: str | None) -> str:
+    """``--depth 5 conflicts with F, which was trained with depth=4; drop --depth or pass a checkpoint for
+    depth 5`` (all the differing fields are named together)."""
+    verb = "conflict" if given_by is None and len(asked) > 1 else "conflicts"
+    trained = ", ".join(f"{k}={v}" for k, v in had.items())
+    wanted = ", ".join(f"{k} {v}" for k, v in asked.items())
+    drop = f"drop {_and([_flag(k) for k in asked])} or " if given_by is None else ""
+    return f"{what} {verb} with {ckpt.path}, which was trained with {trained}; {drop}pass a checkpoint for {wanted}"
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
@@ -79,23 +169,20 @@ def load_net(
         net = import_model(model)
         arch_name, config = f"custom:{model}", {}
         channels = in_channels or getattr(net, "in_channels", None) or 3
+        if ckpt is not None:
+            load_weights(net, ckpt, strict=strict)
+        warnings = []
     else:
-        if arch is None:
-            arch = (ckpt.arch if ckpt and ckpt.arch else None) or DEFAULT_ARCH
-            if ckpt and ckpt.arch == arch and ckpt.net_config:
-                options = {**ckpt.net_config, **options}  # explicit options override the checkpoint's
         if in_channels is not None:
             options["in_channels"] = in_channels
-        net = create_net(arch, **options)
-        arch_name, config = arch, dict(net.config)
+        built = build_net(arch, options, ckpt, strict=strict)
+        net, arch_name, config, warnings = built.net, built.arch, dict(built.net.config), built.warnings
         channels = net.in_channels
         if divisor is not None and divisor != net.divisor:
-            raise ConfigError(f"--divisor {divisor} contradicts {arch}'s own divisor {net.divisor}; drop --divisor")
+            raise ConfigError(f"--divisor {divisor} contradicts {arch_name}'s own divisor {net.divisor}; drop --divisor")
         divisor = net.divisor
     if divisor < 1:
         raise ConfigError(f"--divisor {divisor} must be >= 1")
-    if ckpt is not None:
-        load_weights(net, ckpt, strict=strict)
     default_mean, default_std = default_normalization(channels)
     mean = mean or (ckpt.mean if ckpt and ckpt.mean else None) or default_mean
     std = std or (ckpt.std if ckpt and ckpt.std else None) or default_std
@@ -104,4 +191,4 @@ def load_net(
             raise ConfigError(f"--{name} has {len(values)} values; the net takes {channels} channels")
     if any(s <= 0 for s in std):
         raise ConfigError(f"--std {std} must be all > 0")
-    return LoadedNet(net.eval(), arch_name, config, divisor, channels, ckpt, list(mean), list(std))
+    return LoadedNet(net.eval(), arch_name, config, divisor, channels, ckpt, list(mean), list(std), warnings)

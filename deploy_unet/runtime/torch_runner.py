@@ -7,6 +7,7 @@ metadata (``ModelInfo``) plus the checkpoint holding the weights. Runs on CPU, o
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy_unet.checkpoint import Checkpoint, load_checkpoint, load_weights
+from deploy_unet.checkpoint import Checkpoint, load_checkpoint
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo
-from deploy_unet.nets import create_net
+from deploy_unet.nets.loading import build_net
 from deploy_unet.runtime.base import Runner, TensorSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,13 +96,16 @@ class TorchRunner(Runner):
         *,
         strict: bool = True,
         info: ModelInfo | None = None,
+        given_by: str | None = None,
         **options: Any,
     ) -> TorchRunner:
-        """``create_net(arch, **net_config)`` with the checkpoint's weights (random init when None)."""
-        net = create_net(arch, **net_config)
+        """``arch`` with ``net_config`` over the checkpoint's own config, its weights loaded (random init
+        when None); a config the weights do not fit is refused by ``build_net``'s one rule."""
         ckpt = _as_checkpoint(checkpoint)
-        if ckpt is not None:
-            load_weights(net, ckpt, strict=strict)
+        built = build_net(arch, net_config, ckpt, strict=strict, given_by=given_by)
+        for message in built.warnings:
+            warnings.warn(message, stacklevel=2)
+        net = built.net
         if info is None:
             info = ModelInfo(
                 arch=arch,
@@ -140,7 +144,8 @@ class TorchRunner(Runner):
             )
         options.setdefault("input_name", info.input_names[0] if info.input_names else "input")
         options.setdefault("output_name", info.output_names[0] if info.output_names else "logits")
-        return cls.from_config(info.arch, info.net_config, ckpt, strict=strict, info=info, **options)
+        return cls.from_config(info.arch, info.net_config, ckpt, strict=strict, info=info,
+                               given_by="the ONNX metadata", **options)
 
     # -- protocol ------------------------------------------------------------------------------
     @property
