@@ -70,6 +70,18 @@ class CpuInfo:
             text += f", cgroup quota {self.quota_cpus:g} CPUs"
         return text
 
+    @property
+    def usable_cpus(self) -> int:
+        """CPUs this process can keep busy: its affinity set, cut to the cgroup quota (rounded down, >= 1).
+
+        Libraries size their thread pools from the machine's cores; in a container whose quota is smaller
+        than what it sees, every parallel op then waits on threads the scheduler has throttled.
+        """
+        count = self.available_cpus or self.logical_cpus or 1
+        if self.quota_cpus is not None:
+            count = min(count, int(self.quota_cpus))
+        return max(1, count)
+
     def describe(self) -> str:
         """One line: model (vendor), CPUs, ISA flags."""
         vendor = f" ({self.vendor})" if self.vendor != UNKNOWN and self.vendor not in self.model else ""

@@ -80,6 +80,18 @@ def default_checkpoint(arch: str) -> Path:
 
 
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
+    import torch
+
+    saved = torch.get_num_threads()
+    try:
+        return _run_pipeline(config, log)
+    finally:
+        torch.set_num_threads(saved)  # export and checkpoint loading run torch outside any runner
+
+
+def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> PipelineResult:
+    import torch
+
     from deploy_unet.bench import bench
     from deploy_unet.export import export_onnx
     from deploy_unet.nets.loading import load_net
@@ -99,6 +111,9 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         return times.stage(name)
 
     loaded = load_net(arch=config.arch, checkpoint=checkpoint)
+    threads, threads_from = _threads(config)
+    log(f"      {threads} CPU thread(s) for torch and ONNX Runtime ({threads_from})")
+    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is accepted: a refused one leaves no folder
     stem = loaded.arch
     height, width = _size(config, loaded)
@@ -116,7 +131,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         cache = out / f"{stem}.calib.json"  # one calibration pass shared by fp16 and both int8 targets
         for precision, target in _quantize_jobs(config):
             q = quantize(fp32, precision, target=target, calib=CALIB_SOURCE, calib_samples=config.calib_samples,
-                         calib_cache=cache, eval_source=None, progress=False, threads=config.threads)
+                         calib_cache=cache, eval_source=None, progress=False, threads=threads)
             label = f"ONNX {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")
             for stage in q.stages.stages:
                 times.add(f"{q.path.name}: {stage.name}", stage.seconds, "precision")
@@ -135,7 +150,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
         validations = validate_artifacts_many(
             [(a.path, a.backend) for a in candidates], checkpoint, data=EVAL_SOURCE, samples=config.eval_samples,
-            progress=False, threads=config.threads,
+            progress=False, threads=threads,
         )
         times.add("reference (PyTorch) inference", validations[0].reference_seconds, "validate")
         for artifact, report in zip(candidates, validations):
@@ -151,7 +166,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     with timed("bench", f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations)"):
         bench_report = bench([reference.path] + [a.path for a in timed_artifacts], batches=(config.bench_batch,),
                              sizes=((height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
-                             threads=config.threads, progress=False)
+                             threads=threads, progress=False)
         for r in bench_report.results:
             times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
 
@@ -165,7 +180,8 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
                 "size": [height, width],
                 "calibration_source": CALIB_SOURCE,
                 "evaluation_source": EVAL_SOURCE,
-                "threads": config.threads,
+                "threads": threads,
+                "threads_from": threads_from,
                 "artifacts": [_artifact_entry(a, a in untimed) for a in result.artifacts],
                 "notes": result.notes,
                 "step_seconds": {s.name: round(s.seconds, 3) for s in times.stages if not s.group},
@@ -182,6 +198,18 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
 def raise_for_gates(result: PipelineResult) -> None:
     if result.failed_gates:
         raise GateFailedError(f"{len(result.failed_gates)} gate(s) failed: " + "; ".join(result.failed_gates))
+
+
+def _threads(config: PipelineConfig) -> tuple[int, str]:
+    """An explicit thread count for every stage: libraries default to the cores they see, which in a
+    container can be many more than its CPU quota lets run, and then each parallel op waits on throttled
+    threads (the slowdown grows with the number of ops, so a Q/DQ-heavy graph suffers most)."""
+    if config.threads:
+        return config.threads, "--threads"
+    from deploy_unet.machine import cpu_info
+
+    cpu = cpu_info()
+    return cpu.usable_cpus, f"the CPUs this process may use: {cpu.cpus_text}"
 
 
 def _bench_selection(config: PipelineConfig, candidates: list[Artifact]) -> tuple[list[Artifact], list[Artifact]]:

@@ -128,3 +128,13 @@ def test_doctor_prints_and_reports_the_cpu(tmp_path, monkeypatch):
 def test_the_real_machine_is_described_without_error():
     info = machine.machine_info(threads=1)
     assert info["cpu"] and info["cpus"] and info["cpu_isa"] and info["threads"] == "1"
+
+
+def test_usable_cpus_is_the_affinity_set_cut_to_the_quota():
+    from deploy_unet.machine import CpuInfo
+
+    assert CpuInfo(logical_cpus=64, available_cpus=64, quota_cpus=2.0).usable_cpus == 2  # docker --cpus=2
+    assert CpuInfo(logical_cpus=64, available_cpus=4, quota_cpus=None).usable_cpus == 4  # cpuset 4
+    assert CpuInfo(logical_cpus=8, available_cpus=None, quota_cpus=1.5).usable_cpus == 1
+    assert CpuInfo(logical_cpus=8, available_cpus=8, quota_cpus=0.5).usable_cpus == 1  # never 0
+    assert CpuInfo().usable_cpus == 1

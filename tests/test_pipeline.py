@@ -118,3 +118,14 @@ def test_pipeline_without_checkpoint_for_unshipped_arch(tmp_path):
 def test_pipeline_bad_precision_list(tmp_path):
     result = CliRunner().invoke(cli, ["pipeline", "--precisions", "fp32,int4", "-o", str(tmp_path)])
     assert result.exit_code == 2 and "choose from fp32, fp16, int8" in result.output
+
+
+def test_pipeline_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    from deploy_unet import machine
+    from deploy_unet.pipeline import PipelineConfig, _threads
+
+    # A container that sees 64 CPUs but may use 2 of them (docker --cpus=2).
+    monkeypatch.setattr(machine, "cpu_info", lambda: machine.CpuInfo(logical_cpus=64, available_cpus=64, quota_cpus=2.0))
+    threads, why = _threads(PipelineConfig())
+    assert threads == 2 and "quota 2 CPUs" in why
+    assert _threads(PipelineConfig(threads=3)) == (3, "--threads")
