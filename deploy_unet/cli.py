@@ -291,9 +291,12 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--engines/--no-engines", default=True, show_default=True,
               help="Build TensorRT engines when TensorRT and a GPU are present.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
+@click.option("--engine-lib", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
+                   "auto: whichever is installed, TensorRT first.")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, engines, threads):
+             iters, engines, threads, engine_lib):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -306,7 +309,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters,
-        engines="auto" if engines else "off", threads=threads,
+        engines="auto" if engines else "off", threads=threads, engine_lib=None if engine_lib == "auto" else engine_lib,
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
@@ -346,10 +349,13 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @click.option("--version-compatible", is_flag=True, help="Engine also runs on later TensorRT of the same major.")
 @click.option("--refit", is_flag=True, help="Allow refitting weights without a rebuild.")
 @click.option("--plan-only", "--dry-run", "plan_only", is_flag=True, help="Print the build plan as JSON; build nothing.")
+@click.option("--engine-lib", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
+                   "auto: whichever is installed, TensorRT first.")
 @click.option("--verbose", is_flag=True, help="Echo TensorRT warnings and errors while building.")
 @handle_errors
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
-                         hardware_compat, version_compatible, refit, plan_only, verbose):
+                         hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose):
     """Build a strongly typed TensorRT engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
 
     Precision comes from the ONNX itself (fp32, fp16 casts, INT8 Q/DQ): quantize first, then build.
@@ -361,7 +367,7 @@ def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_
     plan = plan_build(
         model, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, timing_cache=timing_cache,
         workspace_mib=workspace, opt_level=opt_level, hardware_compat=hardware_compat,
-        version_compatible=version_compatible, refit=refit,
+        version_compatible=version_compatible, refit=refit, engine_lib=engine_lib,
     )
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)

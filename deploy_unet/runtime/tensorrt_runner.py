@@ -3,8 +3,10 @@
 Order matters here, because TensorRT fails badly when used wrongly:
 1. the manifest beside the engine is read in ``__init__`` (it also gives divisor and channels for the
    base class's shape-contract checks), so a missing or foreign engine is refused without a GPU;
-2. ``activate`` checks for a CUDA device, imports TensorRT, and refuses an engine built for another
-   TensorRT version or GPU (unless built version-/hardware-compatible), all before deserializing.
+2. ``activate`` checks for a CUDA device, refuses a GPU the engine's library cannot run on (TensorRT-RTX:
+   the compute capabilities in its manifest), imports the library the manifest names (TensorRT or
+   TensorRT-RTX), and refuses an engine built for another version or GPU (unless built version-/hardware-
+   compatible), all before deserializing.
 
 Device memory comes from torch CUDA tensors (``data_ptr()``) and runs on a torch CUDA stream, so the
 runner needs TensorRT plus a CUDA build of torch; pycuda is not used.
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy_unet.engine.device import import_tensorrt, require_cuda_device
-from deploy_unet.engine.manifest import check_compatible, manifest_path_for, read_manifest
+from deploy_unet.engine.device import import_engine_library, require_cuda_device
+from deploy_unet.engine.manifest import check_compatible, check_library_gpu, manifest_path_for, read_manifest
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeContractError
 from deploy_unet.runtime.base import Runner, TensorSpec
 
@@ -111,7 +113,8 @@ class TensorRTRunner(Runner):
 
     def _activate(self) -> None:
         gpu = require_cuda_device(self.device)  # before any TensorRT object exists
-        trt = import_tensorrt()
+        check_library_gpu(self.manifest, gpu)  # before the library is even imported
+        _, trt = import_engine_library(self.manifest.library)
         self.warnings = check_compatible(self.manifest, trt.__version__, gpu)
         for message in self.warnings:
             warnings.warn(message, stacklevel=3)
@@ -127,7 +130,7 @@ class TensorRTRunner(Runner):
         if self._engine is None:
             self._reset()
             raise ArtifactError(
-                f"TensorRT {trt.__version__} could not deserialize {self.path} (corrupt file, or built by another "
+                f"{self.manifest.library_title} {trt.__version__} could not deserialize {self.path} (corrupt file, or built by another "
                 "TensorRT/GPU despite its manifest); rebuild it with `deploy-unet build-engine`"
             )
         self._context = self._engine.create_execution_context()
