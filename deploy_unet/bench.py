@@ -75,6 +75,7 @@ class BenchResult:
     samples_ms: list[float] = field(default_factory=list)
     speedup_vs_first: float = 1.0  # baseline median / this median, same net, batch and size
     arch: str = ""  # from the artifact's metadata; ratios compare like with like
+    output: str = "logits"  # what came back to the host: "logits" or the device-side argmax "mask"
 
     @property
     def size(self) -> str:
@@ -297,6 +298,7 @@ def bench_runner(
         phases_ms={p: LatencyStats.of(v) for p, v in phase_samples.items()} or None,
         samples_ms=samples if keep_samples else [],
         arch=getattr(info, "arch", None) or "",
+        output=getattr(runner, "output", "logits"),
     )
 
 

@@ -207,10 +207,13 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
               help="Which default gates apply (default: the candidate's metadata).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
               help="Override a gate, e.g. --gate rel_l2=1e-3 --gate mask_agreement=99.5.")
+@click.option("--allow-tf32", is_flag=True,
+              help="Let torch on CUDA run fp32 convolutions/matmuls in TF32 (faster, ~1e-4 rel error); loosens the "
+                   "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @handle_errors
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, precision,
-                     gate_specs, json_path):
+                     gate_specs, allow_tf32, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
@@ -218,6 +221,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
+        allow_tf32=allow_tf32,
     )
     console = make_console()
     console.print(validation_table(report))
@@ -242,6 +246,9 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Weights for --backend torch on .onnx files.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
 @click.option("--pad", is_flag=True, help="Allow sizes off the net's divisor (pad and crop back).")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="What comes back to the host: the logits, or the argmax mask computed on the device (uint8).")
+@click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -249,7 +256,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Write a latency distribution plot (PNG).")
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
-                  json_path, markdown_path, plot_path):
+                  output_kind, allow_tf32, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -261,7 +268,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
     report = bench(
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
-        runner_options={"checkpoint": checkpoint, "device": device},
+        runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32},
     )
     console = make_console()
     console.print(bench_table(report))

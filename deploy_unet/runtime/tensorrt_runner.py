@@ -9,7 +9,9 @@ Order matters here, because TensorRT fails badly when used wrongly:
    compatible), all before deserializing.
 
 Device memory comes from torch CUDA tensors (``data_ptr()``) and runs on a torch CUDA stream, so the
-runner needs TensorRT plus a CUDA build of torch; pycuda is not used.
+runner needs TensorRT plus a CUDA build of torch; pycuda is not used. Results come back into pinned host
+memory (torch's caching host allocator, reused once the caller drops them); ``output="mask"`` returns the
+argmax over classes computed on the device.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from deploy_unet.engine.device import import_engine_library, require_cuda_device
 from deploy_unet.engine.manifest import check_compatible, check_library_gpu, manifest_path_for, read_manifest
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeContractError
-from deploy_unet.runtime.base import Runner, TensorSpec
+from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
 
 # TensorRT DataType member name -> NumPy dtype name (names, not values: values differ across versions).
 TRT_TO_NUMPY = {
@@ -69,8 +71,10 @@ class TensorRTRunner(Runner):
         cuda_graph: bool = False,
         layer_profile: bool = False,
         device: int = 0,
+        output: str = "logits",
     ):
         self.path = Path(engine_path)
+        self.output = check_output_kind(output)
         if not self.path.is_file():
             raise ArtifactError(f"engine {self.path} does not exist; build it with `deploy-unet build-engine MODEL.onnx`")
         if cuda_graph and layer_profile:
@@ -109,6 +113,8 @@ class TensorRTRunner(Runner):
 
     @property
     def output_names(self) -> list[str]:
+        if self.output == MASK_OUTPUT:
+            return [MASK_OUTPUT]
         return [t["name"] for t in self.manifest.outputs]
 
     def _activate(self) -> None:
@@ -221,10 +227,22 @@ class TensorRTRunner(Runner):
         with torch.cuda.stream(self._stream):
             inputs_on_device, outputs = self._bind(feeds)  # kept alive until the stream is done
             self._execute(self._stream)
-            host = {name: tensor.to("cpu", non_blocking=False) for name, tensor in outputs.items()}
+            host = self._to_host(outputs)
         self._stream.synchronize()
         del inputs_on_device
         return {name: self._to_numpy(tensor) for name, tensor in host.items()}
+
+    def _to_host(self, outputs: dict) -> dict:
+        """Queue the copies of this call's results (or their argmax mask) into pinned host memory."""
+        torch = self._torch
+        if self.output == MASK_OUTPUT:
+            logits = outputs[self.manifest.outputs[0]["name"]]
+            outputs = {MASK_OUTPUT: logits.argmax(1).to(getattr(torch, mask_dtype(logits.shape[1])))}
+        host = {}
+        for name, tensor in outputs.items():
+            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host[name].copy_(tensor, non_blocking=True)
+        return host
 
     def _infer_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Replay a CUDA graph captured for this input shape; a new shape re-captures.
@@ -250,7 +268,7 @@ class TensorRTRunner(Runner):
             for name, array in feeds.items():
                 static_in[name].copy_(torch.from_numpy(array))
             graph.replay()
-            host = {name: tensor.to("cpu") for name, tensor in static_out.items()}
+            host = self._to_host(static_out)
         self._stream.synchronize()
         return {name: self._to_numpy(tensor) for name, tensor in host.items()}
 
