@@ -363,7 +363,7 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @handle_errors
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
                          hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose):
-    """Build a strongly typed TensorRT engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
+    """Build a strongly typed TensorRT or TensorRT-RTX engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
 
     Precision comes from the ONNX itself (fp32, fp16 casts, INT8 Q/DQ): quantize first, then build.
     """

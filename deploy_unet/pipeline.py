@@ -224,6 +224,8 @@ def _build_engines(
         suffix = ".rtx.engine" if library.name == "tensorrt-rtx" else ".engine"
         plan = plan_build(artifact.path, artifact.path.with_suffix(suffix), timing_cache=out / ("timing.cache" if suffix == ".engine" else "rtx.timing.cache"),
                           engine_lib=library.name)
+        for warning in plan.warnings:
+            log(f"      warning ({artifact.path.name}): {warning}")
         built = build_engine(plan, log=log)
         engine = Artifact(f"{library.title} {artifact.precision}", Path(built.engine_path), artifact.precision)
         try:

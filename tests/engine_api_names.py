@@ -7,14 +7,22 @@ bindings needs no GPU)::
 
     python tests/engine_api_names.py tensorrt_rtx_bindings   # or tensorrt, tensorrt_rtx
 
-It prints each missing name and exits 1 if any is missing. Checked on 2026-11-23 against
-tensorrt_rtx_bindings 1.7.1.116 (cu13 wheel, Python 3.12): nothing missing.
+It prints each missing name and exits 1 if any is missing. Without the library, ``--source DIR`` looks for each
+name as a quoted string in the bindings' C++ sources (NVIDIA/TensorRT ``python/src``; coarser: it cannot tell
+which class a name belongs to)::
+
+    python tests/engine_api_names.py --source /path/to/TensorRT/python/src
+
+Checked on 2026-11-23: tensorrt_rtx_bindings 1.7.1.116 (cu13 wheel, imported under Python 3.12) has all 84;
+TensorRT sources main (11.x) and release/10.16 have all 84; release/10.3 (JetPack 6) lacks
+HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY (build.py then refuses --hardware-compat same-cc in one line).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 # owner -> members; owner "" means the module itself.
 USED: dict[str, tuple[str, ...]] = {
@@ -71,7 +79,20 @@ def missing_names(module) -> list[str]:
     return missing
 
 
+def missing_in_sources(folder: str | Path) -> list[str]:
+    """Names in USED that appear nowhere as a quoted string in the bindings' C++ sources under ``folder``."""
+    text = "".join(p.read_text(errors="ignore") for p in Path(folder).rglob("*.cpp"))
+    return [f"{owner}.{m}" if owner else m for owner, members in USED.items() for m in members if f'"{m}"' not in text]
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 2 and argv[1] == "--source":
+        missing = missing_in_sources(argv[2])
+        total = sum(len(m) for m in USED.values())
+        print(f"{argv[2]}: {total - len(missing)}/{total} names found as strings")
+        for entry in missing:
+            print(f"  missing: {entry}")
+        return 1 if missing else 0
     name = argv[1] if len(argv) > 1 else "tensorrt"
     module = importlib.import_module(name)
     missing = missing_names(module)

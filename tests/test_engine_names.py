@@ -91,3 +91,26 @@ def test_installed_library_has_every_name(module):
     except (ImportError, OSError) as exc:
         pytest.skip(f"{module} is installed but does not import here ({exc})")
     assert missing_names(lib) == []
+
+
+@pytest.mark.parametrize("module", ["tensorrt", "tensorrt_rtx_bindings"])
+def test_names_in_another_interpreter(module):
+    """Where the library needs another Python than this one (the RTX bindings wheel is cp312 only): set
+    DEPLOY_UNET_ENGINE_PYTHON to that interpreter and DEPLOY_UNET_ENGINE_PYTHONPATH to where the wheels are
+    unpacked, e.g. `pip install --no-deps --target /tmp/rtx tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`."""
+    import os
+    import subprocess
+
+    python = os.environ.get("DEPLOY_UNET_ENGINE_PYTHON")
+    if not python:
+        pytest.skip("DEPLOY_UNET_ENGINE_PYTHON is not set (an interpreter that can import the library)")
+    env = dict(os.environ)
+    extra = os.environ.get("DEPLOY_UNET_ENGINE_PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra, str(ROOT)]))
+    probe = subprocess.run([python, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{python} cannot import {module}: {probe.stderr.strip().splitlines()[-1:]}")
+    proc = subprocess.run([python, str(ROOT / "tests" / "engine_api_names.py"), module], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "names present" in proc.stdout

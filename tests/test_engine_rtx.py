@@ -12,6 +12,7 @@ import ctypes
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_manifest import make_manifest
 from trt_fakes import fake_tensorrt, fake_tensorrt_rtx, make_onnx
@@ -259,3 +260,58 @@ def test_doctor_reports_rtx(monkeypatch):
     assert report.packages["tensorrt-rtx"] == "1.7.1.116"
     assert not rtx.usable and "compute capability 9.0" in rtx.detail and "8.0 8.6 8.9 12.0 12.1 >12.0" in rtx.detail
 
+
+
+def test_bindings_without_their_shared_libraries_give_the_library_path_fix(monkeypatch):
+    """What tensorrt_rtx_bindings 1.7 raises when libtensorrt_rtx.so.1 is nowhere to be found (seen here with the
+    bindings wheel alone): an ImportError naming the .so, which must not read as 'not installed'."""
+    monkeypatch.setattr(device_mod, "_module_present", lambda name: name == "tensorrt_rtx_bindings")
+    monkeypatch.setattr(device_mod, "_preload_rtx_libraries", lambda: None)
+
+    def failing_import(name):
+        raise ImportError("libtensorrt_rtx.so.1: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(device_mod.importlib, "import_module", failing_import)
+    with pytest.raises(MissingDependencyError) as err:
+        import_engine_library("tensorrt-rtx")
+    message = str(err.value)
+    assert message.startswith("TensorRT-RTX is installed but cannot load its libraries (libtensorrt_rtx.so.1")
+    assert "LD_LIBRARY_PATH" in message and "\n" not in message
+
+
+def test_pinned_staging_allocates_once_per_shape():
+    import torch
+
+    from deploy_unet.runtime.host_buffers import PinnedStaging
+
+    allocations = []
+
+    class CpuTorch:  # torch without pinning (no CUDA here); counts allocations
+        float32 = torch.float32
+
+        @staticmethod
+        def empty(shape, dtype, pin_memory):
+            allocations.append((shape, pin_memory))
+            return torch.empty(shape, dtype=dtype)
+
+    staging = PinnedStaging(CpuTorch)
+    a, b = np.ones((1, 3, 4, 4), np.float32), np.full((1, 3, 4, 4), 2, np.float32)
+    first = staging.stage(a)
+    second = staging.stage(b)
+    third = staging.stage(np.zeros((2, 3, 4, 4), np.float32))
+    assert first is second and third is not first
+    assert allocations == [((1, 3, 4, 4), True), ((2, 3, 4, 4), True)]
+    np.testing.assert_array_equal(second.numpy(), b)
+
+
+def test_same_cc_on_a_tensorrt_without_it_is_one_line(tmp_path, monkeypatch):
+    """TensorRT 10.3 (JetPack 6) has no HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY (its python/src)."""
+    import enum
+
+    old = fake_tensorrt("10.3.0.30")
+    old.HardwareCompatibilityLevel = enum.IntEnum("HardwareCompatibilityLevel", {"NONE": 0, "AMPERE_PLUS": 1})
+    _fake_build_env(monkeypatch, old)
+    plan = plan_build(make_onnx(tmp_path / "m.onnx"), hardware_compat="same-cc")
+    with pytest.raises(ConfigError, match="needs a newer TensorRT: 10.3.0.30 has no HardwareCompatibilityLevel"):
+        build_engine(plan)
+    assert not Path(plan.engine_path).exists()

@@ -530,6 +530,8 @@ def build_engine(
     gpu: GpuInfo = require_cuda_device(device)
     library, trt = import_engine_library(plan.engine_lib)
     check_library_options(library, plan.hardware_compat, plan.version_compatible)
+    if library is TENSORRT_RTX and plan.precision == "int8" and RTX_INT8_WARNING not in plan.warnings:
+        log(f"warning: {RTX_INT8_WARNING}")  # the library was chosen here (auto), after the plan
     messages: list[str] = []
     logger = _make_logger(trt, messages, log if verbose else None)
     started = time.perf_counter()
@@ -552,9 +554,13 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     config.builder_optimization_level = plan.opt_level
     if library is not TENSORRT_RTX:
-        config.hardware_compatibility_level = getattr(
-            trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[plan.hardware_compat]
-        )
+        level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[plan.hardware_compat], None)
+        if level is None:  # SAME_COMPUTE_CAPABILITY is newer than TensorRT 10.3 (JetPack 6)
+            raise ConfigError(
+                f"--hardware-compat {plan.hardware_compat} needs a newer TensorRT: {trt.__version__} has no "
+                f"HardwareCompatibilityLevel.{HARDWARE_COMPAT[plan.hardware_compat]}; use none or ampere+"
+            )
+        config.hardware_compatibility_level = level
     if plan.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if plan.refit:

@@ -247,6 +247,16 @@ def _preload_rtx_libraries() -> None:
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
+def _library_fix(lib: EngineLibrary) -> str:
+    if lib is not TENSORRT_RTX:
+        return "reinstall it, or put the folder holding its shared libraries on LD_LIBRARY_PATH"
+    return (
+        "install the libs wheel (pip install 'deploy-unet[tensorrt-rtx]'), or put the folder holding "
+        "libtensorrt_rtx.so.1 on LD_LIBRARY_PATH: export LD_LIBRARY_PATH=$(python -c 'import tensorrt_rtx_libs, os; "
+        "print(os.path.dirname(tensorrt_rtx_libs.__file__))'):$LD_LIBRARY_PATH"
+    )
+
+
 def import_engine_library(name: str | None = None):
     """Import an engine library lazily: ``(library, module)``, or a one-line MissingDependencyError."""
     lib = resolve_engine_library(name)
@@ -261,14 +271,17 @@ def import_engine_library(name: str | None = None):
             module = importlib.import_module(module_name)
             break
         except ImportError as exc:
-            errors.append(str(exc).splitlines()[0])
-        except OSError as exc:  # the bindings are there but the shared libraries are not
-            fix = (
-                "put the libs wheel's tensorrt_rtx_libs/ folder on LD_LIBRARY_PATH: export LD_LIBRARY_PATH="
-                "$(python -c 'import tensorrt_rtx_libs, os; print(os.path.dirname(tensorrt_rtx_libs.__file__))')"
-                ":$LD_LIBRARY_PATH" if lib is TENSORRT_RTX else "reinstall it"
-            )
-            raise MissingDependencyError(f"{lib.title} is installed but cannot load its libraries ({exc}); {fix}") from None
+            message = str(exc).splitlines()[0]
+            if ".so" in message or ".dll" in message:  # the bindings are there, their shared libraries are not
+                raise MissingDependencyError(
+                    f"{lib.title} is installed but cannot load its libraries ({message}); {_library_fix(lib)}"
+                ) from None
+            errors.append(message)
+        except OSError as exc:  # a shared library that is there but does not load
+            message = str(exc).splitlines()[0]
+            raise MissingDependencyError(
+                f"{lib.title} is installed but cannot load its libraries ({message}); {_library_fix(lib)}"
+            ) from None
     if module is None:
         raise MissingDependencyError(f"{lib.title} is not installed ({'; '.join(errors)}); {lib.install_hint}")
     version = str(getattr(module, "__version__", "0"))

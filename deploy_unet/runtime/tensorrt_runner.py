@@ -27,6 +27,7 @@ from deploy_unet.engine.device import import_engine_library, require_cuda_device
 from deploy_unet.engine.manifest import check_compatible, check_library_gpu, manifest_path_for, read_manifest
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeContractError
 from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
+from deploy_unet.runtime.host_buffers import PinnedStaging
 
 # TensorRT DataType member name -> NumPy dtype name (names, not values: values differ across versions).
 TRT_TO_NUMPY = {
@@ -97,6 +98,7 @@ class TensorRTRunner(Runner):
 
     def _reset(self) -> None:
         self._trt = self._torch = self._runtime = self._engine = self._context = self._stream = None
+        self._staging = None
         self._graphs: dict[tuple, tuple] = {}  # input shape -> (graph, static inputs, static outputs)
 
     # -- protocol --------------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class TensorRTRunner(Runner):
         torch = _import_torch_cuda()
         torch.cuda.set_device(self.device)
         self._trt, self._torch = trt, torch
+        self._staging = PinnedStaging(torch)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if self.manifest.version_compatible:
@@ -205,7 +208,8 @@ class TensorRTRunner(Runner):
         for name, array in inputs.items():
             self._check_profile(name, array.shape)
             dtype = self._torch_dtype(self._io[name][1])
-            device_inputs[name] = torch.from_numpy(array).to(device=f"cuda:{self.device}", dtype=dtype)
+            device_inputs[name] = self._staging.stage(array).to(device=f"cuda:{self.device}", dtype=dtype,
+                                                                non_blocking=True)
             context.set_input_shape(name, tuple(array.shape))
         for name, (is_input, dtype) in self._io.items():
             if is_input:
@@ -266,7 +270,7 @@ class TensorRTRunner(Runner):
         graph, static_in, static_out = self._graphs[key]
         with torch.cuda.stream(self._stream):
             for name, array in feeds.items():
-                static_in[name].copy_(torch.from_numpy(array))
+                static_in[name].copy_(self._staging.stage(array), non_blocking=True)
             graph.replay()
             host = self._to_host(static_out)
         self._stream.synchronize()

@@ -26,6 +26,7 @@ from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyErro
 from deploy_unet.metadata import ModelInfo
 from deploy_unet.nets import create_net
 from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
+from deploy_unet.runtime.host_buffers import PinnedStaging
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -84,7 +85,7 @@ class TorchRunner(Runner):
         self.output = check_output_kind(output)
         self._saved_threads: int | None = None
         self._saved_tf32: tuple[bool, bool] | None = None
-        self._staging: dict[tuple, torch.Tensor] = {}  # pinned input buffers per input shape (CUDA)
+        self._staging = PinnedStaging(torch)  # pinned input buffers per input shape (CUDA)
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
@@ -195,7 +196,8 @@ class TorchRunner(Runner):
         mark = mark or _no_mark
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
-            x = self._host_input(feeds[self.input_name]) if cuda else torch.from_numpy(feeds[self.input_name])
+            array = feeds[self.input_name]
+            x = self._staging.stage(array) if cuda else torch.from_numpy(array)
             x = x.to(self.device, non_blocking=True)
             mark("h2d")
             y = self.net(x)
@@ -213,17 +215,6 @@ class TorchRunner(Runner):
             out = host.numpy()
             mark("d2h")
         return {self.output_names[0]: out}
-
-    def _host_input(self, array: np.ndarray) -> torch.Tensor:
-        """The pinned staging buffer for this shape (allocated once), holding ``array``.
-
-        Safe to overwrite on the next call: every call ends with a stream synchronize."""
-        key = tuple(array.shape)
-        staging = self._staging.get(key)
-        if staging is None:
-            staging = self._staging[key] = torch.empty(key, dtype=torch.float32, pin_memory=True)
-        staging.numpy()[...] = array
-        return staging
 
     @property
     def device_kind(self) -> str:
