@@ -77,6 +77,7 @@ class BenchResult:
     speedup_vs_first: float = 1.0  # baseline median / this median, same net, batch and size
     arch: str = ""  # from the artifact's metadata; ratios compare like with like
     wall_seconds: float = 0.0  # what measuring this entry cost (warmup + timed iterations), for stage reports
+    output: str = "logits"  # what came back to the host: "logits" or the device-side argmax "mask"
 
     @property
     def size(self) -> str:
@@ -299,6 +300,7 @@ def bench_runner(
         phases_ms={p: LatencyStats.of(v) for p, v in phase_samples.items()} or None,
         samples_ms=samples if keep_samples else [],
         arch=getattr(info, "arch", None) or "",
+        output=getattr(runner, "output", "logits"),
     )
 
 

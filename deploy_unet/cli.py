@@ -213,10 +213,13 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
               help="Which default gates apply (default: the candidate's metadata).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
               help="Override a gate, e.g. --gate rel_l2=1e-3 --gate mask_agreement=99.5.")
+@click.option("--allow-tf32", is_flag=True,
+              help="Let torch on CUDA run fp32 convolutions/matmuls in TF32 (faster, ~1e-4 rel error); loosens the "
+                   "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @handle_errors
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, precision,
-                     gate_specs, json_path):
+                     gate_specs, allow_tf32, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
@@ -224,6 +227,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
+        allow_tf32=allow_tf32,
     )
     console = make_console()
     console.print(validation_table(report))
@@ -248,6 +252,9 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Weights for --backend torch on .onnx files.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
 @click.option("--pad", is_flag=True, help="Allow sizes off the net's divisor (pad and crop back).")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="What comes back to the host: the logits, or the argmax mask computed on the device (uint8).")
+@click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -255,7 +262,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Write a latency distribution plot (PNG).")
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
-                  json_path, markdown_path, plot_path):
+                  output_kind, allow_tf32, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -267,7 +274,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
     report = bench(
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
-        runner_options={"checkpoint": checkpoint, "device": device},
+        runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32},
     )
     console = make_console()
     console.print(bench_table(report))
@@ -301,9 +308,12 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--bench-tensorrt-qdq", is_flag=True, default=False,
               help="Also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU (validated either way; "
                    "ORT's CPU provider runs it as dequantize + fp32 conv, so it is skipped by default).")
+@click.option("--engine-lib", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
+                   "auto: whichever is installed, TensorRT first.")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, engines, threads, bench_tensorrt_qdq):
+             iters, engines, threads, bench_tensorrt_qdq, engine_lib):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -317,6 +327,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
+        engine_lib=None if engine_lib == "auto" else engine_lib,
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
@@ -357,11 +368,14 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @click.option("--version-compatible", is_flag=True, help="Engine also runs on later TensorRT of the same major.")
 @click.option("--refit", is_flag=True, help="Allow refitting weights without a rebuild.")
 @click.option("--plan-only", "--dry-run", "plan_only", is_flag=True, help="Print the build plan as JSON; build nothing.")
+@click.option("--engine-lib", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
+                   "auto: whichever is installed, TensorRT first.")
 @click.option("--verbose", is_flag=True, help="Echo TensorRT warnings and errors while building.")
 @handle_errors
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
-                         hardware_compat, version_compatible, refit, plan_only, verbose):
-    """Build a strongly typed TensorRT engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
+                         hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose):
+    """Build a strongly typed TensorRT or TensorRT-RTX engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
 
     Precision comes from the ONNX itself (fp32, fp16 casts, INT8 Q/DQ): quantize first, then build.
     """
@@ -372,7 +386,7 @@ def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_
     plan = plan_build(
         model, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, timing_cache=timing_cache,
         workspace_mib=workspace, opt_level=opt_level, hardware_compat=hardware_compat,
-        version_compatible=version_compatible, refit=refit,
+        version_compatible=version_compatible, refit=refit, engine_lib=engine_lib,
     )
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)

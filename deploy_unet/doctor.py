@@ -15,7 +15,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deploy_unet.engine.device import SUPPORTED_TRT_MAJORS, TENSORRT_INSTALL_HINT, cuda_devices
+from deploy_unet.engine.device import (
+    SUPPORTED_TRT_MAJORS,
+    TENSORRT_INSTALL_HINT,
+    TENSORRT_RTX,
+    cuda_devices,
+    import_engine_library,
+    runs_on,
+)
+from deploy_unet.errors import MissingDependencyError
 from deploy_unet.machine import cpu_info
 
 TORCH_CUDA_HINT = "install a CUDA build of torch, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu128`"
@@ -73,6 +81,14 @@ def run_doctor() -> DoctorReport:
     trt = _try_import("tensorrt", errors) if _importable("tensorrt") else None
     if trt is None and "tensorrt" not in errors:
         errors["tensorrt"] = "not installed"
+    rtx = None
+    if any(_importable(m) for m in TENSORRT_RTX.modules):
+        try:  # importing the bindings is safe without a GPU (checked with the 1.7 wheel); creating objects is not
+            rtx = import_engine_library(TENSORRT_RTX.name)[1]
+        except MissingDependencyError as exc:
+            errors["tensorrt-rtx"] = str(exc)
+    else:
+        errors["tensorrt-rtx"] = "not installed"
     devices = cuda_devices()
 
     packages = {
@@ -81,6 +97,7 @@ def run_doctor() -> DoctorReport:
         "onnx": getattr(onnx, "__version__", None),
         "onnxruntime": getattr(ort, "__version__", None),
         "tensorrt": getattr(trt, "__version__", None),
+        "tensorrt-rtx": getattr(rtx, "__version__", None),
         "cuda-python": _dist_version("cuda-python", "cuda-bindings"),
         "numpy": _dist_version("numpy"),
     }
@@ -161,6 +178,27 @@ def run_doctor() -> DoctorReport:
         report.backends.append(Backend("tensorrt", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes))))
     else:
         report.backends.append(Backend("tensorrt", True, f"TensorRT {trt.__version__} on {gpu_text}"))
+
+    # tensorrt-rtx: the package, a device of a compute capability it runs on, torch CUDA tensors for buffers
+    problems, fixes = [], []
+    supported = " ".join(TENSORRT_RTX.runs_on or ())
+    if rtx is None:
+        problems.append(f"TensorRT-RTX: {errors.get('tensorrt-rtx')}")
+        fixes.append(TENSORRT_RTX.install_hint)
+    if gpu is None:
+        problems.append(no_gpu)
+        fixes.append(gpu_fix)
+    elif not runs_on(TENSORRT_RTX.runs_on or (), gpu.compute_capability):
+        problems.append(f"{gpu_text} is not a GPU TensorRT-RTX runs on (compute capability {supported}); "
+                        "engines build here but do not load")
+        fixes.append("use an RTX / A-series / L4 / L40 / A100 GPU, or the tensorrt backend")
+    if not torch_cuda:
+        problems.append("the runner needs torch with CUDA for device buffers")
+        fixes.append(TORCH_CUDA_HINT)
+    if problems:
+        report.backends.append(Backend("tensorrt-rtx", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes))))
+    else:
+        report.backends.append(Backend("tensorrt-rtx", True, f"TensorRT-RTX {rtx.__version__} on {gpu_text}"))
     return report
 
 

@@ -41,6 +41,7 @@ class PipelineConfig:
     bench_warmup: int = 3
     bench_batch: int = 1
     engines: str = "auto"  # auto | off
+    engine_lib: str | None = None  # tensorrt | tensorrt-rtx; None: whichever is installed, TensorRT first
     threads: int | None = None
     bench_tensorrt_qdq: bool = False  # also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU
 
@@ -53,6 +54,7 @@ class Artifact:
     backend: str | None = None
     note: str = ""
     target: str = ""  # int8 Q/DQ placement: tensorrt | onnxruntime
+    runnable: bool = True  # False: built, but this GPU cannot run it (validate and bench skip it)
 
 
 @dataclass
@@ -141,11 +143,11 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     engines: list[Artifact] = []
     if config.engines != "off":
         with timed("TensorRT engines", "TensorRT engines"):
-            engines, note = _build_engines(onnx_artifacts, out, log)
+            engines, note = _build_engines(onnx_artifacts, out, log, config.engine_lib)
             result.notes.append(note)
             log(f"      {note}")
 
-    candidates = onnx_artifacts + engines
+    candidates = onnx_artifacts + [e for e in engines if e.runnable]
     with timed("validate", f"validate every artifact against PyTorch ({config.eval_samples} held-out samples)"):
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
         validations = validate_artifacts_many(
@@ -171,7 +173,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
             times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
 
     with timed("report", "report"):
-        result.artifacts = [reference] + candidates
+        result.artifacts = [reference] + onnx_artifacts + engines
         result.validations, result.bench = validations, bench_report
         extra = {
             "pipeline": {
@@ -241,31 +243,61 @@ def _precision_labels(config: PipelineConfig) -> list[str]:
     return [p if p == "fp16" else f"{p} ({t})" for p, t in _quantize_jobs(config)] or ["none"]
 
 
-def _build_engines(onnx_artifacts: list[Artifact], out: Path, log: Callable[[str], None]) -> tuple[list[Artifact], str]:
-    """One strongly typed engine per ONNX precision where TensorRT and a GPU exist; else say why not."""
-    from deploy_unet.engine.device import cuda_devices, no_device_reason, tensorrt_installed
+def _build_engines(
+    onnx_artifacts: list[Artifact], out: Path, log: Callable[[str], None], engine_lib: str | None = None
+) -> tuple[list[Artifact], str]:
+    """One strongly typed engine per ONNX precision where an engine library and a GPU exist; else say why not.
 
+    An engine this GPU cannot run (TensorRT-RTX on compute capability 9.0) is still built and listed, marked
+    "built but not runnable on this GPU": the other artifacts are validated and timed as usual.
+    """
+    from deploy_unet.engine.device import (
+        cuda_devices,
+        library_installed,
+        no_device_reason,
+        resolve_engine_library,
+    )
+
+    library = resolve_engine_library(engine_lib)
     devices = cuda_devices()
     if not devices.devices:
-        return [], f"TensorRT engines skipped: {no_device_reason(devices)}"
-    if not tensorrt_installed():
-        return [], "TensorRT engines skipped: TensorRT is not installed (pip install 'deploy-unet[tensorrt]')"
+        return [], f"{library.title} engines skipped: {no_device_reason(devices)}"
+    if not library_installed(library.name):
+        return [], (f"{library.title} engines skipped: {library.title} is not installed "
+                    f"(pip install 'deploy-unet[{library.name}]')")
     from deploy_unet.engine.build import build_engine, plan_build
+    from deploy_unet.engine.manifest import check_library_gpu
 
     engines = []
     for artifact in onnx_artifacts:
         if artifact.label.endswith("(onnxruntime Q/DQ)"):
             continue  # ORT's QDQ placement is for ORT; TensorRT gets the tensorrt-target file
-        plan = plan_build(artifact.path, timing_cache=out / "timing.cache")
+        suffix = ".rtx.engine" if library.name == "tensorrt-rtx" else ".engine"
+        plan = plan_build(artifact.path, artifact.path.with_suffix(suffix), timing_cache=out / ("timing.cache" if suffix == ".engine" else "rtx.timing.cache"),
+                          engine_lib=library.name)
+        for warning in plan.warnings:
+            log(f"      warning ({artifact.path.name}): {warning}")
         built = build_engine(plan, log=log)
-        engines.append(Artifact(f"TensorRT {artifact.precision}", Path(built.engine_path), artifact.precision))
-    return engines, f"built {len(engines)} TensorRT engine(s) on {devices.devices[0].name}"
+        engine = Artifact(f"{library.title} {artifact.precision}", Path(built.engine_path), artifact.precision)
+        try:
+            check_library_gpu(built.manifest, built.manifest.gpu)
+        except ArtifactError:
+            engine.runnable = False
+            engine.note = f"built but not runnable on this GPU (cc {built.manifest.gpu['compute_capability']})"
+        engines.append(engine)
+    gpu = devices.devices[0]
+    note = f"built {len(engines)} {library.title} engine(s) on {gpu.name}"
+    idle = [e for e in engines if not e.runnable]
+    if idle:
+        note += (f"; {len(idle)} not runnable here: {library.title} runs on compute capability "
+                 f"{' '.join(library.runs_on or ())}, this GPU is {gpu.compute_capability} (not validated or timed)")
+    return engines, note
 
 
 def _artifact_entry(artifact: Artifact, untimed: bool = False) -> dict[str, Any]:
     size = artifact.path.stat().st_size if artifact.path.exists() else None
     return {"label": artifact.label, "file": os.fspath(artifact.path), "precision": artifact.precision,
-            "size_bytes": size, "note": artifact.note, "benchmarked": not untimed}
+            "size_bytes": size, "note": artifact.note, "runnable": artifact.runnable, "benchmarked": not untimed}
 
 
 def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int) -> str:

@@ -149,3 +149,34 @@ def test_bad_inputs_fail_with_one_line(cpp_tools, tmp_path):
     other.write_text('{"format": "something"}')
     proc = run_tool(cpp_tools, "unet_manifest", other)
     assert proc.returncode == 2 and "not a deploy-unet engine manifest" in proc.stderr
+
+
+@pytest.mark.parametrize("cc, runs", [("9.0", False), ("8.9", True), ("8.0", True), ("12.1", True), ("13.0", True),
+                                      ("7.5", False)])
+def test_cpp_refuses_a_gpu_outside_the_manifests_list(cpp_tools, tmp_path, cc, runs):
+    """The check unet_infer makes before deserializing (TrtEngine), on the manifest a TensorRT-RTX build writes."""
+    manifest = make_manifest("1.7.1.116")
+    manifest.library, manifest.runs_on = "tensorrt-rtx", ["8.0", "8.6", "8.9", "12.0", "12.1", ">12.0"]
+    path = tmp_path / "m.rtx.engine.json"
+    write_manifest(manifest, path)
+    proc = run_tool(cpp_tools, "unet_manifest", path, "--cc", cc)
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert values["library"] == "tensorrt-rtx" and values["runs_on"] == "8.0 8.6 8.9 12.0 12.1 >12.0"
+    if runs:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+        assert f"(compute capability {cc}), cannot run this TensorRT-RTX engine" in proc.stderr
+
+
+def test_cpp_reads_old_manifests_as_tensorrt_and_ampere_plus(cpp_tools, tmp_path):
+    manifest = make_manifest()
+    manifest.runs_on = [">=8.0"]
+    path = tmp_path / "m.engine.json"
+    write_manifest(manifest, path)
+    assert run_tool(cpp_tools, "unet_manifest", path, "--cc", "8.6").returncode == 0
+    assert run_tool(cpp_tools, "unet_manifest", path, "--cc", "7.5").returncode == 1
+    manifest.runs_on = None
+    write_manifest(manifest, path)
+    proc = run_tool(cpp_tools, "unet_manifest", path, "--cc", "7.5")
+    assert proc.returncode == 0 and "library=tensorrt\n" in proc.stdout  # nothing recorded: not checked

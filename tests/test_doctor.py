@@ -13,7 +13,7 @@ from deploy_unet.cli import cli
 from deploy_unet.engine import device as device_mod
 from deploy_unet.engine.device import DeviceReport
 
-BACKENDS = ["torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]
+BACKENDS = ["torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx"]
 
 
 def _no_gpu(monkeypatch):

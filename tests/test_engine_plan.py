@@ -143,7 +143,8 @@ def _no_gpu(monkeypatch):
 def _fake_gpu(monkeypatch, trt):
     gpu = GpuInfo(0, "NVIDIA Fake 4090", "8.9", 24000)
     monkeypatch.setattr(build_mod, "require_cuda_device", lambda index=0: gpu)
-    monkeypatch.setattr(build_mod, "import_tensorrt", lambda: trt)
+    library = device_mod.ENGINE_LIBRARIES["tensorrt-rtx" if trt.__version__.startswith("1.") else "tensorrt"]
+    monkeypatch.setattr(build_mod, "import_engine_library", lambda name=None: (library, trt))
     return gpu
 
 
@@ -190,7 +191,8 @@ def test_cli_plan_only_prints_json(tmp_path):
     plan = json.loads(result.output)
     assert plan["precision"] == "int8"
     assert plan["profiles"][0]["max"] == [1, 3, 256, 256]
-    assert plan["network_flags"] == {"10": ["STRONGLY_TYPED"], "11": []}
+    assert plan["network_flags"] == {"10": ["STRONGLY_TYPED"], "11": [], "tensorrt-rtx": ["STRONGLY_TYPED"]}
+    assert plan["engine_lib"] == "auto"
     assert not (tmp_path / "m.engine").exists()
 
 

@@ -54,7 +54,7 @@ def test_no_gpu_stops_before_tensorrt(engine, monkeypatch):
     monkeypatch.setattr(
         "deploy_unet.engine.device.cuda_devices", lambda: DeviceReport(source="torch", error="no driver")
     )
-    monkeypatch.setattr(runner_mod, "import_tensorrt", lambda: _TensorRTMustNotBeUsed())
+    monkeypatch.setattr(runner_mod, "import_engine_library", lambda name=None: (None, _TensorRTMustNotBeUsed()))
     with pytest.raises(MissingDependencyError, match="no CUDA device"):
         TensorRTRunner(engine).activate()
 
@@ -67,7 +67,7 @@ def test_mismatch_is_refused_before_deserializing(engine, monkeypatch, version, 
     fake = _TensorRTMustNotBeUsed()
     fake.__version__ = version
     monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0: gpu)
-    monkeypatch.setattr(runner_mod, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(runner_mod, "import_engine_library", lambda name=None: (None, fake))
     runner = TensorRTRunner(engine)
     with pytest.raises(ArtifactError, match=message):
         runner.activate()

@@ -236,8 +236,9 @@ def fake_tensorrt(version: str = "10.16.0.72", *, strongly_typed_value: int = 1,
             return Profile()
 
         def build_serialized_network(self, network, config):
+            level = config.hardware_compatibility_level
             calls.append(("build", config.flags, config.builder_optimization_level,
-                          config.hardware_compatibility_level.name, config.profiling_verbosity.name))
+                          getattr(level, "name", level), config.profiling_verbosity.name))
             if fail_build:
                 self.logger.log(Severity.ERROR, "out of tactics")
                 return None
@@ -251,3 +252,9 @@ def fake_tensorrt(version: str = "10.16.0.72", *, strongly_typed_value: int = 1,
         MemoryPoolType=MemoryPoolType, HardwareCompatibilityLevel=HardwareCompatibilityLevel,
         ProfilingVerbosity=ProfilingVerbosity,
     )
+
+
+def fake_tensorrt_rtx(version: str = "1.7.1.116", **options):
+    """The same recording stand-in with TensorRT-RTX 1.7's version and enum values (STRONGLY_TYPED = 0, the
+    only NetworkDefinitionCreationFlag member, as read from the tensorrt_rtx_bindings 1.7.1.116 wheel)."""
+    return fake_tensorrt(version, strongly_typed_value=0, **options)

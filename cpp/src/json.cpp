@@ -218,6 +218,9 @@ EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
         info.num_classes = static_cast<int>(model["num_classes"].as_number());
         info.mean = model["mean"].as_float_vector();
         info.stddev = model["std"].as_float_vector();
+        if (doc.has("library") && !doc["library"].is_null()) info.library = doc["library"].as_string();
+        if (doc.has("runs_on") && !doc["runs_on"].is_null())
+            for (const Json& entry : doc["runs_on"].as_array()) info.runs_on.push_back(entry.as_string());
         return info;
     } catch (const std::runtime_error& e) {
         throw std::runtime_error(manifest_path + ": " + e.what());

@@ -1,5 +1,7 @@
 #include "deploy_unet/trt_engine.h"
 
+#include "deploy_unet/compat.h"
+
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -27,7 +29,8 @@ void TrtLogger::log(Severity severity, const char* msg) noexcept {
     if (severity <= threshold_) std::cerr << "[TensorRT] " << msg << "\n";
 }
 
-TrtEngine::TrtEngine(const std::string& engine_path, int device) {
+TrtEngine::TrtEngine(const std::string& engine_path, int device, const std::string& library,
+                     const std::vector<std::string>& runs_on) {
     // TensorRT objects must not be created without a CUDA device: check first.
     int count = 0;
     const cudaError_t status = cudaGetDeviceCount(&count);
@@ -36,6 +39,10 @@ TrtEngine::TrtEngine(const std::string& engine_path, int device) {
                                  "); TensorRT needs an NVIDIA GPU with a working driver");
     if (device >= count) throw std::runtime_error("CUDA device " + std::to_string(device) + " does not exist");
     check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    const std::string refusal = gpu_refusal(library, runs_on, prop.name, prop.major, prop.minor);
+    if (!refusal.empty()) throw std::runtime_error(refusal);  // before the library deserializes anything
 
     std::ifstream in(engine_path, std::ios::binary);
     if (!in) throw std::runtime_error(engine_path + ": cannot open");

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
         const Tensor x = normalize(image, info.mean, info.stddev);
         const Tensor padded = pad_to_multiple(x, info.divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
 
-        TrtEngine engine(engine_path, std::stoi(args.get("device", "0")));
+        TrtEngine engine(engine_path, std::stoi(args.get("device", "0")), info.library, info.runs_on);
         const Tensor logits = engine.run(info.input_name, padded, info.output_name);
         const Image mask = argmax_mask(crop(logits, image.height, image.width));
         write_pnm(args.positional[2], mask);

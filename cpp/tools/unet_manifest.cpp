@@ -1,12 +1,15 @@
-// unet_manifest FILE.engine.json: print what unet_infer reads from the manifest, one key=value a line.
+// unet_manifest FILE.engine.json [--cc MAJOR.MINOR]: print what unet_infer reads from the manifest, one
+// key=value a line; with --cc, exit 1 with unet_infer's one-line refusal if a GPU of that compute
+// capability cannot run the engine (the check unet_infer makes before deserializing).
 #include <iostream>
 
+#include "deploy_unet/compat.h"
 #include "deploy_unet/json.h"
 
 int main(int argc, char** argv) {
     using namespace deploy_unet;
-    if (argc != 2) {
-        std::cerr << "usage: unet_manifest FILE.engine.json\n";
+    if (argc != 2 && !(argc == 4 && std::string(argv[2]) == "--cc")) {
+        std::cerr << "usage: unet_manifest FILE.engine.json [--cc MAJOR.MINOR]\n";
         return 2;
     }
     try {
@@ -22,7 +25,22 @@ int main(int argc, char** argv) {
                   << "in_channels=" << info.in_channels << "\n"
                   << "num_classes=" << info.num_classes << "\n"
                   << "mean=" << join(info.mean) << "\n"
-                  << "std=" << join(info.stddev) << "\n";
+                  << "std=" << join(info.stddev) << "\n"
+                  << "library=" << info.library << "\n";
+        std::string runs;
+        for (const std::string& cc : info.runs_on) runs += (runs.empty() ? "" : " ") + cc;
+        std::cout << "runs_on=" << runs << "\n";
+        if (argc == 4) {
+            const std::string cc = argv[3];
+            const auto dot = cc.find('.');
+            const int major = std::stoi(cc.substr(0, dot));
+            const int minor = dot == std::string::npos ? 0 : std::stoi(cc.substr(dot + 1));
+            const std::string refusal = gpu_refusal(info.library, info.runs_on, "a GPU", major, minor);
+            if (!refusal.empty()) {
+                std::cerr << "error: " << refusal << "\n";
+                return 1;
+            }
+        }
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << "\n";
         return 2;

@@ -7,6 +7,11 @@ precision the typed ONNX carries, and the builder options. :func:`build_engine` 
 Networks are always strongly typed (see TENSORRT.md): precision comes from the ONNX file (fp16 casts,
 INT8 Q/DQ), never from ``BuilderFlag.FP16/INT8``, which TensorRT 11 removed. On 10.x that takes
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11.x is strongly typed only and needs no flag.
+
+The same code builds TensorRT-RTX engines (``engine_lib="tensorrt-rtx"``): its bindings carry the same names
+(checked against the 1.7 wheel, tests/test_engine_names.py). It is strongly typed only, and NVIDIA's samples
+still set STRONGLY_TYPED "to avoid a warning", so we do too; its engines are portable across the GPUs it
+supports by default, so TensorRT's hardware-/version-compatibility options are refused for it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from pathlib import Path
 
 import onnx
 
-from deploy_unet.engine.device import GpuInfo, import_tensorrt, require_cuda_device, trt_major
+from deploy_unet.engine.device import (
+    TENSORRT_RTX,
+    EngineLibrary,
+    GpuInfo,
+    import_engine_library,
+    require_cuda_device,
+    resolve_engine_library,
+    runs_on,
+    trt_major,
+)
 from deploy_unet.engine.manifest import (
     EngineManifest,
     manifest_path_for,
@@ -84,10 +98,11 @@ class BuildPlan:
     version_compatible: bool = False
     refit: bool = False
     timing_cache: str | None = None
+    engine_lib: str | None = None  # "tensorrt" | "tensorrt-rtx"; None: whichever is installed at build time
     warnings: list[str] = field(default_factory=list)
 
-    def network_flag_names(self, trt_version: str) -> list[str]:
-        return network_flag_names(trt_major(trt_version))
+    def network_flag_names(self, trt_version: str, library: str = "tensorrt") -> list[str]:
+        return network_flag_names(trt_major(trt_version), library)
 
     def to_dict(self) -> dict:
         return {
@@ -103,7 +118,12 @@ class BuildPlan:
             "in_channels": self.model.in_channels,
             "arch": self.model.arch,
             "builder": self.builder_options(),
-            "network_flags": {"10": network_flag_names(10), "11": network_flag_names(11)},
+            "engine_lib": self.engine_lib or "auto",
+            "network_flags": {
+                "10": network_flag_names(10),
+                "11": network_flag_names(11),
+                "tensorrt-rtx": network_flag_names(1, "tensorrt-rtx"),
+            },
             "warnings": self.warnings,
         }
 
@@ -118,8 +138,10 @@ class BuildPlan:
         }
 
 
-def network_flag_names(major: int) -> list[str]:
+def network_flag_names(major: int, library: str = "tensorrt") -> list[str]:
     """``NetworkDefinitionCreationFlag`` member NAMES to set: the integer values differ between 10 and 11."""
+    if library == TENSORRT_RTX.name:
+        return ["STRONGLY_TYPED"]  # the only mode; set explicitly as NVIDIA's RTX samples do (no warning)
     if major >= 11:
         return []  # strongly typed is the only mode; the flag is accepted and ignored, so leave it out
     if major == 10:
@@ -127,10 +149,10 @@ def network_flag_names(major: int) -> list[str]:
     raise ConfigError(f"TensorRT {major}.x is not supported; deploy-unet needs TensorRT 10.x or 11.x")
 
 
-def network_flags(trt) -> int:
+def network_flags(trt, library: str = "tensorrt") -> int:
     """The ``create_network`` bit mask, built from flag names looked up on this TensorRT module."""
     flags = 0
-    for name in network_flag_names(trt_major(trt.__version__)):
+    for name in network_flag_names(trt_major(trt.__version__), library):
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     return flags
 
@@ -296,6 +318,7 @@ def plan_build(
     hardware_compat: str = "none",
     version_compatible: bool = False,
     refit: bool = False,
+    engine_lib: str | None = None,
 ) -> BuildPlan:
     """Decide and check everything about an engine build that does not need TensorRT."""
     onnx_path = os.fspath(onnx_path)
@@ -336,6 +359,11 @@ def plan_build(
             f"{evidence.casts_to_fp16} casts to fp16); building what the graph says"
         )
 
+    if engine_lib not in (None, "", "auto"):
+        library = resolve_engine_library(engine_lib)  # an unknown name is a ConfigError here
+        check_library_options(library, hardware_compat, version_compatible)
+        if library is TENSORRT_RTX and evidence.precision == "int8":
+            warnings.append(RTX_INT8_WARNING)
     engine_path = Path(output) if output else default_engine_path(onnx_path)
     if engine_path.resolve() == Path(onnx_path).resolve():
         raise ConfigError(f"output {engine_path} would overwrite the ONNX input; pass -o FILE.engine")
@@ -355,8 +383,45 @@ def plan_build(
         version_compatible=version_compatible,
         refit=refit,
         timing_cache=os.fspath(timing_cache) if timing_cache else None,
+        engine_lib=None if engine_lib in (None, "", "auto") else engine_lib,
         warnings=warnings,
     )
+
+
+RTX_INT8_WARNING = (
+    "TensorRT-RTX lists INT8 only as weight-only GEMM quantization: an int8 Q/DQ convolution net builds, but "
+    "its Q/DQ may run as separate layers around higher-precision convolutions (no int8 speedup); compare with fp16"
+)
+
+
+def check_library_options(library: EngineLibrary, hardware_compat: str, version_compatible: bool) -> None:
+    """TensorRT-RTX engines are portable across the GPUs it supports by default (JIT specialisation at load);
+    TensorRT's compatibility switches are not used with it."""
+    if library is not TENSORRT_RTX:
+        return
+    if hardware_compat != "none":
+        raise ConfigError(
+            f"--hardware-compat {hardware_compat} is a TensorRT option; TensorRT-RTX engines already run on every "
+            f"GPU it supports (compute capability {' '.join(library.runs_on or ())}); drop the option"
+        )
+    if version_compatible:
+        raise ConfigError("--version-compatible is a TensorRT option, not used with TensorRT-RTX; drop it or use "
+                          "--engine-lib tensorrt")
+
+
+def engine_runs_on(library: EngineLibrary, gpu: GpuInfo, hardware_compat: str) -> list[str]:
+    """Compute capabilities the engine runs on, for the manifest: the library's list (TensorRT-RTX), or what
+    TensorRT's hardware compatibility gives (the build GPU's capability; ``>=8.0`` for ampere+)."""
+    if library.runs_on is not None:
+        return list(library.runs_on)
+    if hardware_compat == "ampere+":
+        return [">=8.0"]
+    return [gpu.compute_capability]
+
+
+def runnable_here(library: EngineLibrary, gpu: GpuInfo) -> bool:
+    """Whether an engine of this library can run on ``gpu`` at all (TensorRT: any GPU it built on)."""
+    return library.runs_on is None or runs_on(library.runs_on, gpu.compute_capability)
 
 
 # -- timing cache ----------------------------------------------------------------------------------
@@ -463,19 +528,22 @@ def build_engine(
 ) -> BuildResult:
     """Build and atomically write the engine and its manifest. Checks for a CUDA device first."""
     gpu: GpuInfo = require_cuda_device(device)
-    trt = import_tensorrt()
+    library, trt = import_engine_library(plan.engine_lib)
+    check_library_options(library, plan.hardware_compat, plan.version_compatible)
+    if library is TENSORRT_RTX and plan.precision == "int8" and RTX_INT8_WARNING not in plan.warnings:
+        log(f"warning: {RTX_INT8_WARNING}")  # the library was chosen here (auto), after the plan
     messages: list[str] = []
     logger = _make_logger(trt, messages, log if verbose else None)
     started = time.perf_counter()
 
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
+    network = builder.create_network(network_flags(trt, library.name))
     parser = trt.OnnxParser(network, logger)
     log(f"parsing {plan.onnx_path}")
     if not parser.parse_from_file(plan.onnx_path):
         errors = parser_errors(parser)
         raise ArtifactError(
-            f"TensorRT {trt.__version__} cannot parse {plan.onnx_path}: {len(errors)} error(s): " + "; ".join(errors)
+            f"{library.title} {trt.__version__} cannot parse {plan.onnx_path}: {len(errors)} error(s): " + "; ".join(errors)
         )
     if network.num_inputs != 1 or network.get_input(0).name != plan.input_name:
         found = [network.get_input(i).name for i in range(network.num_inputs)]
@@ -485,7 +553,14 @@ def build_engine(
     if plan.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     config.builder_optimization_level = plan.opt_level
-    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[plan.hardware_compat])
+    if library is not TENSORRT_RTX:
+        level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[plan.hardware_compat], None)
+        if level is None:  # SAME_COMPUTE_CAPABILITY is newer than TensorRT 10.3 (JetPack 6)
+            raise ConfigError(
+                f"--hardware-compat {plan.hardware_compat} needs a newer TensorRT: {trt.__version__} has no "
+                f"HardwareCompatibilityLevel.{HARDWARE_COMPAT[plan.hardware_compat]}; use none or ampere+"
+            )
+        config.hardware_compatibility_level = level
     if plan.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if plan.refit:
@@ -503,11 +578,11 @@ def build_engine(
             log(f"timing cache {plan.timing_cache} does not match this TensorRT/GPU; starting a new one")
             config.set_timing_cache(config.create_timing_cache(b""), False)
 
-    log(f"building a strongly typed {plan.precision} engine with TensorRT {trt.__version__} on {gpu.name}")
+    log(f"building a strongly typed {plan.precision} engine with {library.title} {trt.__version__} on {gpu.name}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         last = next((m for m in reversed(messages) if "ERROR" in m), "see the TensorRT log (--verbose)")
-        raise ArtifactError(f"TensorRT could not build an engine from {plan.onnx_path}: {last}")
+        raise ArtifactError(f"{library.title} could not build an engine from {plan.onnx_path}: {last}")
     seconds = time.perf_counter() - started
     write_bytes_atomic(plan.engine_path, bytes(memoryview(serialized)))
     if plan.timing_cache:
@@ -518,6 +593,8 @@ def build_engine(
     model = load_onnx(plan.onnx_path, load_weights=False)
     manifest = EngineManifest(
         tensorrt_version=trt.__version__,
+        library=library.name,
+        runs_on=engine_runs_on(library, gpu, plan.hardware_compat),
         gpu=gpu.to_dict(),
         precision=plan.precision,
         profiles=[p.to_dict() for p in plan.profiles],
@@ -531,7 +608,7 @@ def build_engine(
         model=model_section(plan.model),
         builder={
             **plan.builder_options(),
-            "network_flags": network_flag_names(trt_major(trt.__version__)),
+            "network_flags": network_flag_names(trt_major(trt.__version__), library.name),
             "strongly_typed": True,
         },
         build={"seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},

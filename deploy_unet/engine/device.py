@@ -1,4 +1,9 @@
-"""CUDA device discovery and the lazy TensorRT import, both safe on machines with neither.
+"""CUDA device discovery and the lazy engine-library import, both safe on machines with neither.
+
+Two engine libraries share one builder, manifest and runner (they expose the same Python API under two
+module names): NVIDIA TensorRT (``tensorrt``, 10.x/11.x) and TensorRT-RTX (``tensorrt_rtx`` from the
+metapackage, ``tensorrt_rtx_bindings`` from the cu13 bindings wheel, 1.7+). :data:`ENGINE_LIBRARIES`
+describes each; :func:`import_engine_library` imports one by name.
 
 TensorRT must never be touched without a CUDA device: ``trt.Builder`` raises after logging "CUDA
 initialization failure", and a ``trt.Runtime`` created without a device segfaults on first use. So every
@@ -8,11 +13,14 @@ installed (it imports and answers without a GPU), else through torch.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 
-from deploy_unet.errors import MissingDependencyError
+from deploy_unet.errors import ConfigError, MissingDependencyError
 
 SUPPORTED_TRT_MAJORS = (10, 11)
 
@@ -20,6 +28,69 @@ TENSORRT_INSTALL_HINT = (
     "install TensorRT 10.x or 11.x: `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your "
     "CUDA; the wheels download the libraries from https://pypi.nvidia.com)"
 )
+TENSORRT_RTX_INSTALL_HINT = "install TensorRT-RTX 1.7+: `pip install 'deploy-unet[tensorrt-rtx]'`"
+
+
+@dataclass(frozen=True)
+class EngineLibrary:
+    """One engine library: where its Python module lives and which GPUs its engines run on."""
+
+    name: str  # the --engine-lib value
+    title: str  # for messages
+    modules: tuple[str, ...]  # importable module names, tried in order
+    install_hint: str
+    min_version: tuple[int, ...]
+    max_major: int | None = None  # newest major known to work (None: no upper bound checked)
+    # Compute capabilities an engine of this library runs on, as the library itself lists them; ">X" means
+    # every capability above X. None: the GPU the engine was built on (TensorRT, see check_compatible).
+    runs_on: tuple[str, ...] | None = None
+
+    def version_ok(self, version: str) -> bool:
+        parts = version_tuple(version)
+        if parts[: len(self.min_version)] < self.min_version:
+            return False
+        return self.max_major is None or parts[0] <= self.max_major
+
+
+TENSORRT = EngineLibrary(
+    "tensorrt", "TensorRT", ("tensorrt",), TENSORRT_INSTALL_HINT, min_version=(10,), max_major=11
+)
+# TensorRT-RTX 1.7 refuses other GPUs at deserialize_cuda_engine with "Error Code 6: ... Supported compute
+# capabilities: 8.0 8.6 8.9 12.0 12.1 >12.0" (seen on an H100, compute capability 9.0; TENSORRT-RTX.md).
+TENSORRT_RTX = EngineLibrary(
+    "tensorrt-rtx", "TensorRT-RTX", ("tensorrt_rtx", "tensorrt_rtx_bindings"), TENSORRT_RTX_INSTALL_HINT,
+    min_version=(1, 7), runs_on=("8.0", "8.6", "8.9", "12.0", "12.1", ">12.0"),
+)
+ENGINE_LIBRARIES = {lib.name: lib for lib in (TENSORRT, TENSORRT_RTX)}
+# The shared libraries the tensorrt-rtx-cu13-libs wheel ships in its ``tensorrt_rtx_libs`` package, in load
+# order (the parser and the bindings need libtensorrt_rtx first).
+RTX_LIBS_PACKAGE = "tensorrt_rtx_libs"
+RTX_SHARED_LIBRARIES = ("libtensorrt_rtx.so.1", "libtensorrt_onnxparser_rtx.so.1")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(version).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def cc_tuple(cc: str) -> tuple[int, int]:
+    major, _, minor = str(cc).strip().lstrip(">").partition(".")
+    return int(major), int(minor or 0)
+
+
+def runs_on(supported: tuple[str, ...] | list[str], compute_capability: str) -> bool:
+    """Whether ``compute_capability`` is in a library's list ("8.6", or ">12.0" for anything above)."""
+    here = cc_tuple(compute_capability)
+    for entry in supported:
+        entry = str(entry).strip()
+        if entry.startswith(">") and here > cc_tuple(entry):
+            return True
+        if not entry.startswith(">") and here == cc_tuple(entry):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -130,12 +201,96 @@ def require_cuda_device(index: int = 0) -> GpuInfo:
     )
 
 
+def _module_present(module: str) -> bool:
+    if module in sys.modules:  # imported already (or a test's stand-in)
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def library_installed(name: str) -> bool:
+    """Whether one of the library's modules could be found (without importing it)."""
+    return any(_module_present(m) for m in ENGINE_LIBRARIES[name].modules)
+
+
 def tensorrt_installed() -> bool:
     """Whether ``import tensorrt`` could find the package (without importing it)."""
+    return library_installed("tensorrt")
+
+
+def resolve_engine_library(name: str | None = None) -> EngineLibrary:
+    """``--engine-lib``: the named library, or (None / "auto") whichever is installed, TensorRT first."""
+    if name in (None, "", "auto"):
+        for lib in ENGINE_LIBRARIES.values():
+            if library_installed(lib.name):
+                return lib
+        return TENSORRT  # neither: importing it later says how to install one
+    if name not in ENGINE_LIBRARIES:
+        raise ConfigError(f"--engine-lib {name!r} is not known; choose one of: {', '.join(ENGINE_LIBRARIES)}")
+    return ENGINE_LIBRARIES[name]
+
+
+def _preload_rtx_libraries() -> None:
+    """Load libtensorrt_rtx.so.1 and its ONNX parser from the libs wheel's folder, globally, so the bindings
+    import without LD_LIBRARY_PATH. A no-op where the package is absent (a tar install on the path)."""
     try:
-        return importlib.util.find_spec("tensorrt") is not None
-    except (ImportError, ValueError):  # a module in sys.modules without a spec (test fakes)
-        return True
+        spec = importlib.util.find_spec(RTX_LIBS_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        for lib in RTX_SHARED_LIBRARIES:
+            path = os.path.join(folder, lib)
+            if os.path.isfile(path):
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
+def _library_fix(lib: EngineLibrary) -> str:
+    if lib is not TENSORRT_RTX:
+        return "reinstall it, or put the folder holding its shared libraries on LD_LIBRARY_PATH"
+    return (
+        "install the libs wheel (pip install 'deploy-unet[tensorrt-rtx]'), or put the folder holding "
+        "libtensorrt_rtx.so.1 on LD_LIBRARY_PATH: export LD_LIBRARY_PATH=$(python -c 'import tensorrt_rtx_libs, os; "
+        "print(os.path.dirname(tensorrt_rtx_libs.__file__))'):$LD_LIBRARY_PATH"
+    )
+
+
+def import_engine_library(name: str | None = None):
+    """Import an engine library lazily: ``(library, module)``, or a one-line MissingDependencyError."""
+    lib = resolve_engine_library(name)
+    module, errors = None, []
+    for module_name in lib.modules:
+        if not _module_present(module_name):
+            errors.append(f"no module {module_name!r}")
+            continue
+        try:
+            if lib is TENSORRT_RTX:
+                _preload_rtx_libraries()
+            module = importlib.import_module(module_name)
+            break
+        except ImportError as exc:
+            message = str(exc).splitlines()[0]
+            if ".so" in message or ".dll" in message:  # the bindings are there, their shared libraries are not
+                raise MissingDependencyError(
+                    f"{lib.title} is installed but cannot load its libraries ({message}); {_library_fix(lib)}"
+                ) from None
+            errors.append(message)
+        except OSError as exc:  # a shared library that is there but does not load
+            message = str(exc).splitlines()[0]
+            raise MissingDependencyError(
+                f"{lib.title} is installed but cannot load its libraries ({message}); {_library_fix(lib)}"
+            ) from None
+    if module is None:
+        raise MissingDependencyError(f"{lib.title} is not installed ({'; '.join(errors)}); {lib.install_hint}")
+    version = str(getattr(module, "__version__", "0"))
+    if not lib.version_ok(version):
+        wanted = ".".join(map(str, lib.min_version)) + "+" + (f" up to {lib.max_major}.x" if lib.max_major else "")
+        raise MissingDependencyError(
+            f"{lib.title} {version} is not supported; deploy-unet needs {lib.title} {wanted} (strongly typed networks)"
+        )
+    return lib, module
 
 
 def trt_major(version: str) -> int:
@@ -146,17 +301,5 @@ def trt_major(version: str) -> int:
 
 
 def import_tensorrt():
-    """Import TensorRT lazily; a one-line MissingDependencyError if it is absent or unsupported."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise MissingDependencyError(f"TensorRT is not installed ({exc}); {TENSORRT_INSTALL_HINT}") from None
-    except OSError as exc:  # the wheel is there but its shared libraries are not
-        raise MissingDependencyError(f"TensorRT is installed but cannot load its libraries ({exc})") from None
-    major = trt_major(trt.__version__)
-    if major not in SUPPORTED_TRT_MAJORS:
-        raise MissingDependencyError(
-            f"TensorRT {trt.__version__} is not supported; deploy-unet needs TensorRT 10.x or 11.x "
-            "(strongly typed networks)"
-        )
-    return trt
+    """Import TensorRT (not -RTX) lazily; a one-line MissingDependencyError if absent or unsupported."""
+    return import_engine_library("tensorrt")[1]

@@ -2,7 +2,8 @@
 
 A serialized TensorRT engine only runs on the TensorRT version and GPU it was built for, unless it was
 built version-compatible (later TensorRT of the same major) or hardware-compatible (``ampere+``: any
-GPU of compute capability 8.0 or newer; ``same-cc``: any GPU of the same compute capability). The
+GPU of compute capability 8.0 or newer; ``same-cc``: any GPU of the same compute capability). A
+TensorRT-RTX engine runs on every compute capability its library lists (``runs_on``). The
 runners read this file first and refuse a mismatch with a clear message *before* handing the bytes to
 TensorRT, whose own refusal is a log line and a ``None`` (or worse).
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy_unet import __version__
+from deploy_unet.engine.device import ENGINE_LIBRARIES, TENSORRT_RTX, cc_tuple, runs_on, version_tuple
 from deploy_unet.errors import ArtifactError
 from deploy_unet.fileio import write_text_atomic
 from deploy_unet.metadata import ModelInfo
@@ -46,7 +48,7 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
 
 @dataclass
 class EngineManifest:
-    tensorrt_version: str
+    tensorrt_version: str  # the engine library's version (TensorRT or TensorRT-RTX, see ``library``)
     gpu: dict[str, Any]  # GpuInfo.to_dict(): index, name, compute_capability, memory_mib
     precision: str
     profiles: list[dict[str, list[int]]]
@@ -56,9 +58,16 @@ class EngineManifest:
     model: dict[str, Any]  # model_section(): plain values for runners and the C++ sample
     builder: dict[str, Any]  # workspace_mib, opt_level, hardware_compat, version_compatible, refit, ...
     build: dict[str, Any] = field(default_factory=dict)  # seconds, created
+    library: str = "tensorrt"  # "tensorrt" | "tensorrt-rtx" (manifests older than this field: tensorrt)
+    runs_on: list[str] | None = None  # compute capabilities the engine runs on ("8.6", ">12.0", ">=8.0")
     engine_sha256: str = ""
     format: str = FORMAT
     deploy_unet_version: str = __version__
+
+    @property
+    def library_title(self) -> str:
+        lib = ENGINE_LIBRARIES.get(self.library)
+        return lib.title if lib else self.library
 
     @property
     def version_compatible(self) -> bool:
@@ -120,29 +129,44 @@ def read_manifest(path: str | os.PathLike) -> EngineManifest:
     return EngineManifest(**{k: v for k, v in data.items() if k in fields})
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(version).split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+_version_tuple = version_tuple
+_cc_tuple = cc_tuple
 
 
-def _cc_tuple(cc: str) -> tuple[int, int]:
-    major, _, minor = str(cc).partition(".")
-    return int(major), int(minor or 0)
+def check_library_gpu(manifest: EngineManifest, gpu: Any) -> None:
+    """Refuse, in one line and before the library is even imported, a GPU outside the compute capabilities
+    an engine's library runs on (TensorRT-RTX 1.7 has no kernels for 9.0: H100/H200 deserialize to None)."""
+    if manifest.library != TENSORRT_RTX.name:
+        return
+    gpu = gpu if isinstance(gpu, dict) else gpu.to_dict()
+    supported = manifest.runs_on or list(TENSORRT_RTX.runs_on or ())
+    if not runs_on(supported, gpu["compute_capability"]):
+        raise ArtifactError(
+            f"this GPU, {gpu['name']} (compute capability {gpu['compute_capability']}), cannot run "
+            f"{manifest.library_title} engines, which run on compute capability {' '.join(supported)}; "
+            "use such a GPU, or build a TensorRT engine here with --engine-lib tensorrt"
+        )
 
 
 def check_compatible(manifest: EngineManifest, trt_version: str, gpu: Any) -> list[str]:
     """Refuse (ArtifactError) an engine this TensorRT/GPU cannot run; return warnings for what may be slow.
 
-    ``gpu`` is a GpuInfo or a dict with ``name`` and ``compute_capability``.
+    ``gpu`` is a GpuInfo or a dict with ``name`` and ``compute_capability``; ``trt_version`` is the version of
+    the manifest's library (TensorRT or TensorRT-RTX).
     """
     gpu = gpu if isinstance(gpu, dict) else gpu.to_dict()
     built_version = manifest.tensorrt_version
     built_gpu = manifest.gpu
     rebuild = "rebuild it here with `deploy-unet build-engine`"
     warnings: list[str] = []
+    if manifest.library == TENSORRT_RTX.name:
+        check_library_gpu(manifest, gpu)
+        if _version_tuple(built_version) != _version_tuple(trt_version):
+            raise ArtifactError(
+                f"engine was built with TensorRT-RTX {built_version} and this is TensorRT-RTX {trt_version}; "
+                f"{rebuild} --engine-lib tensorrt-rtx"
+            )
+        return warnings  # portable across the GPUs the library supports; kernels specialise at load (JIT)
 
     if manifest.version_compatible:
         built, here = _version_tuple(built_version), _version_tuple(trt_version)

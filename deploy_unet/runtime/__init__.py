@@ -39,7 +39,9 @@ def open_runner(
 ) -> Runner:
     """The runner for ``artifact`` (not yet activated: use it as a context manager).
 
-    - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``).
+    - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``, ``allow_tf32``).
+    - every backend: ``output="logits"`` (default) or ``"mask"`` (argmax over classes, on the device for the
+      CUDA runners, returned as the single output ``mask``).
     - ``.onnx`` -> ONNX Runtime on CPU; ``onnxruntime-cuda`` / ``onnxruntime-trt`` pick the CUDA /
       TensorRT execution providers (options: ``threads``, ``providers``); ``torch`` builds the net
       named in the ONNX metadata with the weights of ``checkpoint=`` (options: ``device``).
@@ -64,7 +66,9 @@ def open_runner(
     if backend == "torch":
         from deploy_unet.runtime.torch_runner import TorchRunner
 
-        torch_options = {k: options[k] for k in ("device", "threads", "strict") if options.get(k) is not None}
+        torch_options = {
+            k: options[k] for k in ("device", "threads", "strict", "allow_tf32", "output") if options.get(k) is not None
+        }
         if suffix == ".onnx":
             from deploy_unet.metadata import read_model_info
 
@@ -81,7 +85,8 @@ def open_runner(
         from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         providers = options.get("providers") or ORT_PROVIDERS[backend]
-        return OnnxRuntimeRunner(path, providers=list(providers), threads=options.get("threads"), pad=pad)
+        return OnnxRuntimeRunner(path, providers=list(providers), threads=options.get("threads"), pad=pad,
+                                 output=options.get("output") or "logits")
 
     try:  # tensorrt: imported only when asked for, it needs TensorRT and CUDA
         from deploy_unet.runtime.tensorrt_runner import TensorRTRunner
@@ -90,7 +95,8 @@ def open_runner(
             f"running {path.name} needs TensorRT ({exc}); install the extra with "
             "`pip install deploy-unet[tensorrt]` on a machine with an NVIDIA GPU"
         ) from None
-    trt_options = {k: v for k, v in options.items() if k not in ("checkpoint", "device", "providers", "strict", "threads")}
+    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32")
+    trt_options = {k: v for k, v in options.items() if k not in ignored and v is not None}
     return TensorRTRunner(path, pad=pad, **trt_options)
 
 

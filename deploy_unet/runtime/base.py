@@ -12,8 +12,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploy_unet.errors import DeployUnetError, ShapeContractError
+from deploy_unet.errors import ConfigError, DeployUnetError, ShapeContractError
 from deploy_unet.shapes import crop_back, pad_to_multiple, validate_shape
+
+OUTPUT_KINDS = ("logits", "mask")
+MASK_OUTPUT = "mask"
+
+
+def check_output_kind(output: str) -> str:
+    """``--output logits`` (the net's scores) or ``mask`` (argmax over classes, computed where the net ran)."""
+    if output not in OUTPUT_KINDS:
+        raise ConfigError(f"--output {output!r} is not valid; choose one of: {', '.join(OUTPUT_KINDS)}")
+    return output
+
+
+def mask_dtype(num_classes: int) -> str:
+    """The smallest type a class index fits: uint8 up to 256 classes (1 byte a pixel), else int32."""
+    return "uint8" if num_classes <= 256 else "int32"
+
+
+def argmax_mask(logits: np.ndarray) -> np.ndarray:
+    """NCHW logits -> NHW class indices, as the device-side argmax of the CUDA runners gives them."""
+    return logits.argmax(axis=1).astype(mask_dtype(logits.shape[1]))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from deploy_unet.errors import ArtifactError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props
-from deploy_unet.runtime.base import Runner, TensorSpec
+from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, argmax_mask, check_output_kind
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -34,8 +34,10 @@ class OnnxRuntimeRunner(Runner):
         pad_mode: str = "reflect",
         divisor: int | None = None,
         disabled_optimizers: list[str] | None = None,
+        output: str = "logits",
     ):
         self.path = Path(path)
+        self.output = check_output_kind(output)
         model = load_onnx(self.path, load_weights=False)
         props = read_props(model)
         self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else None
@@ -87,6 +89,11 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def output_names(self) -> list[str]:
+        if self.output == MASK_OUTPUT:
+            return [MASK_OUTPUT]
+        return self._model_output_names()
+
+    def _model_output_names(self) -> list[str]:
         return [o.name for o in self._session().get_outputs()]
 
     def _session(self):
@@ -95,6 +102,8 @@ class OnnxRuntimeRunner(Runner):
         return self.session
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.output_names
+        names = self._model_output_names()
         outputs = self.session.run(names, feeds)
+        if self.output == MASK_OUTPUT:  # on the host: ORT's CPU output is already here
+            return {MASK_OUTPUT: argmax_mask(outputs[0])}
         return dict(zip(names, outputs))

@@ -3,11 +3,15 @@
 Order matters here, because TensorRT fails badly when used wrongly:
 1. the manifest beside the engine is read in ``__init__`` (it also gives divisor and channels for the
    base class's shape-contract checks), so a missing or foreign engine is refused without a GPU;
-2. ``activate`` checks for a CUDA device, imports TensorRT, and refuses an engine built for another
-   TensorRT version or GPU (unless built version-/hardware-compatible), all before deserializing.
+2. ``activate`` checks for a CUDA device, refuses a GPU the engine's library cannot run on (TensorRT-RTX:
+   the compute capabilities in its manifest), imports the library the manifest names (TensorRT or
+   TensorRT-RTX), and refuses an engine built for another version or GPU (unless built version-/hardware-
+   compatible), all before deserializing.
 
 Device memory comes from torch CUDA tensors (``data_ptr()``) and runs on a torch CUDA stream, so the
-runner needs TensorRT plus a CUDA build of torch; pycuda is not used.
+runner needs TensorRT plus a CUDA build of torch; pycuda is not used. Results come back into pinned host
+memory (torch's caching host allocator, reused once the caller drops them); ``output="mask"`` returns the
+argmax over classes computed on the device.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy_unet.engine.device import import_tensorrt, require_cuda_device
-from deploy_unet.engine.manifest import check_compatible, manifest_path_for, read_manifest
+from deploy_unet.engine.device import import_engine_library, require_cuda_device
+from deploy_unet.engine.manifest import check_compatible, check_library_gpu, manifest_path_for, read_manifest
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeContractError
-from deploy_unet.runtime.base import Runner, TensorSpec
+from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
+from deploy_unet.runtime.host_buffers import PinnedStaging
 
 # TensorRT DataType member name -> NumPy dtype name (names, not values: values differ across versions).
 TRT_TO_NUMPY = {
@@ -67,8 +72,10 @@ class TensorRTRunner(Runner):
         cuda_graph: bool = False,
         layer_profile: bool = False,
         device: int = 0,
+        output: str = "logits",
     ):
         self.path = Path(engine_path)
+        self.output = check_output_kind(output)
         if not self.path.is_file():
             raise ArtifactError(f"engine {self.path} does not exist; build it with `deploy-unet build-engine MODEL.onnx`")
         if cuda_graph and layer_profile:
@@ -91,6 +98,7 @@ class TensorRTRunner(Runner):
 
     def _reset(self) -> None:
         self._trt = self._torch = self._runtime = self._engine = self._context = self._stream = None
+        self._staging = None
         self._graphs: dict[tuple, tuple] = {}  # input shape -> (graph, static inputs, static outputs)
 
     # -- protocol --------------------------------------------------------------------------------
@@ -107,17 +115,21 @@ class TensorRTRunner(Runner):
 
     @property
     def output_names(self) -> list[str]:
+        if self.output == MASK_OUTPUT:
+            return [MASK_OUTPUT]
         return [t["name"] for t in self.manifest.outputs]
 
     def _activate(self) -> None:
         gpu = require_cuda_device(self.device)  # before any TensorRT object exists
-        trt = import_tensorrt()
+        check_library_gpu(self.manifest, gpu)  # before the library is even imported
+        _, trt = import_engine_library(self.manifest.library)
         self.warnings = check_compatible(self.manifest, trt.__version__, gpu)
         for message in self.warnings:
             warnings.warn(message, stacklevel=3)
         torch = _import_torch_cuda()
         torch.cuda.set_device(self.device)
         self._trt, self._torch = trt, torch
+        self._staging = PinnedStaging(torch)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if self.manifest.version_compatible:
@@ -127,7 +139,7 @@ class TensorRTRunner(Runner):
         if self._engine is None:
             self._reset()
             raise ArtifactError(
-                f"TensorRT {trt.__version__} could not deserialize {self.path} (corrupt file, or built by another "
+                f"{self.manifest.library_title} {trt.__version__} could not deserialize {self.path} (corrupt file, or built by another "
                 "TensorRT/GPU despite its manifest); rebuild it with `deploy-unet build-engine`"
             )
         self._context = self._engine.create_execution_context()
@@ -196,7 +208,8 @@ class TensorRTRunner(Runner):
         for name, array in inputs.items():
             self._check_profile(name, array.shape)
             dtype = self._torch_dtype(self._io[name][1])
-            device_inputs[name] = torch.from_numpy(array).to(device=f"cuda:{self.device}", dtype=dtype)
+            device_inputs[name] = self._staging.stage(array).to(device=f"cuda:{self.device}", dtype=dtype,
+                                                                non_blocking=True)
             context.set_input_shape(name, tuple(array.shape))
         for name, (is_input, dtype) in self._io.items():
             if is_input:
@@ -218,10 +231,22 @@ class TensorRTRunner(Runner):
         with torch.cuda.stream(self._stream):
             inputs_on_device, outputs = self._bind(feeds)  # kept alive until the stream is done
             self._execute(self._stream)
-            host = {name: tensor.to("cpu", non_blocking=False) for name, tensor in outputs.items()}
+            host = self._to_host(outputs)
         self._stream.synchronize()
         del inputs_on_device
         return {name: self._to_numpy(tensor) for name, tensor in host.items()}
+
+    def _to_host(self, outputs: dict) -> dict:
+        """Queue the copies of this call's results (or their argmax mask) into pinned host memory."""
+        torch = self._torch
+        if self.output == MASK_OUTPUT:
+            logits = outputs[self.manifest.outputs[0]["name"]]
+            outputs = {MASK_OUTPUT: logits.argmax(1).to(getattr(torch, mask_dtype(logits.shape[1])))}
+        host = {}
+        for name, tensor in outputs.items():
+            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host[name].copy_(tensor, non_blocking=True)
+        return host
 
     def _infer_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Replay a CUDA graph captured for this input shape; a new shape re-captures.
@@ -245,9 +270,9 @@ class TensorRTRunner(Runner):
         graph, static_in, static_out = self._graphs[key]
         with torch.cuda.stream(self._stream):
             for name, array in feeds.items():
-                static_in[name].copy_(torch.from_numpy(array))
+                static_in[name].copy_(self._staging.stage(array), non_blocking=True)
             graph.replay()
-            host = {name: tensor.to("cpu") for name, tensor in static_out.items()}
+            host = self._to_host(static_out)
         self._stream.synchronize()
         return {name: self._to_numpy(tensor) for name, tensor in host.items()}
 

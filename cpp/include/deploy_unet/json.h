@@ -51,6 +51,8 @@ struct EngineModelInfo {
     int num_classes = 0;
     std::vector<float> mean;
     std::vector<float> stddev;
+    std::string library = "tensorrt";  // "tensorrt" | "tensorrt-rtx" (older manifests: tensorrt)
+    std::vector<std::string> runs_on;  // compute capabilities the engine runs on (empty: not recorded)
 };
 
 EngineModelInfo read_engine_model_info(const std::string& manifest_path);

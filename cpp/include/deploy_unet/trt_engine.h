@@ -26,9 +26,11 @@ private:
 
 class TrtEngine {
 public:
-    // Throws std::runtime_error when there is no CUDA device (checked before any TensorRT call),
-    // the file cannot be read, or TensorRT cannot deserialize it.
-    explicit TrtEngine(const std::string& engine_path, int device = 0);
+    // Throws std::runtime_error when there is no CUDA device (checked before any TensorRT call), the
+    // device's compute capability is not in `runs_on` (the manifest's list; empty: not checked), the file
+    // cannot be read, or TensorRT cannot deserialize it.
+    explicit TrtEngine(const std::string& engine_path, int device = 0, const std::string& library = "tensorrt",
+                       const std::vector<std::string>& runs_on = {});
     ~TrtEngine();
     TrtEngine(const TrtEngine&) = delete;
     TrtEngine& operator=(const TrtEngine&) = delete;
