@@ -71,6 +71,8 @@ def _net_options(**given) -> dict:
 @click.option("--base-channels", type=int, default=None, help="UNet: channels of the first block.")
 @click.option("--up-mode", type=click.Choice(["transpose", "bilinear", "nearest"]), default=None, help="UNet upsampling.")
 @click.option("--norm", type=click.Choice(["batch", "none"]), default=None)
+@click.option("--padding", type=click.Choice(["same", "valid"]), default=None,
+              help="UNet convs: same (padded, output = input size) or valid (the paper's; smaller output, use --tile).")
 @click.option("--width-mult", type=float, default=None, help="FCN: backbone width multiplier.")
 @click.option("--fc-channels", type=int, default=None, help="FCN: channels of fc6/fc7 (before --width-mult).")
 @click.option("--height", type=int, default=256, show_default=True)
@@ -87,7 +89,7 @@ def _net_options(**given) -> dict:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
 def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
-           norm, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify, output):
+           norm, padding, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -96,7 +98,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
 
     console = Console(stderr=True)
     options = _net_options(num_classes=num_classes, depth=depth, base_channels=base_channels, up_mode=up_mode,
-                           norm=norm, width_mult=width_mult, fc_channels=fc_channels)
+                           norm=norm, padding=padding, width_mult=width_mult, fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
