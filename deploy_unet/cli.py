@@ -193,6 +193,20 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
 _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
 
 
+def _tile_size(text: str | None) -> tuple[int, int] | None:
+    """``--tile-size 92`` or ``92x124`` -> (H, W); validity is the net's contract's to check."""
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{text!r} is not N or HxW with positive integers, e.g. 92 or 92x124",
+                                 param_hint="--tile-size")
+    return (parts[0], parts[-1])
+
+
 @cli.command("validate")
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False),
@@ -205,14 +219,18 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
               help="Weights for --backend/--ref-backend torch on an .onnx file (its metadata names the net).")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
 @click.option("--pad", is_flag=True, help="Pad inputs to the net's divisor and crop outputs back.")
+@click.option("--tile", is_flag=True,
+              help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Which default gates apply (default: the candidate's metadata).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
               help="Override a gate, e.g. --gate rel_l2=1e-3 --gate mask_agreement=99.5.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @handle_errors
-def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, precision,
-                     gate_specs, json_path):
+def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
+                     tile_size, precision, gate_specs, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
@@ -220,6 +238,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
+        tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
     console.print(validation_table(report))
@@ -244,6 +263,10 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Weights for --backend torch on .onnx files.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
 @click.option("--pad", is_flag=True, help="Allow sizes off the net's divisor (pad and crop back).")
+@click.option("--tile", is_flag=True,
+              help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -251,7 +274,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Write a latency distribution plot (PNG).")
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
-                  json_path, markdown_path, plot_path):
+                  tile, tile_size, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -263,7 +286,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
     report = bench(
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
-        runner_options={"checkpoint": checkpoint, "device": device},
+        runner_options={"checkpoint": checkpoint, "device": device}, tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
     console.print(bench_table(report))

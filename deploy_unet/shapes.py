@@ -112,6 +112,8 @@ class ShapeContract:
     def __post_init__(self) -> None:
         if self.divisor < 1 or not 0 <= self.remainder < self.divisor or self.border < 0 or self.border % 2:
             raise ValueError(f"inconsistent shape contract {self}")
+        if self.min_size > 0:  # store the smallest valid size itself, so equal contracts compare equal
+            object.__setattr__(self, "min_size", self.smallest)
 
     @property
     def is_divisor_only(self) -> bool:

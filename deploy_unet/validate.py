@@ -418,18 +418,24 @@ def validate_artifacts(
     precision: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
 ) -> ValidationReport:
     """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
     synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
-    failed gate: call ``report.raise_for_gates()``."""
+    failed gate: call ``report.raise_for_gates()``. With ``tile`` both runners run overlap tiles
+    (``runtime/tiling.py``) on the images at their own size and give full-size outputs."""
     from deploy_unet.runtime import open_runner
 
     options = {"checkpoint": checkpoint, "device": device}
-    cand_runner = open_runner(candidate, backend, pad=pad, **options)
-    ref_runner = open_runner(reference, ref_backend, pad=pad, **options)
+    tiling = {"tile": True, "tile_size": tile_size} if tile else {}
+    cand_runner = open_runner(candidate, backend, pad=pad, **tiling, **options)
+    if tile:  # the same tiles on both sides (the candidate's export size unless --tile-size)
+        tiling["tile_size"] = cand_runner.tile_size
+    ref_runner = open_runner(reference, ref_backend, pad=pad, **tiling, **options)
     with cand_runner, ref_runner:
         info = getattr(cand_runner, "info", None) or getattr(ref_runner, "info", None)
-        batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad))
+        batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad or tile))
         with _progress(progress, f"validate {os.path.basename(os.fspath(candidate))}", len(batches)) as tick:
             return validate(
                 cand_runner, ref_runner, batches, gates, precision=precision,
@@ -440,7 +446,7 @@ def validate_artifacts(
 def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: bool = False) -> list[Sample]:
     """``n`` images from ``source`` via ``deploy_unet.data.load_samples``, as Samples of ``batch`` images.
 
-    With ``pad`` the images keep their size and the runners pad/crop; otherwise the loader resizes
+    With ``pad`` (or tiling) the images keep their size and the runners pad/crop; otherwise the loader resizes
     them to a size the net accepts.
     """
     if n < 1 or batch < 1:
