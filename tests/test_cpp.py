@@ -149,3 +149,41 @@ def test_bad_inputs_fail_with_one_line(cpp_tools, tmp_path):
     other.write_text('{"format": "something"}')
     proc = run_tool(cpp_tools, "unet_manifest", other)
     assert proc.returncode == 2 and "not a deploy-unet engine manifest" in proc.stderr
+
+
+@pytest.mark.parametrize("height, width, tile, border", [(37, 50, (44, 48), 40), (3, 5, (60, 76), 40), (97, 83, (12, 16), 6)])
+def test_tile_geometry_and_mirror_pad_match_python(cpp_tools, tmp_path, height, width, tile, border):
+    """unet_infer --tile cuts its tiles from the same mirror-padded image with the same geometry as
+    deploy_unet/runtime/tiling.py (the stitching itself is checked by ctest with a cropping fake net)."""
+    from deploy_unet.runtime.tiling import mirror_pad, tile_axis
+    from deploy_unet.shapes import ShapeContract
+
+    image = write_image(tmp_path / "in.ppm", height, width, 3, seed=height + width)
+    out = tmp_path / "tiles.npy"
+    proc = run_tool(cpp_tools, "unet_preprocess", image, out, "--tile-size", f"{tile[0]}x{tile[1]}", "--border", border)
+    assert proc.returncode == 0, proc.stderr
+    contract = ShapeContract(4, border=border, min_size=border + 1)
+    rows, cols = tile_axis(height, tile[0], contract), tile_axis(width, tile[1], contract)
+    expected_lines = [f"{name} {a.count} {a.step} {a.pad_before} {a.pad_after}" for name, a in (("rows", rows), ("cols", cols))]
+    assert proc.stdout.splitlines() == expected_lines
+    x = python_preprocess(image, None, None, 1)
+    np.testing.assert_array_equal(np.load(out), mirror_pad(x, (rows.pad_before, rows.pad_after),
+                                                           (cols.pad_before, cols.pad_after)))
+
+
+def test_manifest_reader_reads_the_valid_contract(cpp_tools, tmp_path):
+    from deploy_unet.engine.manifest import model_section
+    from deploy_unet.metadata import ModelInfo
+    from deploy_unet.shapes import valid_unet_contract
+
+    manifest = make_manifest()
+    info = ModelInfo(arch="unet", divisor=16, in_channels=3, num_classes=2, export_shape=[1, 3, 572, 572],
+                     **ModelInfo.contract_fields(valid_unet_contract(4), "valid"))
+    manifest.model = model_section(info)
+    path = tmp_path / "m.engine.json"
+    write_manifest(manifest, path)
+    proc = run_tool(cpp_tools, "unet_manifest", path)
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert (values["size_remainder"], values["border"], values["min_size"]) == ("12", "184", "188")
+    assert int(values["max_batch"]) == manifest.inputs[0]["max"][0]

@@ -20,7 +20,7 @@ from deploy_unet.nets import create_net
 from deploy_unet.runtime import open_runner, run_onnx
 from deploy_unet.runtime.tiling import mirror_pad, resolve_tile_size, tile_axis, tile_infer
 from deploy_unet.runtime.torch_runner import TorchRunner
-from deploy_unet.shapes import ShapeContract, validate_shape, valid_unet_contract
+from deploy_unet.shapes import ShapeContract, valid_unet_contract, validate_shape
 from tests.conftest import smooth_images, thin_net
 
 VALID = {"depth": 2, "base_channels": 4, "padding": "valid"}
@@ -138,23 +138,27 @@ def test_stitching_with_a_crop_as_the_net_puts_every_pixel_back():
 # -- export and runners ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def valid_onnx(tmp_path_factory):
+    """(net, onnx path, checkpoint, export CLI output): one export through the CLI, as a fresh clone does it."""
     net = thin_net("unet", **VALID)
     folder = tmp_path_factory.mktemp("valid")
-    path = folder / "valid_unet.onnx"
-    result = export_onnx(net, path, height=60, width=76, mean=[0.5] * 3, std=[0.25] * 3)
-    checkpoint = folder / "valid_unet.pt"
+    path, checkpoint = folder / "valid_unet.onnx", folder / "valid_unet.pt"
     save_checkpoint(checkpoint, net, mean=[0.5] * 3, std=[0.25] * 3)
-    return net, path, checkpoint, result
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoint), "--height", "60", "--width", "76",
+                                      "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return net, path, checkpoint, result.output
 
 
 def test_export_is_dynamic_and_self_describing(valid_onnx):
-    net, path, _, result = valid_onnx
-    assert list(result.parity) == ["1x3x60x76", "3x3x64x84"]  # two valid sizes, both gated
+    net, path, _, output = valid_onnx
+    # The export gate ran at two valid sizes (the second one moves batch, H and W).
+    assert "ONNX Runtime vs PyTorch max abs error: 1x3x60x76: " in output and ", 3x3x64x84: " in output
     model = onnx.load(str(path))
     out_dims = [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert out_dims[0] == "batch" and out_dims[2:] == ["out_height", "out_width"]
     info = read_model_info(path)
     assert (info.padding, info.size_remainder, info.border, info.output_offset, info.min_size) == ("valid", 0, 40, 20, 44)
+    assert info.net_config["padding"] == "valid"
     assert info.shape_contract == net.shape_contract
     # The file runs at a third valid size, larger than both export sizes, and matches PyTorch.
     x = smooth_images(2, 3, 96, 52, seed=3)
@@ -163,6 +167,13 @@ def test_export_is_dynamic_and_self_describing(valid_onnx):
     got = run_onnx(path, x, threads=1)
     assert got.shape == (2, 2, 56, 12)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_export_refuses_an_invalid_size_without_a_file(tmp_path):
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ShapeContractError, match=r"^height 62 .*nearest valid: 64 or 60; choose a valid --height/--width$"):
+        export_onnx(thin_net("unet", **VALID), path, height=62, width=60)
+    assert not path.exists()
 
 
 def test_invalid_size_error_and_pad_is_refused(valid_onnx):
@@ -250,14 +261,9 @@ def test_engine_plan_checks_profiles_with_the_valid_contract(valid_onnx):
 
 
 # -- CLI on the files a fresh clone makes ------------------------------------------------------------
-def test_cli_export_validate_and_bench_with_tile(tmp_path, valid_onnx):
-    net, _, checkpoint, _ = valid_onnx
+def test_cli_validate_and_bench_with_tile(tmp_path, valid_onnx):
+    _, onnx_path, checkpoint, _ = valid_onnx
     runner = CliRunner()
-    onnx_path = tmp_path / "v.onnx"
-    result = runner.invoke(cli, ["export", "--checkpoint", str(checkpoint), "--height", "60", "--width", "60",
-                                 "-o", str(onnx_path)])
-    assert result.exit_code == 0, result.output
-    assert read_model_info(onnx_path).padding == "valid"
     report = tmp_path / "val.json"
     result = runner.invoke(cli, ["validate", str(onnx_path), "-r", str(checkpoint), "--tile", "--samples", "2",
                                  "--data", "synthetic:size=50x70", "--json", str(report)])
@@ -268,12 +274,14 @@ def test_cli_export_validate_and_bench_with_tile(tmp_path, valid_onnx):
                                  "--data", "synthetic:size=50x70", "--pad"])
     assert result.exit_code == 2 and "use --tile" in result.output
     bench_json = tmp_path / "bench.json"
-    result = runner.invoke(cli, ["bench", str(onnx_path), "--tile", "--size", "50x70", "--iters", "2", "--warmup", "0",
-                                 "--threads", "1", "--json", str(bench_json)])
+    result = runner.invoke(cli, ["bench", str(onnx_path), "--tile", "--tile-size", "64x84", "--size", "50x70",
+                                 "--iters", "2", "--warmup", "0", "--threads", "1", "--json", str(bench_json)])
     assert result.exit_code == 0, result.output
-    assert json.loads(bench_json.read_text())["results"][0]["tile_size"] == "60x60"
+    assert json.loads(bench_json.read_text())["results"][0]["tile_size"] == "64x84"
     result = runner.invoke(cli, ["bench", str(onnx_path), "--size", "50x70", "--iters", "1"])
     assert result.exit_code == 2 and "nearest valid: 52 or 48; or pass --tile" in result.output
+    result = runner.invoke(cli, ["bench", str(onnx_path), "--tile", "--tile-size", "9x", "--iters", "1"])
+    assert result.exit_code == 2 and "--tile-size" in result.output
 
 
 def test_torch_runner_from_checkpoint_states_the_valid_contract(valid_onnx):

@@ -22,7 +22,11 @@ int main(int argc, char** argv) {
                   << "in_channels=" << info.in_channels << "\n"
                   << "num_classes=" << info.num_classes << "\n"
                   << "mean=" << join(info.mean) << "\n"
-                  << "std=" << join(info.stddev) << "\n";
+                  << "std=" << join(info.stddev) << "\n"
+                  << "size_remainder=" << info.size_remainder << "\n"
+                  << "border=" << info.border << "\n"
+                  << "min_size=" << info.min_size << "\n"
+                  << "max_batch=" << info.max_batch << "\n";
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << "\n";
         return 2;
