@@ -151,8 +151,13 @@ def test_bad_inputs_fail_with_one_line(cpp_tools, tmp_path):
     assert proc.returncode == 2 and "not a deploy-unet engine manifest" in proc.stderr
 
 
-@pytest.mark.parametrize("height, width, tile, border", [(37, 50, (44, 48), 40), (3, 5, (60, 76), 40), (97, 83, (12, 16), 6)])
-def test_tile_geometry_and_mirror_pad_match_python(cpp_tools, tmp_path, height, width, tile, border):
+@pytest.mark.parametrize("height, width, tile, border, divisor", [
+    (37, 50, (56, 60), 46, 4),  # b = 23: realigned to the pooling grid (skip 1)
+    (3, 5, (60, 76), 40, 4),  # image smaller than the border: the padding reflects repeatedly
+    (97, 83, (104, 112), 88, 8),  # depth 3: b = 44, skip 4
+    (64, 96, (32, 32), 0, 8),  # a padded net: no border
+])
+def test_tile_geometry_and_mirror_pad_match_python(cpp_tools, tmp_path, height, width, tile, border, divisor):
     """unet_infer --tile cuts its tiles from the same mirror-padded image with the same geometry as
     deploy_unet/runtime/tiling.py (the stitching itself is checked by ctest with a cropping fake net)."""
     from deploy_unet.runtime.tiling import mirror_pad, tile_axis
@@ -160,11 +165,13 @@ def test_tile_geometry_and_mirror_pad_match_python(cpp_tools, tmp_path, height, 
 
     image = write_image(tmp_path / "in.ppm", height, width, 3, seed=height + width)
     out = tmp_path / "tiles.npy"
-    proc = run_tool(cpp_tools, "unet_preprocess", image, out, "--tile-size", f"{tile[0]}x{tile[1]}", "--border", border)
+    proc = run_tool(cpp_tools, "unet_preprocess", image, out, "--tile-size", f"{tile[0]}x{tile[1]}",
+                    "--border", border, "--divisor", divisor)
     assert proc.returncode == 0, proc.stderr
-    contract = ShapeContract(4, border=border, min_size=border + 1)
+    contract = ShapeContract(divisor, border=border, min_size=border + 1)
     rows, cols = tile_axis(height, tile[0], contract), tile_axis(width, tile[1], contract)
-    expected_lines = [f"{name} {a.count} {a.step} {a.pad_before} {a.pad_after}" for name, a in (("rows", rows), ("cols", cols))]
+    expected_lines = [f"{name} {a.count} {a.step} {a.skip} {a.pad_before} {a.pad_after}"
+                      for name, a in (("rows", rows), ("cols", cols))]
     assert proc.stdout.splitlines() == expected_lines
     x = python_preprocess(image, None, None, 1)
     np.testing.assert_array_equal(np.load(out), mirror_pad(x, (rows.pad_before, rows.pad_after),

@@ -93,19 +93,23 @@ Tensor crop(const Tensor& x, std::int64_t height, std::int64_t width) {
     return out;
 }
 
-TileAxis tile_axis(std::int64_t size, std::int64_t tile, std::int64_t border) {
+TileAxis tile_axis(std::int64_t size, std::int64_t tile, std::int64_t border, std::int64_t divisor) {
     if (size < 1) throw std::runtime_error("image size " + std::to_string(size) + " must be at least 1 pixel to tile");
-    if (border < 0 || border % 2 != 0 || tile <= border)
-        throw std::runtime_error("tile " + std::to_string(tile) + " must be larger than the border " +
-                                 std::to_string(border) + " (an even number of pixels)");
+    if (border < 0 || border % 2 != 0 || divisor < 1)
+        throw std::runtime_error("border " + std::to_string(border) + " must be even and >= 0, divisor >= 1");
     TileAxis a;
     a.size = size;
     a.tile = tile;
-    a.step = tile - border;
-    a.offset = border / 2;
+    const std::int64_t out = tile - border, b = border / 2;
+    a.pad_before = (b + divisor - 1) / divisor * divisor;
+    a.skip = a.pad_before - b;
+    a.step = out > a.skip ? (out - a.skip) / divisor * divisor : 0;
+    if (a.step < divisor)
+        throw std::runtime_error("tile " + std::to_string(tile) + " gives " + std::to_string(out) +
+                                 " output pixels, too few to advance by a multiple of " + std::to_string(divisor) +
+                                 "; choose a larger --tile-size");
     a.count = (size + a.step - 1) / a.step;
-    a.pad_before = a.offset;
-    a.pad_after = a.count * a.step - size + a.offset;
+    a.pad_after = (a.count - 1) * a.step + tile - a.pad_before - size;
     return a;
 }
 
@@ -137,12 +141,13 @@ Tensor mirror_pad(const Tensor& x, std::int64_t top, std::int64_t bottom, std::i
     return out;
 }
 
-Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std::int64_t border, std::int64_t max_batch,
-                  const std::function<Tensor(const Tensor&)>& net) {
+Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std::int64_t border, std::int64_t divisor,
+                  std::int64_t max_batch, const std::function<Tensor(const Tensor&)>& net) {
     if (x.shape.size() != 4) throw std::runtime_error("tile_infer needs an NCHW tensor");
     if (max_batch < 1) throw std::runtime_error("tile batch must be >= 1");
     const std::int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
-    const TileAxis rows = tile_axis(h, tile_h, border), cols = tile_axis(w, tile_w, border);
+    const TileAxis rows = tile_axis(h, tile_h, border, divisor), cols = tile_axis(w, tile_w, border, divisor);
+    const std::int64_t OH = tile_h - border, OW = tile_w - border;  // each tile's output
     const Tensor padded = mirror_pad(x, rows.pad_before, rows.pad_after, cols.pad_before, cols.pad_after);
     const std::int64_t PH = padded.shape[2], PW = padded.shape[3];
     struct Place { std::int64_t image, y, x; };
@@ -167,9 +172,9 @@ Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std
                 }
         }
         const Tensor out = net(tiles);
-        if (out.shape.size() != 4 || out.shape[0] != tiles.shape[0] || out.shape[2] != rows.step || out.shape[3] != cols.step)
+        if (out.shape.size() != 4 || out.shape[0] != tiles.shape[0] || out.shape[2] != OH || out.shape[3] != OW)
             throw std::runtime_error("a " + std::to_string(tile_h) + "x" + std::to_string(tile_w) + " tile gave an output that is not " +
-                                     std::to_string(rows.step) + "x" + std::to_string(cols.step) +
+                                     std::to_string(OH) + "x" + std::to_string(OW) +
                                      "; the manifest's border does not describe this engine");
         const std::int64_t k = out.shape[1];
         if (stitched.shape.empty()) {
@@ -180,7 +185,7 @@ Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std
             const Place& pl = places[t];
             for (std::int64_t ch = 0; ch < k; ++ch)
                 for (std::int64_t r = 0; r < rows.step; ++r) {
-                    const float* src = out.data.data() + (((t - start) * k + ch) * rows.step + r) * cols.step;
+                    const float* src = out.data.data() + (((t - start) * k + ch) * OH + rows.skip + r) * OW + cols.skip;
                     float* dst = stitched.data.data() + ((pl.image * k + ch) * SH + pl.y + r) * SW + pl.x;
                     std::copy(src, src + cols.step, dst);
                 }

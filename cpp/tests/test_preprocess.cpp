@@ -109,12 +109,20 @@ static void test_json() {
 }
 
 static void test_tile_geometry() {
-    // 23 pixels, tiles of 12 losing 6 (3 per side): steps of 6, ceil(23 / 6) = 4 tiles, padded 3 + 23 + 4 = 30
-    // = 3 * 6 + 12, so the last tile ends exactly at the padding's end.
-    const TileAxis a = tile_axis(23, 12, 6);
-    CHECK(a.step == 6 && a.offset == 3 && a.count == 4 && a.pad_before == 3 && a.pad_after == 4);
-    const TileAxis one = tile_axis(1, 12, 6);  // a 1-pixel image still gets one tile
-    CHECK(one.count == 1 && one.pad_after == 8);
+    // 23 pixels, tiles of 12 losing 6 (b = 3 per side), divisor 4: pad 3 rounded up to 4 on top, skip 1 output
+    // pixel, stride (6 - 1) rounded down to 4, ceil(23 / 4) = 6 tiles; the last one reads 5 * 4 + 12 = 32 =
+    // 4 + 23 + 5 padded pixels.
+    const TileAxis a = tile_axis(23, 12, 6, 4);
+    CHECK(a.pad_before == 4 && a.skip == 1 && a.step == 4 && a.count == 6 && a.pad_after == 5);
+    const TileAxis same = tile_axis(64, 32, 0, 8);  // a padded net: no border, stride = tile
+    CHECK(same.pad_before == 0 && same.skip == 0 && same.step == 32 && same.count == 2 && same.pad_after == 0);
+    bool threw = false;
+    try {
+        tile_axis(23, 8, 6, 4);  // 2 output pixels, 1 skipped: cannot advance by 4
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
     // numpy.pad(arange(3), (4, 0), 'reflect') == [0 1 2 1 | 0 1 2]; wider than the image keeps reflecting.
     const int before[] = {0, 1, 2, 1};
     for (int i = 0; i < 4; ++i) CHECK(mirror_index(i - 4, 3) == before[i]);
@@ -142,10 +150,11 @@ static void test_tile_stitching_with_a_crop_net() {
                     out.data.push_back(t.data[(p * t.shape[2] + i + 3) * t.shape[3] + j + 3]);
         return out;
     };
-    const Tensor y = tile_infer(x, 12, 16, 6, 3, crop_net);
+    const Tensor y = tile_infer(x, 12, 16, 6, 4, 5, crop_net);
     CHECK(y.shape == x.shape);
     CHECK(y.data == x.data);
-    CHECK(tiles_seen == 2 * 4 * 2 && largest == 3 && calls == 6);  // 2 images x 4 rows x 2 cols, 3 per call
+    // rows: 6 tiles (stride 4); cols: tile 16 gives 10, skip 1, stride 8: 3 tiles; 2 images: 36 tiles, 5 a call.
+    CHECK(tiles_seen == 36 && largest == 5 && calls == 8);
 }
 
 int main(int argc, char** argv) {

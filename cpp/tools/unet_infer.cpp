@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
                                          "k + " + std::to_string(info.size_remainder) + " >= " +
                                          std::to_string(info.min_size) + "); pass a valid --tile-size");
             const std::int64_t batch = info.max_batch > 0 ? info.max_batch : 1;
-            logits = tile_infer(x, th, tw, info.border, batch, [&](const Tensor& tiles) {
+            logits = tile_infer(x, th, tw, info.border, info.divisor, batch, [&](const Tensor& tiles) {
                 return engine.run(info.input_name, tiles, info.output_name);
             });
         } else {

@@ -2,15 +2,16 @@
 smaller than its input, for an image of any size.
 
 A valid-convolution UNet loses ``border`` pixels (``border // 2`` per side): a tile of a valid input size
-``T`` gives the ``T - border`` pixels at its centre. So the image is mirror-padded by the border per side
-(plus enough at the bottom/right to fill whole tiles), tiles start every ``T - border`` pixels, their
-outputs are placed side by side and the result is cropped to the image size.
+``T`` gives the ``T - border`` pixels at its centre. So the image is mirror-padded (about the border per
+side, plus enough at the bottom/right to fill whole tiles), tiles start every ``step`` pixels, their
+outputs are placed side by side and the result is cropped to the image size. ``step`` and the padding are
+multiples of the net's divisor (2**depth), so every tile pools on the same grid as a whole-image run.
 
 Why stitching is exact: output pixel ``p`` of a tile sees exactly the padded-image window that pixel
-``p`` of a single whole-image run sees (valid convs, pools on even-aligned grids, centred skip crops), so
-both compute the same numbers from the same inputs. Only the kernels' summation order can differ (a
-backend may pick another algorithm for another size), hence "bit-for-bit on fp32 CPU, within tolerance
-elsewhere". For a padded net (border 0) tiling works too, but its tiles see zero padding at their edges,
+``p`` of a single whole-image run sees, on the same pooling grid (valid convs, aligned pools, centred skip
+crops), so both compute the same numbers from the same inputs. Only the kernels' summation order can
+differ (a backend may pick another algorithm for another size), hence "bit-for-bit on ONNX Runtime fp32
+CPU (measured), within tolerance elsewhere". For a padded net (border 0) tiling works too, but its tiles see zero padding at their edges,
 so it only approximates the whole-image run.
 
 This is the one implementation: ``Runner.infer`` (``tile=True``), ``run_onnx(tile=True)``, validate and
@@ -33,30 +34,50 @@ FALLBACK_TILE_OUTPUT = 64  # output pixels per tile when nothing states a tile s
 
 @dataclass(frozen=True)
 class TileAxis:
-    """The tiling of one spatial axis: ``count`` tiles of ``tile`` input pixels every ``step`` pixels."""
+    """The tiling of one spatial axis: ``count`` tiles of ``tile`` input pixels every ``step`` pixels.
+
+    Tile ``i`` reads the padded image from ``i * step`` and writes its output pixels ``[skip, skip + step)``
+    to image pixels ``[i * step, (i + 1) * step)``.
+    """
 
     size: int  # image pixels along the axis
     tile: int  # tile input size (a valid input size)
-    step: int  # tile output size: tile - border
-    offset: int  # border per side: output pixel 0 of a tile is input pixel ``offset`` of it
+    step: int  # tile stride: a multiple of the contract's divisor, <= tile output - skip
+    skip: int  # tile output pixels dropped before the ``step`` kept ones (pooling-phase alignment)
     count: int
-    pad_before: int  # mirror padding at the top/left (= offset)
-    pad_after: int  # at the bottom/right: offset + what fills the last tile
+    pad_before: int  # mirror padding at the top/left: border/2 rounded up to a multiple of the divisor
+    pad_after: int  # at the bottom/right: what the last tile reads beyond the image
 
     @property
     def origins(self) -> list[int]:
-        """Tile starts in the padded image; the same numbers are the tiles' output starts in the image."""
+        """Tile starts in the padded image; the same numbers are where their kept outputs start in the image."""
         return [i * self.step for i in range(self.count)]
 
 
 def tile_axis(size: int, tile: int, contract: ShapeContract) -> TileAxis:
-    """Plan one axis (``size`` >= 1 image pixels, ``tile`` a valid input size of ``contract``)."""
+    """Plan one axis (``size`` >= 1 image pixels, ``tile`` a valid input size of ``contract``).
+
+    Pooling makes a net equivariant only to shifts by its divisor D (2**depth): every tile must start at
+    an image position that is a multiple of D, as a whole-image run does, or tiles compute with other
+    pooling phases and disagree with each other and with it. So the top/left padding is the per-side
+    border b rounded up to a multiple of D (P), each tile skips its first P - b output pixels, and the
+    stride is the largest multiple of D that the rest of the tile output covers.
+    """
     if size < 1:
         raise ShapeContractError(f"image size {size} must be at least 1 pixel to tile")
-    step = contract.output_size(tile)
+    out = contract.output_size(tile)
+    d, b = contract.divisor, contract.border_per_side
+    pad_before = -(-b // d) * d
+    skip = pad_before - b
+    step = (out - skip) // d * d
+    if step < d:
+        raise ShapeContractError(
+            f"tile {tile} gives {out} output pixels, too few to advance by a multiple of {d} after aligning "
+            f"the pooling grid; choose a --tile-size of at least {contract.smallest_input_for_output(skip + d)}"
+        )
     count = -(-size // step)
-    offset = contract.border_per_side
-    return TileAxis(size, tile, step, offset, count, offset, count * step - size + offset)
+    pad_after = (count - 1) * step + tile - pad_before - size
+    return TileAxis(size, tile, step, skip, count, pad_before, pad_after)
 
 
 def mirror_index(i: np.ndarray | int, n: int):
@@ -117,14 +138,16 @@ def tile_infer(
         chunk = places[start:start + batch]
         tiles = np.stack([padded[i, :, y:y + rows.tile, x:x + cols.tile] for i, y, x in chunk])
         outputs = run(np.ascontiguousarray(tiles))
+        expected = (contract.output_size(rows.tile), contract.output_size(cols.tile))
         for name, out in outputs.items():
-            if out.ndim != 4 or out.shape[-2:] != (rows.step, cols.step):
+            if out.ndim != 4 or out.shape[-2:] != expected:
                 raise ShapeContractError(
                     f"output {name!r} of a {rows.tile}x{cols.tile} tile has shape {out.shape}; the contract says "
-                    f"{rows.step}x{cols.step}: the model's metadata does not describe this net"
+                    f"{expected[0]}x{expected[1]}: the model's metadata does not describe this net"
                 )
             if name not in stitched:
                 stitched[name] = np.empty((n, out.shape[1], rows.count * rows.step, cols.count * cols.step), out.dtype)
-            for (i, y, x), tile_out in zip(chunk, out):
+            kept = out[..., rows.skip:rows.skip + rows.step, cols.skip:cols.skip + cols.step]
+            for (i, y, x), tile_out in zip(chunk, kept):
                 stitched[name][i, :, y:y + rows.step, x:x + cols.step] = tile_out
     return {name: np.ascontiguousarray(out[..., :h, :w]) for name, out in stitched.items()}
