@@ -70,7 +70,9 @@ class SegmentationNet(nn.Module):
                 f"input shape {tuple(x.shape)} is not (N, {self.in_channels}, H, W); "
                 f"{self.arch} takes {self.in_channels}-channel NCHW input"
             )
-        self.shape_contract.validate(tuple(x.shape[2:]), pad_hint="or pass --pad")
+        contract = self.shape_contract
+        hint = "or pass --pad" if contract.is_divisor_only else "or run it in overlap tiles (--tile)"
+        contract.validate(tuple(x.shape[2:]), pad_hint=hint)
 
     @property
     def contract_reason(self) -> str:
