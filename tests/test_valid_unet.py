@@ -324,3 +324,26 @@ def test_torch_runner_from_checkpoint_states_the_valid_contract(valid_onnx):
     net, _, checkpoint, _ = valid_onnx
     runner = TorchRunner.from_checkpoint(checkpoint, device="cpu")
     assert runner.contract == net.shape_contract and runner.info.border == 46
+
+
+def test_tensorrt_runner_reads_the_contract_and_max_batch_from_the_manifest(tmp_path):
+    """No GPU needed: the engine's manifest carries the contract; tiles run up to the profile's max batch."""
+    from test_manifest import make_manifest
+
+    from deploy_unet.engine.manifest import manifest_path_for, model_section, write_manifest
+    from deploy_unet.metadata import ModelInfo
+    from deploy_unet.runtime.tensorrt_runner import TensorRTRunner
+
+    contract = valid_unet_contract(2, up_loss=2)
+    info = ModelInfo(arch="unet", divisor=4, in_channels=3, num_classes=2, net_config={"depth": 2},
+                     export_shape=[1, 3, 60, 76], **ModelInfo.contract_fields(contract, "valid"))
+    manifest = make_manifest()
+    manifest.onnx["metadata"], manifest.model = info.to_props(), model_section(info)
+    manifest.inputs[0]["max"] = [6, 3, 120, 152]
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"not a real plan")
+    write_manifest(manifest, manifest_path_for(path))
+    runner = TensorRTRunner(path)
+    assert runner.contract == contract
+    runner.enable_tiling()
+    assert (runner.tile_size, runner.tile_batch) == ((60, 76), 6)
