@@ -454,7 +454,8 @@ def _source(runner: Runner) -> str:
 
 def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
-    return f"{name} [{runner.backend}]"
+    tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
+    return f"{name} [{runner.backend}]{tiles}"
 
 
 def _cpu_name() -> str:

@@ -313,7 +313,8 @@ def test_cli_validate_and_bench_with_tile(tmp_path, valid_onnx):
     result = runner.invoke(cli, ["bench", str(onnx_path), "--tile", "--tile-size", "64x84", "--size", "50x70",
                                  "--iters", "2", "--warmup", "0", "--threads", "1", "--json", str(bench_json)])
     assert result.exit_code == 0, result.output
-    assert json.loads(bench_json.read_text())["results"][0]["tile_size"] == "64x84"
+    bench_result = json.loads(bench_json.read_text())["results"][0]
+    assert bench_result["tile_size"] == "64x84" and bench_result["label"].endswith("tiles 64x84")
     result = runner.invoke(cli, ["bench", str(onnx_path), "--size", "50x70", "--iters", "1"])
     assert result.exit_code == 2 and "nearest valid: 52 or 48; or pass --tile" in result.output
     result = runner.invoke(cli, ["bench", str(onnx_path), "--tile", "--tile-size", "9x", "--iters", "1"])
