@@ -78,6 +78,7 @@ class BenchResult:
     arch: str = ""  # from the artifact's metadata; ratios compare like with like
     wall_seconds: float = 0.0  # what measuring this entry cost (warmup + timed iterations), for stage reports
     output: str = "logits"  # what came back to the host: "logits" or the device-side argmax "mask"
+    tile_size: str = ""  # "HxW" of the tiles when timed with overlap-tile inference (--tile)
 
     @property
     def size(self) -> str:
@@ -235,7 +236,12 @@ def bench_runner(
         raise ConfigError(f"iters {iters} must be >= 1")
     if duration is not None and duration <= 0:
         raise ConfigError(f"duration {duration} must be > 0 seconds")
-    if not runner.pad:
+    contract = getattr(runner, "contract", None)
+    if getattr(runner, "tile", False):
+        pass  # tiling takes any size
+    elif contract is not None and not contract.is_divisor_only:
+        contract.validate((height, width), "or pass --tile")
+    elif not runner.pad:
         validate_shape((height, width), runner.divisor, runner.contract_reason, "or pass --pad")
     owned = not runner.is_active
     runner.activate()
@@ -245,8 +251,9 @@ def bench_runner(
         # Latency does not depend on pixel values; a fixed seed keeps runs comparable.
         x = np.random.default_rng(seed).standard_normal((batch, channels, height, width), dtype=np.float32)
         feeds = {name: x}
-        # Phases bypass infer()'s padding, so they are timed only on contract-sized inputs.
-        phases = phase_clock(runner) if phase_clock and not runner.pad else None
+        # Phases bypass infer()'s padding and tiling, so they are timed only on contract-sized inputs.
+        tiled = getattr(runner, "tile", False)
+        phases = phase_clock(runner) if phase_clock and not runner.pad and not tiled else None
 
         with _PeakMemory(runner) as memory:
             t0 = clock()
@@ -301,6 +308,7 @@ def bench_runner(
         samples_ms=samples if keep_samples else [],
         arch=getattr(info, "arch", None) or "",
         output=getattr(runner, "output", "logits"),
+        tile_size="x".join(map(str, runner.tile_size)) if getattr(runner, "tile", False) else "",
     )
 
 
@@ -329,8 +337,12 @@ def bench(
     runner_options: dict[str, Any] | None = None,
     progress: bool = True,
     open_runner: Callable[..., Runner] | None = None,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
 ) -> BenchReport:
-    """Benchmark every artifact x batch x size (one runner per artifact) with a rich progress bar."""
+    """Benchmark every artifact x batch x size (one runner per artifact) with a rich progress bar.
+
+    ``tile``: time overlap-tile inference of whole images of each size (all tiles, stitching included)."""
     if open_runner is None:
         from deploy_unet.runtime import open_runner
     batches, sizes = list(batches), list(sizes)
@@ -344,7 +356,8 @@ def bench(
     with _progress(progress) as bar:
         task = bar.add_task("bench", total=configs * (iters or 1)) if bar else None
         for artifact in artifacts:
-            runner = open_runner(artifact, backend, pad=pad, **options)
+            tiling = {"tile": True, "tile_size": tile_size} if tile else {}
+            runner = open_runner(artifact, backend, pad=pad, **tiling, **options)
             with runner:
                 for b in batches:
                     for h, w in sizes:
@@ -420,4 +433,5 @@ def _source(runner: Runner) -> str:
 
 def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
-    return f"{name} [{runner.backend}]"
+    tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
+    return f"{name} [{runner.backend}]{tiles}"

@@ -74,6 +74,8 @@ def _net_options(**given) -> dict:
 @click.option("--base-channels", type=int, default=None, help="UNet: channels of the first block.")
 @click.option("--up-mode", type=click.Choice(["transpose", "bilinear", "nearest"]), default=None, help="UNet upsampling.")
 @click.option("--norm", type=click.Choice(["batch", "none"]), default=None)
+@click.option("--padding", type=click.Choice(["same", "valid"]), default=None,
+              help="UNet convs: same (padded, output = input size) or valid (the paper's; smaller output, use --tile).")
 @click.option("--width-mult", type=float, default=None, help="FCN: backbone width multiplier.")
 @click.option("--fc-channels", type=int, default=None, help="FCN: channels of fc6/fc7 (before --width-mult).")
 @click.option("--height", type=int, default=256, show_default=True)
@@ -90,7 +92,7 @@ def _net_options(**given) -> dict:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
 def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
-           norm, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify, output):
+           norm, padding, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -99,7 +101,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
 
     console = Console(stderr=True)
     options = _net_options(num_classes=num_classes, depth=depth, base_channels=base_channels, up_mode=up_mode,
-                           norm=norm, width_mult=width_mult, fc_channels=fc_channels)
+                           norm=norm, padding=padding, width_mult=width_mult, fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
@@ -197,6 +199,20 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
 _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
 
 
+def _tile_size(text: str | None) -> tuple[int, int] | None:
+    """``--tile-size 92`` or ``92x124`` -> (H, W); validity is the net's contract's to check."""
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{text!r} is not N or HxW with positive integers, e.g. 92 or 92x124",
+                                 param_hint="--tile-size")
+    return (parts[0], parts[-1])
+
+
 @cli.command("validate")
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False),
@@ -209,6 +225,10 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
               help="Weights for --backend/--ref-backend torch on an .onnx file (its metadata names the net).")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
 @click.option("--pad", is_flag=True, help="Pad inputs to the net's divisor and crop outputs back.")
+@click.option("--tile", is_flag=True,
+              help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Which default gates apply (default: the candidate's metadata).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
@@ -218,8 +238,8 @@ _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tens
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @handle_errors
-def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, precision,
-                     gate_specs, allow_tf32, json_path):
+def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
+                     tile_size, precision, gate_specs, allow_tf32, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
@@ -228,6 +248,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
         allow_tf32=allow_tf32,
+        tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
     console.print(validation_table(report))
@@ -255,6 +276,10 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
 @click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
               help="What comes back to the host: the logits, or the argmax mask computed on the device (uint8).")
 @click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
+@click.option("--tile", is_flag=True,
+              help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -262,7 +287,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Write a latency distribution plot (PNG).")
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
-                  output_kind, allow_tf32, json_path, markdown_path, plot_path):
+                  output_kind, allow_tf32, tile, tile_size, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -275,6 +300,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
         runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32},
+        tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
     console.print(bench_table(report))

@@ -447,7 +447,15 @@ def load_samples(
 
     padding = None
     h, w = images.shape[2:]
-    if not is_valid((h, w), divisor):
+    contract = info.shape_contract if info is not None else None
+    if contract is not None and not contract.is_divisor_only and fit == "resize":
+        # A valid-convolution net: sizes divisor*k + remainder (its metadata says), not multiples.
+        if not (contract.is_valid_input(h) and contract.is_valid_input(w)):
+            nh, nw = contract.nearest_valid_inputs(h)[1], contract.nearest_valid_inputs(w)[1]
+            images = np.stack([_resize_image(im, (nh, nw), "resize") for im in images])
+            labels = None if labels is None else np.stack([_resize_mask(lb, (nh, nw), "resize") for lb in labels])
+            notes.append(f"resized {h}x{w} -> {nh}x{nw} ({contract.rule()})")
+    elif not is_valid((h, w), divisor):
         if fit == "resize":
             nh, nw = nearest_valid(h, divisor)[1], nearest_valid(w, divisor)[1]
             images = np.stack([_resize_image(im, (nh, nw), "resize") for im in images])

@@ -88,7 +88,11 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"--batch {batch} must be >= 1")
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
-    validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
+    contract = getattr(net, "shape_contract", None)
+    if contract is None or contract.is_divisor_only:
+        validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
+    else:  # e.g. a valid-convolution UNet: sizes divisor*k + remainder, output smaller than input
+        contract.validate((height, width), pad_hint="choose a valid --height/--width")
 
     sample = torch.from_numpy(_sample(batch, in_channels, height, width, seed=0))
     with torch.no_grad(), times.stage("PyTorch forward (sample)"):
@@ -106,7 +110,7 @@ def export_onnx(
     log("exporting with torch.onnx.export(dynamo=True)")
     with times.stage("torch.onnx.export (dynamo)"):
         model = _torch_export(net, sample, dynamic, opset)
-        _name_dims(model, dynamic)
+        _name_dims(model, dynamic, same_size=contract is None or contract.border == 0)
     log("checking (onnx.checker, full shape inference)")
     with times.stage("onnx.checker + shape inference"):
         model = _check(model)
@@ -127,6 +131,7 @@ def export_onnx(
         std=list(std) if std else [],
         precision="fp32",
         export_shape=[batch, in_channels, height, width],
+        **(ModelInfo.contract_fields(contract, getattr(net, "padding", "same")) if contract is not None else {}),
         extra={
             "exporter": "torch.onnx.export(dynamo=True)",
             "torch_version": torch.__version__,
@@ -217,17 +222,21 @@ def tempfile_dir():
         yield folder
 
 
-def _name_dims(model: onnx.ModelProto, dynamic: str) -> None:
+def _name_dims(model: onnx.ModelProto, dynamic: str, same_size: bool = True) -> None:
     """Give the exporter's symbols (s77, s53, ``16*((s53//16))``) readable names.
 
     The output's H is exported as ``16*((h//16))``; under the enforced contract that equals the
     input's H, so it gets the same name, which is what TensorRT and Polygraphy users expect to see.
+    A net whose output is smaller (``same_size=False``, valid convolutions) names it out_height/out_width.
     """
     graph = model.graph
     renames: dict[str, str] = {}
     for io_list in (graph.input, graph.output):
         for value in io_list:
             for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.dim_param and axis in DIM_NAMES and axis != 0 and not same_size and io_list is graph.output:
+                    dim.dim_param = "out_" + DIM_NAMES[axis]
+                    continue
                 if dim.dim_param and axis in DIM_NAMES:
                     symbol = re.findall(r"s\d+", dim.dim_param)
                     if len(symbol) == 1:

@@ -17,7 +17,7 @@ from deploy_unet.errors import ArtifactError
 
 # Keys whose values are JSON in the ONNX file.
 _JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape"}
-_INT_KEYS = {"divisor", "in_channels", "num_classes"}
+_INT_KEYS = {"divisor", "in_channels", "num_classes", "size_remainder", "border", "output_offset", "min_size"}
 
 
 @dataclass
@@ -33,6 +33,14 @@ class ModelInfo:
     std: list[float] = field(default_factory=list)
     precision: str = "fp32"
     export_shape: list[int] = field(default_factory=list)
+    # The general shape contract (shapes.ShapeContract), for nets whose output is smaller than the input
+    # (``padding="valid"``): valid sizes are divisor*k + size_remainder, >= min_size; output = input - border,
+    # its pixel 0 lies output_offset (= border // 2) pixels into the input. Padded nets: "same", 0, 0, 0, 0.
+    padding: str = "same"
+    size_remainder: int = 0
+    border: int = 0
+    output_offset: int = 0
+    min_size: int = 0
     # Anything else (exporter, versions, checkpoint hash, quantization settings) as plain strings.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -45,6 +53,28 @@ class ModelInfo:
         if self.arch.startswith("fcn"):
             return f"{self.divisor} for the five pooling stages of FCN"
         return f"the divisor of {self.arch}"
+
+    @property
+    def shape_contract(self):
+        """The net's contract as export wrote it (never recomputed from the architecture)."""
+        from deploy_unet.shapes import ShapeContract
+
+        if self.size_remainder == 0 and self.border == 0:
+            return ShapeContract(self.divisor, reason=self.contract_reason)
+        depth = self.net_config.get("depth")
+        reason = "unpadded " + ("UNet" if self.arch == "unet" else self.arch) + (f" depth {depth}" if depth else "")
+        reason += ": every level even before pooling"
+        return ShapeContract(self.divisor, self.size_remainder, self.border, self.min_size, reason)
+
+    @classmethod
+    def contract_fields(cls, contract, padding: str = "same") -> dict[str, Any]:
+        """The ModelInfo fields that store ``contract`` (a shapes.ShapeContract)."""
+        if contract.is_divisor_only:
+            return {"padding": padding}
+        return {
+            "padding": padding, "size_remainder": contract.remainder, "border": contract.border,
+            "output_offset": contract.border_per_side, "min_size": contract.smallest,
+        }
 
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {}

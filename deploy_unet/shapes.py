@@ -90,3 +90,118 @@ def pad_to_multiple(
 def crop_back(array: np.ndarray, padding: Padding) -> np.ndarray:
     """Undo ``pad_to_multiple`` on an output whose spatial size equals the padded input's."""
     return array[..., : padding.height, : padding.width]
+
+
+# -- the general contract: valid sizes and the output size for each ---------------------------------
+@dataclass(frozen=True)
+class ShapeContract:
+    """Which input sizes a net takes and what output size it gives, per spatial dim.
+
+    Valid inputs are ``divisor * k + remainder`` with ``k`` such that the size is at least ``min_size``;
+    the output is ``input - border`` (``border`` pixels lost in all, ``border // 2`` per side). A padded
+    net is ``ShapeContract(divisor)``: remainder 0, border 0, output == input, exactly today's
+    divisibility rule and messages. A valid-convolution UNet states the others (``valid_unet_contract``).
+    """
+
+    divisor: int
+    remainder: int = 0
+    border: int = 0
+    min_size: int = 0  # 0: the smallest positive size of the form divisor * k + remainder
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.divisor < 1 or not 0 <= self.remainder < self.divisor or self.border < 0 or self.border % 2:
+            raise ValueError(f"inconsistent shape contract {self}")
+        if self.min_size > 0:  # store the smallest valid size itself, so equal contracts compare equal
+            object.__setattr__(self, "min_size", self.smallest)
+
+    @property
+    def is_divisor_only(self) -> bool:
+        return self.remainder == 0 and self.border == 0 and self.min_size <= self.divisor
+
+    @property
+    def smallest(self) -> int:
+        first = self.remainder if self.remainder > 0 else self.divisor
+        if self.min_size > first:
+            first += -(-(self.min_size - first) // self.divisor) * self.divisor
+        return first
+
+    @property
+    def border_per_side(self) -> int:
+        return self.border // 2
+
+    def is_valid_input(self, value: int) -> bool:
+        return value >= self.smallest and (value - self.remainder) % self.divisor == 0
+
+    def output_size(self, value: int) -> int:
+        if not self.is_valid_input(value):
+            raise ShapeContractError(self.describe_invalid("size", value))
+        return value - self.border
+
+    def nearest_valid_inputs(self, value: int) -> tuple[int | None, int]:
+        """The nearest valid sizes below (None if there is none) and above-or-equal ``value``."""
+        if self.is_divisor_only:
+            return nearest_valid(value, self.divisor)
+        if value <= self.smallest:
+            return None, self.smallest
+        above = value + (self.remainder - value) % self.divisor
+        below = above - self.divisor if above != value else value - self.divisor
+        return (below if below >= self.smallest else None), above
+
+    def smallest_input_for_output(self, value: int) -> int:
+        """The smallest valid input whose output is at least ``value`` pixels."""
+        return self.nearest_valid_inputs(max(value + self.border, 1))[1]
+
+    def rule(self) -> str:
+        if self.is_divisor_only:
+            return f"divisible by {self.divisor}" + (f" (= {self.reason})" if self.reason else "")
+        form = f"{self.divisor}k" + (f" + {self.remainder}" if self.remainder else "")
+        why = f", {self.reason}" if self.reason else ""
+        return f"a valid input size ({form} >= {self.smallest}{why}; output = input - {self.border})"
+
+    def describe_invalid(self, name: str, value: int, pad_hint: str = "") -> str:
+        below, above = self.nearest_valid_inputs(value)
+        nearest = f"{above} or {below}" if below else f"{above}"
+        hint = f"; {pad_hint}" if pad_hint else ""
+        return f"{name} {value} is not {self.rule()}; nearest valid: {nearest}{hint}"
+
+    def check_dim(self, name: str, value: int, pad_hint: str = "") -> None:
+        if self.is_divisor_only:
+            check_dim(name, value, self.divisor, self.reason, pad_hint)
+        elif not self.is_valid_input(value):
+            raise ShapeContractError(self.describe_invalid(name, value, pad_hint))
+
+    def validate(self, hw: Sequence[int], pad_hint: str = "") -> None:
+        if len(hw) != 2:
+            raise ShapeContractError(f"expected a spatial shape (H, W), got {tuple(hw)}")
+        for name, value in zip(("height", "width"), hw):
+            self.check_dim(name, int(value), pad_hint)
+
+    def to_props(self) -> dict[str, int]:
+        return {"size_remainder": self.remainder, "border": self.border, "min_size": self.smallest}
+
+
+VALID_BLOCK_LOSS = 4  # two unpadded 3x3 convs per level lose 1 pixel per side each
+
+
+def valid_unet_contract(depth: int, up_loss: int = 0, block_loss: int = VALID_BLOCK_LOSS) -> ShapeContract:
+    """The contract of the original (unpadded) UNet: ``depth`` poolings, ``block_loss`` pixels lost per
+    conv block, ``up_loss`` more by each up-step (0 for the 2x2 up-convolution).
+
+    Encoder: s_0 = h, s_{k+1} = (s_k - L) / 2, each s_k - L even, so h = 2**d * k - L (mod 2**d).
+    Bottom: x_d = s_d - L. Decoder: x_k = 2 x_{k+1} - (u + L). Solving the recurrences:
+
+        out = h - [L * (2**(d+1) - 1) + (u + L) * (2**d - 1)]
+
+    (the paper: d=4, L=4, u=0 gives 572 -> 572 - 184 = 388). Every intermediate size stays >= 1 exactly
+    when out >= 1, since a size <= 0 only shrinks further along the decoder.
+    """
+    divisor = 2**depth
+    border = block_loss * (2 ** (depth + 1) - 1) + (up_loss + block_loss) * (divisor - 1)
+    return ShapeContract(
+        divisor=divisor,
+        remainder=(-block_loss) % divisor,
+        border=border,
+        min_size=border + 1,
+        reason=f"unpadded UNet depth {depth}: every level even before pooling",
+    )

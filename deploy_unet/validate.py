@@ -475,17 +475,20 @@ def validate_artifacts(
     progress: bool = True,
     threads: int | None = None,
     allow_tf32: bool = False,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
 ) -> ValidationReport:
     """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
     synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
-    failed gate: call ``report.raise_for_gates()``.
+    failed gate: call ``report.raise_for_gates()``. With ``tile`` both runners run overlap tiles
+    (``runtime/tiling.py``) on the images at their own size and give full-size outputs.
 
     Torch runners run true fp32 (TF32 off) unless ``allow_tf32``, which also loosens the fp32 logit gates
     to :data:`TF32_FP32_GATES` (explicit ``gates`` still win)."""
     return validate_artifacts_many(
         [(candidate, backend)], reference, data=data, samples=samples, batch=batch, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=gates, precisions=[precision], device=device, progress=progress,
-        threads=threads, allow_tf32=allow_tf32,
+        threads=threads, allow_tf32=allow_tf32, tile=tile, tile_size=tile_size,
     )[0]
 
 
@@ -505,17 +508,24 @@ def validate_artifacts_many(
     progress: bool = True,
     threads: int | None = None,
     allow_tf32: bool = False,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
 ) -> list[ValidationReport]:
     """Validate several ``(artifact, backend)`` candidates of one net against one reference on the same
     inputs; the reference runs once per sample (``validate_many``)."""
     from deploy_unet.runtime import open_runner
 
     options = {"checkpoint": checkpoint, "device": device, "threads": threads, "allow_tf32": allow_tf32}
+    tiling = {"tile": True, "tile_size": tile_size} if tile else {}
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(open_runner(path, backend, pad=pad, **options)) for path, backend in candidates]
-        ref_runner = stack.enter_context(open_runner(reference, ref_backend, pad=pad, **options))
+        runners = []
+        for path, backend in candidates:
+            runners.append(stack.enter_context(open_runner(path, backend, pad=pad, **tiling, **options)))
+            if tile:  # the same tiles everywhere (the first candidate's export size unless --tile-size)
+                tiling["tile_size"] = runners[0].tile_size
+        ref_runner = stack.enter_context(open_runner(reference, ref_backend, pad=pad, **tiling, **options))
         info = next((r.info for r in runners if getattr(r, "info", None)), None) or getattr(ref_runner, "info", None)
-        batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad))
+        batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad or tile))
         resolved = [p or _precision_of(r) for p, r in zip(precisions or [None] * len(runners), runners)]
         per_candidate = [{**TF32_FP32_GATES, **(gates or {})} if allow_tf32 and p == "fp32" else gates
                          for p in resolved]
@@ -531,7 +541,7 @@ def validate_artifacts_many(
 def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: bool = False) -> list[Sample]:
     """``n`` images from ``source`` via ``deploy_unet.data.load_samples``, as Samples of ``batch`` images.
 
-    With ``pad`` the images keep their size and the runners pad/crop; otherwise the loader resizes
+    With ``pad`` (or tiling) the images keep their size and the runners pad/crop; otherwise the loader resizes
     them to a size the net accepts.
     """
     if n < 1 or batch < 1:

@@ -180,3 +180,48 @@ def test_cpp_reads_old_manifests_as_tensorrt_and_ampere_plus(cpp_tools, tmp_path
     write_manifest(manifest, path)
     proc = run_tool(cpp_tools, "unet_manifest", path, "--cc", "7.5")
     assert proc.returncode == 0 and "library=tensorrt\n" in proc.stdout  # nothing recorded: not checked
+
+
+@pytest.mark.parametrize("height, width, tile, border, divisor", [
+    (37, 50, (56, 60), 46, 4),  # b = 23: realigned to the pooling grid (skip 1)
+    (3, 5, (60, 76), 40, 4),  # image smaller than the border: the padding reflects repeatedly
+    (97, 83, (104, 112), 88, 8),  # depth 3: b = 44, skip 4
+    (64, 96, (32, 32), 0, 8),  # a padded net: no border
+])
+def test_tile_geometry_and_mirror_pad_match_python(cpp_tools, tmp_path, height, width, tile, border, divisor):
+    """unet_infer --tile cuts its tiles from the same mirror-padded image with the same geometry as
+    deploy_unet/runtime/tiling.py (the stitching itself is checked by ctest with a cropping fake net)."""
+    from deploy_unet.runtime.tiling import mirror_pad, tile_axis
+    from deploy_unet.shapes import ShapeContract
+
+    image = write_image(tmp_path / "in.ppm", height, width, 3, seed=height + width)
+    out = tmp_path / "tiles.npy"
+    proc = run_tool(cpp_tools, "unet_preprocess", image, out, "--tile-size", f"{tile[0]}x{tile[1]}",
+                    "--border", border, "--divisor", divisor)
+    assert proc.returncode == 0, proc.stderr
+    contract = ShapeContract(divisor, border=border, min_size=border + 1)
+    rows, cols = tile_axis(height, tile[0], contract), tile_axis(width, tile[1], contract)
+    expected_lines = [f"{name} {a.count} {a.step} {a.skip} {a.pad_before} {a.pad_after}"
+                      for name, a in (("rows", rows), ("cols", cols))]
+    assert proc.stdout.splitlines() == expected_lines
+    x = python_preprocess(image, None, None, 1)
+    np.testing.assert_array_equal(np.load(out), mirror_pad(x, (rows.pad_before, rows.pad_after),
+                                                           (cols.pad_before, cols.pad_after)))
+
+
+def test_manifest_reader_reads_the_valid_contract(cpp_tools, tmp_path):
+    from deploy_unet.engine.manifest import model_section
+    from deploy_unet.metadata import ModelInfo
+    from deploy_unet.shapes import valid_unet_contract
+
+    manifest = make_manifest()
+    info = ModelInfo(arch="unet", divisor=16, in_channels=3, num_classes=2, export_shape=[1, 3, 572, 572],
+                     **ModelInfo.contract_fields(valid_unet_contract(4), "valid"))
+    manifest.model = model_section(info)
+    path = tmp_path / "m.engine.json"
+    write_manifest(manifest, path)
+    proc = run_tool(cpp_tools, "unet_manifest", path)
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert (values["size_remainder"], values["border"], values["min_size"]) == ("12", "184", "188")
+    assert int(values["max_batch"]) == manifest.inputs[0]["max"][0]

@@ -204,6 +204,12 @@ std::vector<float> Json::as_float_vector() const {
     return out;
 }
 
+bool EngineModelInfo::is_valid_size(std::int64_t v) const {
+    const std::int64_t d = divisor < 1 ? 1 : divisor;
+    const std::int64_t smallest = min_size > 0 ? min_size : (size_remainder > 0 ? size_remainder : d);
+    return v >= smallest && ((v - size_remainder) % d + d) % d == 0;
+}
+
 EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
     const Json doc = Json::parse_file(manifest_path);
     if (!doc.has("format") || doc["format"].as_string().rfind("deploy-unet-engine-manifest/", 0) != 0)
@@ -221,6 +227,19 @@ EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
         if (doc.has("library") && !doc["library"].is_null()) info.library = doc["library"].as_string();
         if (doc.has("runs_on") && !doc["runs_on"].is_null())
             for (const Json& entry : doc["runs_on"].as_array()) info.runs_on.push_back(entry.as_string());
+        const auto optional_int = [&model](const char* key) {
+            return model.has(key) && !model[key].is_null() ? static_cast<int>(model[key].as_number()) : 0;
+        };
+        info.size_remainder = optional_int("size_remainder");
+        info.border = optional_int("border");
+        info.min_size = optional_int("min_size");
+        if (model.has("export_shape"))
+            for (const auto& v : model["export_shape"].as_array()) info.export_shape.push_back(static_cast<std::int64_t>(v.as_number()));
+        if (doc.has("inputs") && !doc["inputs"].as_array().empty()) {
+            const Json& input = doc["inputs"].as_array()[0];
+            if (input.has("max") && !input["max"].is_null() && !input["max"].as_array().empty())
+                info.max_batch = static_cast<std::int64_t>(input["max"].as_array()[0].as_number());
+        }
         return info;
     } catch (const std::runtime_error& e) {
         throw std::runtime_error(manifest_path + ": " + e.what());

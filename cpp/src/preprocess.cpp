@@ -1,5 +1,6 @@
 #include "deploy_unet/preprocess.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace deploy_unet {
@@ -90,6 +91,107 @@ Tensor crop(const Tensor& x, std::int64_t height, std::int64_t width) {
             for (std::int64_t j = 0; j < width; ++j)
                 out.data[(p * height + i) * width + j] = x.data[(p * h + i) * w + j];
     return out;
+}
+
+TileAxis tile_axis(std::int64_t size, std::int64_t tile, std::int64_t border, std::int64_t divisor) {
+    if (size < 1) throw std::runtime_error("image size " + std::to_string(size) + " must be at least 1 pixel to tile");
+    if (border < 0 || border % 2 != 0 || divisor < 1)
+        throw std::runtime_error("border " + std::to_string(border) + " must be even and >= 0, divisor >= 1");
+    TileAxis a;
+    a.size = size;
+    a.tile = tile;
+    const std::int64_t out = tile - border, b = border / 2;
+    a.pad_before = (b + divisor - 1) / divisor * divisor;
+    a.skip = a.pad_before - b;
+    a.step = out > a.skip ? (out - a.skip) / divisor * divisor : 0;
+    if (a.step < divisor)
+        throw std::runtime_error("tile " + std::to_string(tile) + " gives " + std::to_string(out) +
+                                 " output pixels, too few to advance by a multiple of " + std::to_string(divisor) +
+                                 "; choose a larger --tile-size");
+    a.count = (size + a.step - 1) / a.step;
+    a.pad_after = (a.count - 1) * a.step + tile - a.pad_before - size;
+    return a;
+}
+
+std::int64_t mirror_index(std::int64_t i, std::int64_t n) {
+    if (n == 1) return 0;
+    const std::int64_t period = 2 * (n - 1);
+    const std::int64_t j = ((i % period) + period) % period;
+    return j < n ? j : period - j;
+}
+
+Tensor mirror_pad(const Tensor& x, std::int64_t top, std::int64_t bottom, std::int64_t left, std::int64_t right) {
+    if (x.shape.size() < 2) throw std::runtime_error("mirror_pad needs a >= 2-D tensor");
+    const std::int64_t h = x.shape[x.shape.size() - 2], w = x.shape.back();
+    const std::int64_t H = h + top + bottom, W = w + left + right;
+    Tensor out;
+    out.shape = x.shape;
+    out.shape[out.shape.size() - 2] = H;
+    out.shape.back() = W;
+    out.data.resize(static_cast<std::size_t>(out.numel()));
+    std::vector<std::int64_t> cols(static_cast<std::size_t>(W));
+    for (std::int64_t j = 0; j < W; ++j) cols[j] = mirror_index(j - left, w);
+    const std::int64_t planes = x.numel() / (h * w);
+    for (std::int64_t p = 0; p < planes; ++p)
+        for (std::int64_t i = 0; i < H; ++i) {
+            const float* src = x.data.data() + (p * h + mirror_index(i - top, h)) * w;
+            float* dst = out.data.data() + (p * H + i) * W;
+            for (std::int64_t j = 0; j < W; ++j) dst[j] = src[cols[j]];
+        }
+    return out;
+}
+
+Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std::int64_t border, std::int64_t divisor,
+                  std::int64_t max_batch, const std::function<Tensor(const Tensor&)>& net) {
+    if (x.shape.size() != 4) throw std::runtime_error("tile_infer needs an NCHW tensor");
+    if (max_batch < 1) throw std::runtime_error("tile batch must be >= 1");
+    const std::int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
+    const TileAxis rows = tile_axis(h, tile_h, border, divisor), cols = tile_axis(w, tile_w, border, divisor);
+    const std::int64_t OH = tile_h - border, OW = tile_w - border;  // each tile's output
+    const Tensor padded = mirror_pad(x, rows.pad_before, rows.pad_after, cols.pad_before, cols.pad_after);
+    const std::int64_t PH = padded.shape[2], PW = padded.shape[3];
+    struct Place { std::int64_t image, y, x; };
+    std::vector<Place> places;
+    for (std::int64_t i = 0; i < n; ++i)
+        for (std::int64_t ty = 0; ty < rows.count; ++ty)
+            for (std::int64_t tx = 0; tx < cols.count; ++tx) places.push_back({i, ty * rows.step, tx * cols.step});
+    const std::int64_t SH = rows.count * rows.step, SW = cols.count * cols.step;  // stitched, before the crop
+    Tensor stitched;
+    for (std::size_t start = 0; start < places.size(); start += static_cast<std::size_t>(max_batch)) {
+        const std::size_t end = std::min(places.size(), start + static_cast<std::size_t>(max_batch));
+        Tensor tiles;
+        tiles.shape = {static_cast<std::int64_t>(end - start), c, tile_h, tile_w};
+        tiles.data.resize(static_cast<std::size_t>(tiles.numel()));
+        for (std::size_t t = start; t < end; ++t) {
+            const Place& pl = places[t];
+            for (std::int64_t ch = 0; ch < c; ++ch)
+                for (std::int64_t r = 0; r < tile_h; ++r) {
+                    const float* src = padded.data.data() + ((pl.image * c + ch) * PH + pl.y + r) * PW + pl.x;
+                    float* dst = tiles.data.data() + (((t - start) * c + ch) * tile_h + r) * tile_w;
+                    std::copy(src, src + tile_w, dst);
+                }
+        }
+        const Tensor out = net(tiles);
+        if (out.shape.size() != 4 || out.shape[0] != tiles.shape[0] || out.shape[2] != OH || out.shape[3] != OW)
+            throw std::runtime_error("a " + std::to_string(tile_h) + "x" + std::to_string(tile_w) + " tile gave an output that is not " +
+                                     std::to_string(OH) + "x" + std::to_string(OW) +
+                                     "; the manifest's border does not describe this engine");
+        const std::int64_t k = out.shape[1];
+        if (stitched.shape.empty()) {
+            stitched.shape = {n, k, SH, SW};
+            stitched.data.assign(static_cast<std::size_t>(stitched.numel()), 0.0f);
+        }
+        for (std::size_t t = start; t < end; ++t) {
+            const Place& pl = places[t];
+            for (std::int64_t ch = 0; ch < k; ++ch)
+                for (std::int64_t r = 0; r < rows.step; ++r) {
+                    const float* src = out.data.data() + (((t - start) * k + ch) * OH + rows.skip + r) * OW + cols.skip;
+                    float* dst = stitched.data.data() + ((pl.image * k + ch) * SH + pl.y + r) * SW + pl.x;
+                    std::copy(src, src + cols.step, dst);
+                }
+        }
+    }
+    return crop(stitched, h, w);
 }
 
 Image argmax_mask(const Tensor& logits) {

@@ -1,4 +1,5 @@
 // ctest: pre/post-processing, image and .npy round trips, JSON reading. No TensorRT, no framework.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -107,6 +108,55 @@ static void test_json() {
     CHECK(threw);
 }
 
+static void test_tile_geometry() {
+    // 23 pixels, tiles of 12 losing 6 (b = 3 per side), divisor 4: pad 3 rounded up to 4 on top, skip 1 output
+    // pixel, stride (6 - 1) rounded down to 4, ceil(23 / 4) = 6 tiles; the last one reads 5 * 4 + 12 = 32 =
+    // 4 + 23 + 5 padded pixels.
+    const TileAxis a = tile_axis(23, 12, 6, 4);
+    CHECK(a.pad_before == 4 && a.skip == 1 && a.step == 4 && a.count == 6 && a.pad_after == 5);
+    const TileAxis same = tile_axis(64, 32, 0, 8);  // a padded net: no border, stride = tile
+    CHECK(same.pad_before == 0 && same.skip == 0 && same.step == 32 && same.count == 2 && same.pad_after == 0);
+    bool threw = false;
+    try {
+        tile_axis(23, 8, 6, 4);  // 2 output pixels, 1 skipped: cannot advance by 4
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+    // numpy.pad(arange(3), (4, 0), 'reflect') == [0 1 2 1 | 0 1 2]; wider than the image keeps reflecting.
+    const int before[] = {0, 1, 2, 1};
+    for (int i = 0; i < 4; ++i) CHECK(mirror_index(i - 4, 3) == before[i]);
+    CHECK(mirror_index(-3, 1) == 0 && mirror_index(9, 3) == 1);
+}
+
+static void test_tile_stitching_with_a_crop_net() {
+    // A fake net that drops the border (what a valid net does to the geometry): stitching must give the
+    // image back exactly, whatever the tile size and batch.
+    Tensor x;
+    x.shape = {2, 3, 23, 17};
+    x.data.resize(static_cast<std::size_t>(x.numel()));
+    for (std::size_t i = 0; i < x.data.size(); ++i) x.data[i] = static_cast<float>(i) * 0.5f - 7.0f;
+    int calls = 0, tiles_seen = 0, largest = 0;
+    const auto crop_net = [&](const Tensor& t) {
+        ++calls;
+        tiles_seen += static_cast<int>(t.shape[0]);
+        largest = std::max(largest, static_cast<int>(t.shape[0]));
+        Tensor out;
+        const std::int64_t n = t.shape[0], c = t.shape[1], h = t.shape[2] - 6, w = t.shape[3] - 6;
+        out.shape = {n, c, h, w};
+        for (std::int64_t p = 0; p < n * c; ++p)
+            for (std::int64_t i = 0; i < h; ++i)
+                for (std::int64_t j = 0; j < w; ++j)
+                    out.data.push_back(t.data[(p * t.shape[2] + i + 3) * t.shape[3] + j + 3]);
+        return out;
+    };
+    const Tensor y = tile_infer(x, 12, 16, 6, 4, 5, crop_net);
+    CHECK(y.shape == x.shape);
+    CHECK(y.data == x.data);
+    // rows: 6 tiles (stride 4); cols: tile 16 gives 10, skip 1, stride 8: 3 tiles; 2 images: 36 tiles, 5 a call.
+    CHECK(tiles_seen == 36 && largest == 5 && calls == 8);
+}
+
 int main(int argc, char** argv) {
     const std::string dir = argc > 1 ? argv[1] : ".";
     test_reflect_matches_numpy_rule();
@@ -114,6 +164,8 @@ int main(int argc, char** argv) {
     test_normalize_and_argmax();
     test_files_round_trip(dir);
     test_json();
+    test_tile_geometry();
+    test_tile_stitching_with_a_crop_net();
     if (failures) {
         std::cerr << failures << " check(s) failed\n";
         return 1;

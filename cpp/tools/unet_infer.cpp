@@ -1,6 +1,8 @@
-// unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] [--pad-mode reflect]
+// unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] [--pad-mode reflect] [--tile 1 [--tile-size HxW]]
 // Reads MODEL.engine.json (written by `deploy-unet build-engine`) for the input/output names, divisor and
 // normalization; normalizes, pads to the divisor, runs TensorRT, crops, argmaxes and writes a PGM mask.
+// --tile 1: overlap-tile inference (a valid-convolution UNet, whose output is smaller than its input):
+// mirror-pad, run tiles of a valid size (default: the export size) in batches, stitch a full-size mask.
 #include <iostream>
 
 #include "args.h"
@@ -15,7 +17,7 @@ int main(int argc, char** argv) {
         deploy_unet_tools::Args args(argc, argv);
         if (args.positional.size() != 3) {
             std::cerr << "usage: unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] "
-                         "[--pad-mode reflect|edge|constant]\n";
+                         "[--pad-mode reflect|edge|constant] [--tile 1 [--tile-size HxW]]\n";
             return 2;
         }
         const std::string engine_path = args.positional[0];
@@ -26,11 +28,40 @@ int main(int argc, char** argv) {
                                      " channels; the model takes " + std::to_string(info.in_channels) +
                                      " (use a " + (info.in_channels == 1 ? "PGM" : "PPM") + " image)");
         const Tensor x = normalize(image, info.mean, info.stddev);
-        const Tensor padded = pad_to_multiple(x, info.divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
+        const bool tile = args.get("tile", "0") != "0";
+        if (info.border > 0 && !tile)
+            throw std::runtime_error("the engine's output is " + std::to_string(info.border) +
+                                     " pixels smaller than its input (valid convolutions); pass --tile 1");
 
         TrtEngine engine(engine_path, std::stoi(args.get("device", "0")), info.library, info.runs_on);
-        const Tensor logits = engine.run(info.input_name, padded, info.output_name);
-        const Image mask = argmax_mask(crop(logits, image.height, image.width));
+        Tensor logits;
+        if (tile) {
+            std::int64_t th = 0, tw = 0;
+            const std::string size = args.get("tile-size", "");
+            if (!size.empty()) {
+                const auto xpos = size.find('x');
+                th = std::stoll(size.substr(0, xpos));
+                tw = xpos == std::string::npos ? th : std::stoll(size.substr(xpos + 1));
+            } else if (info.export_shape.size() == 4) {
+                th = info.export_shape[2];
+                tw = info.export_shape[3];
+            } else {
+                throw std::runtime_error("the manifest records no export shape; pass --tile-size HxW");
+            }
+            if (!info.is_valid_size(th) || !info.is_valid_size(tw))
+                throw std::runtime_error("tile " + std::to_string(th) + "x" + std::to_string(tw) +
+                                         " is not a valid input size of the engine (" + std::to_string(info.divisor) +
+                                         "k + " + std::to_string(info.size_remainder) + " >= " +
+                                         std::to_string(info.min_size) + "); pass a valid --tile-size");
+            const std::int64_t batch = info.max_batch > 0 ? info.max_batch : 1;
+            logits = tile_infer(x, th, tw, info.border, info.divisor, batch, [&](const Tensor& tiles) {
+                return engine.run(info.input_name, tiles, info.output_name);
+            });
+        } else {
+            const Tensor padded = pad_to_multiple(x, info.divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
+            logits = crop(engine.run(info.input_name, padded, info.output_name), image.height, image.width);
+        }
+        const Image mask = argmax_mask(logits);
         write_pnm(args.positional[2], mask);
         std::cout << "wrote " << args.positional[2] << " (" << mask.width << "x" << mask.height << ", "
                   << info.num_classes << " classes)\n";

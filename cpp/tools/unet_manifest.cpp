@@ -26,7 +26,11 @@ int main(int argc, char** argv) {
                   << "num_classes=" << info.num_classes << "\n"
                   << "mean=" << join(info.mean) << "\n"
                   << "std=" << join(info.stddev) << "\n"
-                  << "library=" << info.library << "\n";
+                  << "library=" << info.library << "\n"
+                  << "size_remainder=" << info.size_remainder << "\n"
+                  << "border=" << info.border << "\n"
+                  << "min_size=" << info.min_size << "\n"
+                  << "max_batch=" << info.max_batch << "\n";
         std::string runs;
         for (const std::string& cc : info.runs_on) runs += (runs.empty() ? "" : " ") + cc;
         std::cout << "runs_on=" << runs << "\n";

@@ -269,9 +269,21 @@ def default_profile(opt: Shape, divisor: int, dims: list[int | None]) -> Profile
     return Profile(minimum, opt, maximum)  # type: ignore[arg-type]
 
 
+def _valid_contract_profile(derived: Profile, contract, dims: list[int | None]) -> Profile:
+    """The default profile for a net with a general contract: min = its smallest valid size, max = the
+    nearest valid size at or above twice the export size (the divisor-based ones are not valid sizes)."""
+    b, c = derived.max[:2]
+    minimum = (1, c, contract.smallest, contract.smallest)
+    maximum = (b, c, *(contract.nearest_valid_inputs(v)[1] for v in derived.max[2:]))
+    minimum = tuple(f if f is not None else v for f, v in zip(dims, minimum, strict=True))
+    maximum = tuple(f if f is not None else v for f, v in zip(dims, maximum, strict=True))
+    return Profile(minimum, derived.opt, maximum)  # type: ignore[arg-type]
+
+
 def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> None:
     """Every profile shape obeys the divisor, the channel count and fixed dims; min <= opt <= max."""
     reason = info.contract_reason
+    contract = info.shape_contract
     for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
         option = f"--{which}-shape {_fmt(shape)}"
         if shape[0] < 1:
@@ -282,7 +294,10 @@ def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> 
             )
         for name, value in zip(("height", "width"), shape[2:], strict=True):
             try:
-                check_dim(name, value, info.divisor, reason, pad_hint="")
+                if contract.is_divisor_only:
+                    check_dim(name, value, info.divisor, reason, pad_hint="")
+                else:  # valid-convolution nets: sizes divisor*k + remainder, from the metadata
+                    contract.check_dim(name, value)
             except ShapeContractError as exc:
                 raise ShapeContractError(f"{option}: {exc}") from None
         for axis, fixed in enumerate(dims):
@@ -347,6 +362,8 @@ def plan_build(
     }
     opt = shapes["opt"] or _default_opt(info, dims, onnx_path)
     derived = default_profile(opt, info.divisor, dims)
+    if not info.shape_contract.is_divisor_only:
+        derived = _valid_contract_profile(derived, info.shape_contract, dims)
     profile = Profile(shapes["min"] or derived.min, opt, shapes["max"] or derived.max)
     check_profile(profile, info, dims)
 

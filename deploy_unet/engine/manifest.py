@@ -43,6 +43,14 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         "std": list(info.std),
         "input_name": info.input_names[0] if info.input_names else "input",
         "output_name": info.output_names[0] if info.output_names else "logits",
+        # The general shape contract (valid sizes divisor*k + size_remainder >= min_size; output = input -
+        # border, offset by output_offset) and the export size: what unet_infer --tile needs.
+        "padding": info.padding,
+        "size_remainder": info.size_remainder,
+        "border": info.border,
+        "output_offset": info.output_offset,
+        "min_size": info.min_size,
+        "export_shape": list(info.export_shape),
     }
 
 

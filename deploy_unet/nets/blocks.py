@@ -15,9 +15,10 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
-def conv3x3(c_in: int, c_out: int, norm: str) -> list[nn.Module]:
-    """Padded 3x3 conv (+ norm) + ReLU: keeps H and W, so only pooling changes spatial size."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")]
+def conv3x3(c_in: int, c_out: int, norm: str, padding: int = 1) -> list[nn.Module]:
+    """3x3 conv (+ norm) + ReLU. Padded (1) it keeps H and W, so only pooling changes spatial size;
+    unpadded (0, the original UNet) it loses one pixel per side."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=norm == "none")]
     if norm == "batch":
         layers.append(nn.BatchNorm2d(c_out))
     layers.append(nn.ReLU(inplace=True))
@@ -25,12 +26,12 @@ def conv3x3(c_in: int, c_out: int, norm: str) -> list[nn.Module]:
 
 
 class ConvBlock(nn.Sequential):
-    """``n`` padded 3x3 conv layers, the unit of both UNet paths and of each VGG stage."""
+    """``n`` 3x3 conv layers (padded unless ``padding=0``), the unit of both UNet paths and of each VGG stage."""
 
-    def __init__(self, c_in: int, c_out: int, norm: str, n: int = 2):
+    def __init__(self, c_in: int, c_out: int, norm: str, n: int = 2, padding: int = 1):
         layers: list[nn.Module] = []
         for i in range(n):
-            layers += conv3x3(c_in if i == 0 else c_out, c_out, norm)
+            layers += conv3x3(c_in if i == 0 else c_out, c_out, norm, padding)
         super().__init__(*layers)
 
 
@@ -64,15 +65,22 @@ class SegmentationNet(nn.Module):
         self.config: dict = {}
 
     def check_input_shape(self, x: torch.Tensor) -> None:
-        from deploy_unet.shapes import validate_shape
-
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ShapeContractError(
                 f"input shape {tuple(x.shape)} is not (N, {self.in_channels}, H, W); "
                 f"{self.arch} takes {self.in_channels}-channel NCHW input"
             )
-        validate_shape(tuple(x.shape[2:]), self.divisor, depth_hint=self.contract_reason)
+        contract = self.shape_contract
+        hint = "or pass --pad" if contract.is_divisor_only else "or run it in overlap tiles (--tile)"
+        contract.validate(tuple(x.shape[2:]), pad_hint=hint)
 
     @property
     def contract_reason(self) -> str:
         return f"{self.arch}"
+
+    @property
+    def shape_contract(self):
+        """Valid input sizes and the output size for each (``shapes.ShapeContract``); padded nets: the divisor."""
+        from deploy_unet.shapes import ShapeContract
+
+        return ShapeContract(int(self.divisor), reason=self.contract_reason)

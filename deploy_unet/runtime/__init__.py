@@ -35,9 +35,18 @@ BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tens
 
 
 def open_runner(
-    artifact: str | os.PathLike, backend: str | None = None, pad: bool = False, **options: Any
+    artifact: str | os.PathLike,
+    backend: str | None = None,
+    pad: bool = False,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
+    tile_batch: int | None = None,
+    **options: Any,
 ) -> Runner:
     """The runner for ``artifact`` (not yet activated: use it as a context manager).
+
+    ``tile``: overlap-tile inference (``Runner.enable_tiling``): any image size in, full-size outputs,
+    tiles of ``tile_size`` (default: the export size), ``tile_batch`` tiles per call.
 
     - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``, ``allow_tf32``).
     - every backend: ``output="logits"`` (default) or ``"mask"`` (argmax over classes, on the device for the
@@ -47,6 +56,13 @@ def open_runner(
       named in the ONNX metadata with the weights of ``checkpoint=`` (options: ``device``).
     - ``.engine``/``.plan`` -> TensorRT (needs the ``tensorrt`` extra and a CUDA device).
     """
+    runner = _open_runner(artifact, backend, pad, **options)
+    if tile:
+        runner.enable_tiling(tile_size, tile_batch)
+    return runner
+
+
+def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **options: Any) -> Runner:
     path = Path(artifact)
     suffix = path.suffix.lower()
     if suffix not in BACKENDS_BY_SUFFIX:
@@ -105,14 +121,27 @@ def runner_info(runner: Runner):
     return getattr(runner, "info", None)
 
 
-def run_onnx(path: str | os.PathLike, array: np.ndarray, pad: bool = False, **runner_options) -> np.ndarray:
+def run_onnx(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    pad: bool = False,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
+    tile_batch: int | None = None,
+    **runner_options,
+) -> np.ndarray:
     """Run an ONNX model's single input on ONNX Runtime with the shape contract checked first.
 
     Without ``pad`` a non-divisible H/W raises a one-line ShapeContractError (instead of ORT's
     "Concat ... mismatched dimensions"); with ``pad`` the input is padded, run and cropped back.
+    With ``tile`` any H/W is run as mirror-padded overlapping tiles and gets a full-size output (the
+    way to run a valid-convolution UNet, whose output is smaller than its input).
     """
     from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(path, pad=pad, **runner_options) as runner:
+    runner = OnnxRuntimeRunner(path, pad=pad, **runner_options)
+    if tile:
+        runner.enable_tiling(tile_size, tile_batch)
+    with runner:
         (name,) = runner.input_spec
         return runner.infer({name: array})[runner.output_names[0]]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploy_unet.errors import ConfigError, DeployUnetError, ShapeContractError
-from deploy_unet.shapes import crop_back, pad_to_multiple, validate_shape
+from deploy_unet.shapes import ShapeContract, crop_back, pad_to_multiple, validate_shape
 
 OUTPUT_KINDS = ("logits", "mask")
 MASK_OUTPUT = "mask"
@@ -55,13 +55,38 @@ class Runner(abc.ABC):
         pad: bool = False,
         pad_mode: str = "reflect",
         contract_reason: str = "",
+        contract: ShapeContract | None = None,
     ):
         self.divisor = divisor
         self.in_channels = in_channels
         self.pad = pad
         self.pad_mode = pad_mode
         self.contract_reason = contract_reason
+        # The general contract (valid sizes, output size); a divisor-only one keeps the divisor's messages.
+        if contract is None or contract.is_divisor_only:
+            contract = ShapeContract(divisor, reason=contract_reason)
+        self.contract = contract
+        # Overlap-tile inference (runtime/tiling.py): set with ``enable_tiling``.
+        self.tile = False
+        self.tile_size: tuple[int, int] | None = None
+        self.tile_batch: int | None = None
         self.is_active = False
+
+    def enable_tiling(self, tile_size=None, tile_batch: int | None = None) -> Runner:
+        """Run every input as mirror-padded tiles of a valid size and stitch full-size outputs.
+
+        ``tile_size``: int or (H, W), a valid input size (default: the export size in the metadata);
+        ``tile_batch``: tiles per call (default: the backend's maximum batch, else 8).
+        """
+        from deploy_unet.runtime.tiling import resolve_tile_size
+
+        if self.pad:
+            raise ConfigError("--pad and --tile cannot be combined; --tile already handles any image size")
+        info = getattr(self, "info", None)
+        self.tile_size = resolve_tile_size(self.contract, tile_size, getattr(info, "export_shape", None))
+        self.tile_batch = tile_batch or getattr(self, "max_batch", None)
+        self.tile = True
+        return self
 
     # -- lifecycle -------------------------------------------------------------------------------
     def activate(self) -> Runner:
@@ -94,7 +119,14 @@ class Runner(abc.ABC):
         """Check the feeds against the contract, run (padding when asked), crop outputs back."""
         if not self.is_active:
             raise RuntimeError(f"{type(self).__name__} is not active; use it as a context manager")
+        if self.pad and not self.contract.is_divisor_only:
+            raise ConfigError(
+                "--pad cannot give a full-size output for a net whose output is smaller than its input "
+                f"(input must be {self.contract.rule()}); use --tile (tile=True) instead"
+            )
         feeds = self._checked_feeds(feeds)
+        if self.tile:
+            return self._infer_tiled(feeds)
         if not self.pad:
             return self._infer(feeds)
         padded, paddings = {}, {}
@@ -133,10 +165,22 @@ class Runner(abc.ABC):
                 )
             if not np.isfinite(array).all():
                 raise DeployUnetError(f"input {name!r} contains NaN or Inf values; clean the input data first")
-            if not self.pad:
+            if self.tile:
+                pass  # any size: tiling pads to valid tiles
+            elif self.contract.is_divisor_only and not self.pad:
                 validate_shape(array.shape[-2:], self.divisor, self.contract_reason, "or run with pad=True (--pad)")
+            elif not self.contract.is_divisor_only:
+                self.contract.validate(array.shape[-2:], "or run with tile=True (--tile) for any size")
             checked[name] = np.ascontiguousarray(array)
         return checked
+
+    def _infer_tiled(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from deploy_unet.runtime.tiling import tile_infer
+
+        if len(feeds) != 1:
+            raise ConfigError(f"tiling runs single-input nets; this model has inputs {sorted(feeds)}")
+        ((name, image),) = feeds.items()
+        return tile_infer(lambda x: self._infer({name: x}), image, self.contract, self.tile_size, self.tile_batch)
 
     # -- backend hooks ---------------------------------------------------------------------------
     def _activate(self) -> None:  # noqa: B027  (optional hook)

@@ -49,6 +49,7 @@ class OnnxRuntimeRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=self.info.contract_reason if self.info else "",
+            contract=self.info.shape_contract if self.info else None,
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads

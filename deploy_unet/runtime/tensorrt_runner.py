@@ -88,6 +88,7 @@ class TensorRTRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=f"the divisor in {self.path.name}'s manifest",
+            contract=self.info.shape_contract,
         )
         self.cuda_graph = cuda_graph
         self.layer_profile = layer_profile
@@ -118,6 +119,12 @@ class TensorRTRunner(Runner):
         if self.output == MASK_OUTPUT:
             return [MASK_OUTPUT]
         return [t["name"] for t in self.manifest.outputs]
+
+    @property
+    def max_batch(self) -> int | None:
+        """The profile's largest batch (tiling runs at most this many tiles per call)."""
+        maxima = [t["max"][0] for t in self.manifest.inputs if t.get("max")]
+        return min(maxima) if maxima else None
 
     def _activate(self) -> None:
         gpu = require_cuda_device(self.device)  # before any TensorRT object exists

@@ -74,6 +74,7 @@ class TorchRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=getattr(net, "contract_reason", ""),
+            contract=getattr(net, "shape_contract", None),
         )
         self.net = net
         self.device = resolve_device(device)
@@ -127,6 +128,7 @@ class TorchRunner(Runner):
                 in_channels=int(net.in_channels),
                 num_classes=int(net.num_classes),
                 net_config=dict(net.config),
+                **ModelInfo.contract_fields(net.shape_contract, getattr(net, "padding", "same")),
                 mean=list(ckpt.mean or []) if ckpt else [],
                 std=list(ckpt.std or []) if ckpt else [],
                 extra={"checkpoint_sha256": ckpt.sha256} if ckpt else {},

@@ -1,6 +1,7 @@
 // A small JSON reader (RFC 8259 values) for the engine manifest beside each engine.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,6 +54,15 @@ struct EngineModelInfo {
     std::vector<float> stddev;
     std::string library = "tensorrt";  // "tensorrt" | "tensorrt-rtx" (older manifests: tensorrt)
     std::vector<std::string> runs_on;  // compute capabilities the engine runs on (empty: not recorded)
+    // The general shape contract (0 for padded nets and for manifests written before it existed): valid
+    // sizes are divisor * k + size_remainder >= min_size; the output is input - border (border / 2 per side).
+    int size_remainder = 0;
+    int border = 0;
+    int min_size = 0;
+    std::vector<std::int64_t> export_shape;  // NCHW the ONNX was exported at (the default tile), may be empty
+    std::int64_t max_batch = 0;               // the profile's largest batch (tiles per run), 0 if unknown
+
+    bool is_valid_size(std::int64_t v) const;
 };
 
 EngineModelInfo read_engine_model_info(const std::string& manifest_path);

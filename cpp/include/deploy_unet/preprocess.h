@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,35 @@ Tensor pad_to_multiple(const Tensor& x, int divisor, PadMode mode = PadMode::kRe
 
 // Keep the top-left height x width of the last two dims.
 Tensor crop(const Tensor& x, std::int64_t height, std::int64_t width);
+
+// -- overlap-tile inference (the same geometry as deploy_unet/runtime/tiling.py) ----------------------
+// A net that loses `border` pixels (b = border / 2 per side, a valid-convolution UNet) gives tile - border
+// output pixels per tile. Tiles must start at image positions that are multiples of the divisor D (2**depth)
+// so that every tile pools on the same grid as a whole-image run: the image is mirror-padded by b rounded
+// up to a multiple of D on top/left, tile k starts at k * step (a multiple of D) in the padded image, and
+// its output pixels [skip, skip + step) land at [k * step, (k + 1) * step) in the image.
+struct TileAxis {
+    std::int64_t size = 0;        // image pixels
+    std::int64_t tile = 0;        // tile input size (a valid input size of the net)
+    std::int64_t step = 0;        // tile stride, a multiple of the divisor
+    std::int64_t skip = 0;        // tile output pixels dropped before the kept ones
+    std::int64_t count = 0;       // number of tiles
+    std::int64_t pad_before = 0;  // b rounded up to a multiple of the divisor
+    std::int64_t pad_after = 0;   // what the last tile reads beyond the image
+};
+
+TileAxis tile_axis(std::int64_t size, std::int64_t tile, std::int64_t border, std::int64_t divisor);
+
+// numpy 'reflect' for any position i (negative too, and beyond 2n): period 2n - 2, the edge not repeated.
+std::int64_t mirror_index(std::int64_t i, std::int64_t n);
+
+// Reflect-pad the last two dims of an NCHW tensor (any width, even wider than the image).
+Tensor mirror_pad(const Tensor& x, std::int64_t top, std::int64_t bottom, std::int64_t left, std::int64_t right);
+
+// Run `net` (tiles B x C x tile_h x tile_w -> B x K x (tile_h - border) x (tile_w - border)) over NCHW `x`
+// in batches of at most max_batch tiles and stitch the N x K x H x W output.
+Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std::int64_t border, std::int64_t divisor,
+                  std::int64_t max_batch, const std::function<Tensor(const Tensor&)>& net);
 
 // 1xKxHxW logits -> HxW class mask (first maximum wins, as numpy.argmax). K must be <= 256.
 Image argmax_mask(const Tensor& logits);
