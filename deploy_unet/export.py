@@ -30,8 +30,9 @@ from torch import nn
 from deploy_unet import __version__
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
 from deploy_unet.fileio import atomic_path
-from deploy_unet.metadata import ModelInfo, write_props
-from deploy_unet.shapes import validate_shape
+from deploy_unet.metadata import PAD_IN_GRAPH_KEY, ModelInfo, write_props
+from deploy_unet.nets.pad_in_graph import PadInGraph
+from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 
 DYNAMIC_CHOICES = ("all", "batch", "hw", "none")
 MIN_OPSET = 13  # per-channel Q/DQ (the int8 path) needs 13; the dynamo exporter itself emits 18
@@ -68,9 +69,14 @@ def export_onnx(
     simplify: bool = True,
     verify: bool = True,
     tolerance: float = 1e-4,
+    pad_in_graph: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export ``net`` to ``output`` (written atomically) and return what was written and measured."""
+    """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
+
+    ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
+    and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
+    """
     log = log or (lambda _msg: None)
     start = time.perf_counter()
     net = net.eval()
@@ -85,7 +91,12 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"--batch {batch} must be >= 1")
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
-    validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
+    arch = arch or getattr(net, "arch", None) or type(net).__name__
+    if pad_in_graph:
+        check_size_pad_in_graph((height, width), divisor)
+        net = PadInGraph(net, divisor).eval()
+    else:
+        validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
 
     sample = torch.from_numpy(_sample(batch, in_channels, height, width, seed=0))
     with torch.no_grad():
@@ -110,7 +121,7 @@ def export_onnx(
         model = _simplify(model)
 
     info = ModelInfo(
-        arch=arch or getattr(net, "arch", None) or type(net).__name__,
+        arch=arch,
         divisor=int(divisor),
         in_channels=int(in_channels),
         num_classes=num_classes,
@@ -129,6 +140,7 @@ def export_onnx(
             "dynamic": dynamic,
             "opset": str(opset),
             "checkpoint_sha256": checkpoint_sha256 or "",
+            PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
         },
     )
     write_props(model, info.to_props())
@@ -270,6 +282,9 @@ def _verify(net: nn.Module, path: Path, info: ModelInfo, dynamic: str, tolerance
     )
     if second != shapes[0]:
         shapes.append(second)
+    if info.pad_in_graph and dynamic in ("all", "hw") and d > 1:
+        # Off the divisor on both sides, by different pads: the in-graph Pad and Slice are exercised.
+        shapes.append((b, c, h + 1, w + d - 1))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])

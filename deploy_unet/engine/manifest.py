@@ -41,6 +41,8 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         "std": list(info.std),
         "input_name": info.input_names[0] if info.input_names else "input",
         "output_name": info.output_names[0] if info.output_names else "logits",
+        # True: the engine pads H, W to the divisor itself; feed any size in the profile, do not pad.
+        "pad_in_graph": info.pad_in_graph,
     }
 
 

@@ -91,18 +91,20 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     outputs = {o.name for o in graph.output}
 
     # Which edges (node, input index) read a quantized activation, and which tensors those are.
+    # Only float Concats: an int64 Concat assembles shapes or pads (export --pad-in-graph), not data.
+    float_tensors = _float_tensor_names(model)
     edges: list[tuple[onnx.NodeProto, int]] = []
     for node in graph.node:
         if node.op_type in WEIGHT_AXIS or node.op_type in POOL_OPS:
             edges.append((node, 0))
-        elif node.op_type == "Concat":
+        elif node.op_type == "Concat" and node.output[0] in float_tensors:
             edges.extend((node, i) for i in range(len(node.input)))
     edges = [(n, i) for n, i in edges if n.input[i] and n.input[i] not in inits and n.input[i] not in outputs]
 
     # Concat inputs (and its output) share one scale; groups merge through chained Concats.
     groups = _UnionFind()
     for node in graph.node:
-        if node.op_type == "Concat":
+        if node.op_type == "Concat" and node.output[0] in float_tensors:
             for name in node.input:
                 groups.union(name, node.output[0])
     group_absmax: dict[str, float] = defaultdict(float)
@@ -166,6 +168,13 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model
+
+
+def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the float32 tensors (graph inputs, outputs and inferred intermediates)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    return {v.name for v in values if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
 def _rebuild(graph: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) -> None:

@@ -3,6 +3,8 @@
 A runner is a context manager with ``input_spec`` and ``infer(feeds) -> outputs`` on NumPy arrays.
 The base class owns the checks every backend needs, so they are stated once: input names, dtype,
 rank, channel count, finite values, and the shape contract (clear error, or pad and crop back).
+A model that pads inside its graph (``export --pad-in-graph``) takes any H, W above its minimum:
+the runner neither refuses nor pads those.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploy_unet.errors import DeployUnetError, ShapeContractError
-from deploy_unet.shapes import crop_back, pad_to_multiple, validate_shape
+from deploy_unet.shapes import check_size_pad_in_graph, crop_back, pad_to_multiple, validate_shape
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,10 @@ class Runner(abc.ABC):
         pad: bool = False,
         pad_mode: str = "reflect",
         contract_reason: str = "",
+        pad_in_graph: bool = False,
     ):
         self.divisor = divisor
+        self.pad_in_graph = pad_in_graph
         self.in_channels = in_channels
         self.pad = pad
         self.pad_mode = pad_mode
@@ -75,7 +79,7 @@ class Runner(abc.ABC):
         if not self.is_active:
             raise RuntimeError(f"{type(self).__name__} is not active; use it as a context manager")
         feeds = self._checked_feeds(feeds)
-        if not self.pad:
+        if not self.pad or self.pad_in_graph:
             return self._infer(feeds)
         padded, paddings = {}, {}
         for name, array in feeds.items():
@@ -113,7 +117,9 @@ class Runner(abc.ABC):
                 )
             if not np.isfinite(array).all():
                 raise DeployUnetError(f"input {name!r} contains NaN or Inf values; clean the input data first")
-            if not self.pad:
+            if self.pad_in_graph:
+                check_size_pad_in_graph(array.shape[-2:], self.divisor)
+            elif not self.pad:
                 validate_shape(array.shape[-2:], self.divisor, self.contract_reason, "or run with pad=True (--pad)")
             checked[name] = np.ascontiguousarray(array)
         return checked

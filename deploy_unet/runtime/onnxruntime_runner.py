@@ -47,6 +47,7 @@ class OnnxRuntimeRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=self.info.contract_reason if self.info else "",
+            pad_in_graph=bool(self.info and self.info.pad_in_graph),
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads

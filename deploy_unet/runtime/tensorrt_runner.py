@@ -81,6 +81,7 @@ class TensorRTRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=f"the divisor in {self.path.name}'s manifest",
+            pad_in_graph=self.info.pad_in_graph,
         )
         self.cuda_graph = cuda_graph
         self.layer_profile = layer_profile

@@ -18,6 +18,7 @@ from deploy_unet.checkpoint import Checkpoint, load_checkpoint, load_weights
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo
 from deploy_unet.nets import create_net
+from deploy_unet.nets.pad_in_graph import PadInGraph
 from deploy_unet.runtime.base import Runner, TensorSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,6 +64,7 @@ class TorchRunner(Runner):
             pad=pad,
             pad_mode=pad_mode,
             contract_reason=getattr(net, "contract_reason", ""),
+            pad_in_graph=isinstance(net, PadInGraph),
         )
         self.net = net
         self.device = resolve_device(device)
@@ -102,6 +104,9 @@ class TorchRunner(Runner):
         ckpt = _as_checkpoint(checkpoint)
         if ckpt is not None:
             load_weights(net, ckpt, strict=strict)
+        if info is not None and info.pad_in_graph:
+            # The ONNX it was exported to pads inside the graph; so does this net, to stay comparable.
+            net = PadInGraph(net, net.divisor)
         if info is None:
             info = ModelInfo(
                 arch=arch,
