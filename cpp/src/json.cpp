@@ -218,6 +218,8 @@ EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
         info.num_classes = static_cast<int>(model["num_classes"].as_number());
         info.mean = model["mean"].as_float_vector();
         info.stddev = model["std"].as_float_vector();
+        // Absent in manifests written before export --pad-in-graph existed: the host pads.
+        info.pad_in_graph = model.has("pad_in_graph") && model["pad_in_graph"].as_bool();
         return info;
     } catch (const std::runtime_error& e) {
         throw std::runtime_error(manifest_path + ": " + e.what());

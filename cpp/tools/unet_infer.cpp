@@ -1,6 +1,7 @@
 // unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] [--pad-mode reflect]
 // Reads MODEL.engine.json (written by `deploy-unet build-engine`) for the input/output names, divisor and
-// normalization; normalizes, pads to the divisor, runs TensorRT, crops, argmaxes and writes a PGM mask.
+// normalization; normalizes, pads to the divisor (not for a pad-in-graph engine), runs TensorRT, crops, argmaxes,
+// writes a PGM mask.
 #include <iostream>
 
 #include "args.h"
@@ -26,7 +27,9 @@ int main(int argc, char** argv) {
                                      " channels; the model takes " + std::to_string(info.in_channels) +
                                      " (use a " + (info.in_channels == 1 ? "PGM" : "PPM") + " image)");
         const Tensor x = normalize(image, info.mean, info.stddev);
-        const Tensor padded = pad_to_multiple(x, info.divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
+        // A pad-in-graph engine takes any H, W and pads inside; otherwise pad here with the same rule.
+        const int host_divisor = info.pad_in_graph ? 1 : info.divisor;
+        const Tensor padded = pad_to_multiple(x, host_divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
 
         TrtEngine engine(engine_path, std::stoi(args.get("device", "0")));
         const Tensor logits = engine.run(info.input_name, padded, info.output_name);

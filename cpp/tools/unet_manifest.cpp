@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
                   << "in_channels=" << info.in_channels << "\n"
                   << "num_classes=" << info.num_classes << "\n"
                   << "mean=" << join(info.mean) << "\n"
-                  << "std=" << join(info.stddev) << "\n";
+                  << "std=" << join(info.stddev) << "\n"
+                  << "pad_in_graph=" << (info.pad_in_graph ? 1 : 0) << "\n";
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << "\n";
         return 2;

@@ -51,6 +51,8 @@ struct EngineModelInfo {
     int num_classes = 0;
     std::vector<float> mean;
     std::vector<float> stddev;
+    // export --pad-in-graph: the engine pads H, W to the divisor itself, so the host must not.
+    bool pad_in_graph = false;
 };
 
 EngineModelInfo read_engine_model_info(const std::string& manifest_path);
