@@ -165,3 +165,29 @@ def test_pad_in_graph_file_quantizes(padded_and_plain, tmp_path, precision, targ
                     (q,) = consumers[n.output[0]]
                     assert producers[n.input[0]].op_type == "DequantizeLinear" and q.op_type == "QuantizeLinear"
                     assert producers[n.input[0]].input[1:] == q.input[1:]
+
+
+def test_export_at_a_divisible_size_still_takes_any_size(tmp_path):
+    """The exporter sees pads of 0 at a divisible sample size; the graph must not specialize on that.
+    The parity gate runs the file at a size off the divisor (and would refuse to write it)."""
+    net = thin_net("unet")
+    result = export_onnx(net, tmp_path / "pig16.onnx", height=16, width=16, pad_in_graph=True)
+    assert "1x3x17x23" in result.parity
+    x = smooth_images(1, 3, 13, 30)
+    xp, _ = pad_to_multiple(x, 8)
+    with torch.no_grad():
+        host = net(torch.from_numpy(xp)).numpy()[..., :13, :30]
+    np.testing.assert_allclose(ort_run(result.path, x), host, atol=1e-5 * max(1.0, np.abs(host).max()), rtol=0)
+
+
+def test_cli_refuses_a_size_below_the_minimum_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+
+    out = tmp_path / "x.onnx"
+    result = CliRunner().invoke(cli, ["export", "--arch", "unet", "--depth", "3", "--base-channels", "4",
+                                      "--pad-in-graph", "--height", "4", "--width", "40", "-o", str(out)])
+    assert result.exit_code == 2
+    assert "height 4 is below 5" in result.output and "Traceback" not in result.output
+    assert not out.exists()
