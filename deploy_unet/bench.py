@@ -25,7 +25,7 @@ import numpy as np
 
 from deploy_unet.errors import ConfigError
 from deploy_unet.runtime.base import Runner
-from deploy_unet.shapes import validate_shape
+from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 
 PHASES = ("h2d", "compute", "d2h")
 PERCENTILES = (50, 90, 95, 99)
@@ -232,7 +232,9 @@ def bench_runner(
         raise ConfigError(f"iters {iters} must be >= 1")
     if duration is not None and duration <= 0:
         raise ConfigError(f"duration {duration} must be > 0 seconds")
-    if not runner.pad:
+    if getattr(runner, "pad_in_graph", False):  # export --pad-in-graph: any size above the minimum
+        check_size_pad_in_graph((height, width), runner.divisor)
+    elif not runner.pad:
         validate_shape((height, width), runner.divisor, runner.contract_reason, "or pass --pad")
     owned = not runner.is_active
     runner.activate()

@@ -191,3 +191,17 @@ def test_cli_refuses_a_size_below_the_minimum_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "height 4 is below 5" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_bench_times_off_divisor_sizes_of_a_pad_in_graph_file(padded_and_plain):
+    from deploy_unet.bench import bench_runner
+    from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    _, padded, plain = padded_and_plain
+    with OnnxRuntimeRunner(padded) as runner:
+        result = bench_runner(runner, height=27, width=35, warmup=0, iters=2, phase_clock=None)
+        assert len(result.samples_ms) == 2
+        with pytest.raises(ShapeContractError, match="height 3 is below 5"):
+            bench_runner(runner, height=3, width=35, warmup=0, iters=1, phase_clock=None)
+    with OnnxRuntimeRunner(plain) as runner, pytest.raises(ShapeContractError, match="not divisible by 8"):
+        bench_runner(runner, height=27, width=35, warmup=0, iters=1, phase_clock=None)
