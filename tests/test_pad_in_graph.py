@@ -205,3 +205,21 @@ def test_bench_times_off_divisor_sizes_of_a_pad_in_graph_file(padded_and_plain):
             bench_runner(runner, height=3, width=35, warmup=0, iters=1, phase_clock=None)
     with OnnxRuntimeRunner(plain) as runner, pytest.raises(ShapeContractError, match="not divisible by 8"):
         bench_runner(runner, height=27, width=35, warmup=0, iters=1, phase_clock=None)
+
+
+def test_engine_manifest_says_pad_in_graph(padded_and_plain):
+    from dataclasses import replace
+
+    from test_manifest import make_manifest
+
+    from deploy_unet.engine.manifest import model_section
+
+    _, padded, plain = padded_and_plain
+    info = read_model_info(padded)
+    assert model_section(info)["pad_in_graph"] is True
+    assert model_section(read_model_info(plain))["pad_in_graph"] is False
+    # the runner's view: from the ONNX metadata in the manifest, or from the plain model section alone
+    manifest = replace(make_manifest(), onnx={"metadata": info.to_props()}, model=model_section(info))
+    assert manifest.model_info().pad_in_graph
+    assert replace(manifest, onnx={}).model_info().pad_in_graph
+    assert not make_manifest().model_info().pad_in_graph

@@ -21,7 +21,7 @@ from typing import Any
 from deploy_unet import __version__
 from deploy_unet.errors import ArtifactError
 from deploy_unet.fileio import write_text_atomic
-from deploy_unet.metadata import ModelInfo
+from deploy_unet.metadata import PAD_IN_GRAPH_KEY, ModelInfo
 
 FORMAT = "deploy-unet-engine-manifest/1"
 
@@ -87,6 +87,7 @@ class EngineManifest:
                 input_names=[m.get("input_name", "input")],
                 output_names=[m.get("output_name", "logits")],
                 precision=self.precision,
+                extra={PAD_IN_GRAPH_KEY: "reflect" if m.get("pad_in_graph") else "none"},
             )
 
     def to_dict(self) -> dict[str, Any]:
