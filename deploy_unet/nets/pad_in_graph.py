@@ -28,8 +28,11 @@ class PadInGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        pad_h = (-h) % self.divisor
-        pad_w = (-w) % self.divisor
+        d = self.divisor
+        # (-h) % d, written so that both Mod operands are >= 0: floor and truncating modulo (ONNX Mod
+        # fmod=0 vs a backend that truncates) then agree, and no backend can produce a negative pad.
+        pad_h = (d - h % d) % d
+        pad_w = (d - w % d) % d
         # F.pad takes (left, right, top, bottom) for the last two dims: pad bottom/right only.
         y = self.net(F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
         return y[..., :h, :w]
