@@ -26,7 +26,7 @@ import numpy as np
 from deploy_unet.errors import ConfigError
 from deploy_unet.machine import machine_info
 from deploy_unet.runtime.base import Runner
-from deploy_unet.shapes import validate_shape
+from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 
 PHASES = ("h2d", "compute", "d2h")
 PERCENTILES = (50, 90, 95, 99)
@@ -239,6 +239,8 @@ def bench_runner(
     contract = getattr(runner, "contract", None)
     if getattr(runner, "tile", False):
         pass  # tiling takes any size
+    elif getattr(runner, "pad_in_graph", False):  # export --pad-in-graph: any size above the minimum
+        check_size_pad_in_graph((height, width), runner.divisor)
     elif contract is not None and not contract.is_divisor_only:
         contract.validate((height, width), "or pass --tile")
     elif not runner.pad:

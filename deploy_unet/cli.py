@@ -89,10 +89,13 @@ def _net_options(**given) -> dict:
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Parity gate: max abs error vs PyTorch <= tolerance * max(1, max|logit|).")
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim.")
+@click.option("--pad-in-graph", is_flag=True,
+              help="The graph reflect-pads H, W up to the divisor and crops the logits back: any size works.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
 def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
-           norm, padding, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify, output):
+           norm, padding, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify,
+           pad_in_graph, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -116,10 +119,11 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
             mean=loaded.mean, std=loaded.std, arch=loaded.arch, net_config=loaded.net_config,
             divisor=loaded.divisor, in_channels=loaded.in_channels,
             checkpoint_sha256=loaded.checkpoint.sha256 if loaded.checkpoint else None,
-            simplify=simplify, tolerance=tolerance, log=lambda msg: status.update(msg),
+            simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph, log=lambda msg: status.update(msg),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
-    click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}, dynamic {dynamic}) "
+    in_graph = ", pads to it in the graph" if pad_in_graph else ""
+    click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}{in_graph}, dynamic {dynamic}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))

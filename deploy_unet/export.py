@@ -30,8 +30,9 @@ from torch import nn
 from deploy_unet import __version__
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
 from deploy_unet.fileio import atomic_path
-from deploy_unet.metadata import ModelInfo, write_props
-from deploy_unet.shapes import validate_shape
+from deploy_unet.metadata import PAD_IN_GRAPH_KEY, ModelInfo, write_props
+from deploy_unet.nets.pad_in_graph import PadInGraph
+from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 from deploy_unet.timing import StageTimes
 
 DYNAMIC_CHOICES = ("all", "batch", "hw", "none")
@@ -70,9 +71,14 @@ def export_onnx(
     simplify: bool = True,
     verify: bool = True,
     tolerance: float = 1e-4,
+    pad_in_graph: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export ``net`` to ``output`` (written atomically) and return what was written and measured."""
+    """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
+
+    ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
+    and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
+    """
     log = log or (lambda _msg: None)
     start = time.perf_counter()
     times = StageTimes()
@@ -88,8 +94,15 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"--batch {batch} must be >= 1")
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
+    arch = arch or getattr(net, "arch", None) or type(net).__name__
     contract = getattr(net, "shape_contract", None)
-    if contract is None or contract.is_divisor_only:
+    if pad_in_graph:
+        if contract is not None and not contract.is_divisor_only:
+            raise ConfigError("--pad-in-graph pads to the divisor of a net whose output equals its input; a "
+                              "valid-convolution net shrinks its output: use --tile at run time instead")
+        check_size_pad_in_graph((height, width), divisor)
+        net = PadInGraph(net, divisor).eval()
+    elif contract is None or contract.is_divisor_only:
         validate_shape((height, width), divisor, reason, pad_hint="choose a valid --height/--width")
     else:  # e.g. a valid-convolution UNet: sizes divisor*k + remainder, output smaller than input
         contract.validate((height, width), pad_hint="choose a valid --height/--width")
@@ -120,7 +133,7 @@ def export_onnx(
             model = _simplify(model)
 
     info = ModelInfo(
-        arch=arch or getattr(net, "arch", None) or type(net).__name__,
+        arch=arch,
         divisor=int(divisor),
         in_channels=int(in_channels),
         num_classes=num_classes,
@@ -140,6 +153,7 @@ def export_onnx(
             "dynamic": dynamic,
             "opset": str(opset),
             "checkpoint_sha256": checkpoint_sha256 or "",
+            PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
         },
     )
     write_props(model, info.to_props())
@@ -149,7 +163,7 @@ def export_onnx(
         parity: dict[str, float] = {}
         if verify:
             log("verifying in ONNX Runtime against PyTorch")
-            with times.stage("parity check (ORT vs PyTorch, 2 shapes)"):
+            with times.stage("parity check (ORT vs PyTorch)"):
                 parity = _verify(net, tmp, info, dynamic, tolerance)
     return ExportResult(Path(output), info, parity, time.perf_counter() - start, times)
 
@@ -286,6 +300,9 @@ def _verify(net: nn.Module, path: Path, info: ModelInfo, dynamic: str, tolerance
     )
     if second != shapes[0]:
         shapes.append(second)
+    if info.pad_in_graph and dynamic in ("all", "hw") and d > 1:
+        # Off the divisor on both sides, by different pads: the in-graph Pad and Slice are exercised.
+        shapes.append((b, c, h + 1, w + d - 1))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])

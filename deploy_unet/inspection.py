@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deploy_unet.metadata import load_onnx, read_props
+from deploy_unet.metadata import PAD_IN_GRAPH_KEY, load_onnx, read_props
 
 _DTYPE_NAMES = {v: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v)).name for v in (1, 2, 3, 5, 6, 7, 9, 10, 11)}
 
@@ -31,6 +31,7 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
     initializer_names = {init.name for init in graph.initializer}
     ops = Counter(node.op_type for node in graph.node)
     params = sum(int(np.prod(init.dims)) if init.dims else 1 for init in graph.initializer)
+    props = read_props(model)
     weight_dtypes = Counter(onnx.TensorProto.DataType.Name(init.data_type).lower() for init in graph.initializer)
     return {
         "file": os.fspath(path),
@@ -40,7 +41,9 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "inputs": [_io(v) for v in graph.input if v.name not in initializer_names],
         "outputs": [_io(v) for v in graph.output],
-        "metadata": read_props(model),
+        "metadata": props,
+        # Who pads H, W up to the divisor: the graph itself (export --pad-in-graph) or the caller.
+        "padding": "in graph (reflect)" if props.get(PAD_IN_GRAPH_KEY, "none") not in ("", "none") else "caller",
         "num_nodes": len(graph.node),
         "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "quantize_linear": ops.get("QuantizeLinear", 0),

@@ -18,6 +18,9 @@ from deploy_unet.errors import ArtifactError
 # Keys whose values are JSON in the ONNX file.
 _JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape"}
 _INT_KEYS = {"divisor", "in_channels", "num_classes", "size_remainder", "border", "output_offset", "min_size"}
+# export --pad-in-graph: "reflect" when the graph pads H, W up to the divisor itself and crops back
+# (the caller feeds any size), "none" (or absent, files from before) when the caller must.
+PAD_IN_GRAPH_KEY = "pad_in_graph"
 
 
 @dataclass
@@ -75,6 +78,11 @@ class ModelInfo:
             "padding": padding, "size_remainder": contract.remainder, "border": contract.border,
             "output_offset": contract.border_per_side, "min_size": contract.smallest,
         }
+
+    @property
+    def pad_in_graph(self) -> bool:
+        """The graph pads to the divisor itself (export --pad-in-graph): any H, W is a valid input."""
+        return self.extra.get(PAD_IN_GRAPH_KEY, "none") not in ("", "none")
 
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {}

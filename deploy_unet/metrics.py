@@ -101,3 +101,47 @@ def summarize(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict:
         "dice_per_class": [None if np.isnan(v) else float(v) for v in dice],
         "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
     }
+
+
+# -- checkerboard artifacts of logit maps ----------------------------------------------------------
+
+
+def checkerboard_scores(maps: np.ndarray) -> np.ndarray:
+    """Per-map share of spectral energy at the period-2 (Nyquist) frequencies, in [0, 1].
+
+    For each map over the last two axes (e.g. logits (N, C, H, W) -> scores (N, C)): crop to even
+    H and W (drop the last row/column when odd, so the Nyquist bins exist), subtract the mean, take the
+    2D FFT power ``P = |fft2(x)|**2``, and return
+
+        (energy in row fy = H/2 + energy in column fx = W/2, the shared bin counted once) / total energy
+
+    The total is all non-DC energy (the DC bin is zero after removing the mean). Why whole Nyquist row
+    and column rather than just the three bins (H/2, 0), (0, W/2), (H/2, W/2): a stride-2 transposed
+    conv multiplies the map by a pattern of period 2 in y and/or x, which moves image content to the
+    Nyquist lines, along all of them; stripes of period 2 in one direction count as much as a
+    checkerboard. A smooth map scores ~0, a pure ``(-1)**(x+y)`` checkerboard 1, a constant map (no
+    non-DC energy at all) 0, a map smaller than 2x2 NaN. Natural class boundaries have some energy
+    there too, so compare scores of the same net (reference vs quantized), not against zero.
+    """
+    x = np.asarray(maps, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"checkerboard_scores needs maps of at least 2 dims (..., H, W), got shape {x.shape}")
+    h, w = x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2
+    if h < 2 or w < 2:
+        return np.full(x.shape[:-2], np.nan)
+    x = x[..., :h, :w]
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    x = x - mean
+    power = np.abs(np.fft.fft2(x)) ** 2
+    total = power.sum(axis=(-2, -1))
+    nyquist = power[..., h // 2, :].sum(axis=-1) + power[..., :, w // 2].sum(axis=-1) - power[..., h // 2, w // 2]
+    # A constant map: what is left after removing the mean is rounding noise, not a pattern.
+    variance = (x**2).mean(axis=(-2, -1))
+    flat = variance <= (1e-12 * np.maximum(1.0, np.abs(mean[..., 0, 0]))) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(flat, 0.0, nyquist / np.where(flat, 1.0, total))
+
+
+def checkerboard_score(maps: np.ndarray) -> float:
+    """Mean of ``checkerboard_scores`` over all maps (e.g. every image and class of NCHW logits)."""
+    return _nanmean(np.ravel(checkerboard_scores(maps)))

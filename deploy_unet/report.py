@@ -43,9 +43,17 @@ def _truth_cell(report: ValidationReport, out_index: int = 0) -> str:
     return f"{_num(out.candidate_vs_truth.mean_iou)} / {_num(out.reference_vs_truth.mean_iou)}"
 
 
+def _checkerboard_cell(out) -> str:
+    """Checkerboard score (metrics.checkerboard_scores) of the candidate's and the reference's logits."""
+    if out.candidate_checkerboard is None or out.reference_checkerboard is None:
+        return "n/a"
+    return f"{_num(out.candidate_checkerboard, 4)} / {_num(out.reference_checkerboard, 4)}"
+
+
 VALIDATION_COLUMNS = (
     "candidate", "backend", "precision", "output", "samples", "max abs", "mean abs", "rel L2", "cosine",
-    "mask agree %", "mDice vs ref", "mIoU vs ref", "mIoU vs truth (cand / ref)", "gates",
+    "mask agree %", "mDice vs ref", "mIoU vs ref", "mIoU vs truth (cand / ref)", "checkerboard (cand / ref)",
+    "gates",
 )
 
 
@@ -57,7 +65,8 @@ def validation_rows(reports: Sequence[ValidationReport]) -> list[list[str]]:
                 os.path.basename(report.candidate), report.candidate_backend, report.precision, out.name,
                 str(report.num_samples), _num(out.max_abs, 5), _num(out.mean_abs, 5), _num(out.rel_l2, 5),
                 _num(out.cosine, 6), _num(out.mask_agreement, 3), _num(out.vs_reference.mean_dice, 4),
-                _num(out.vs_reference.mean_iou, 4), _truth_cell(report, i), _gate_cell(report),
+                _num(out.vs_reference.mean_iou, 4), _truth_cell(report, i), _checkerboard_cell(out),
+                _gate_cell(report),
             ])
     return rows
 
@@ -137,7 +146,7 @@ def validation_table(reports: ValidationReport | Sequence[ValidationReport]):
     ref = reports[0].reference if reports else ""
     rows = validation_rows(reports)
     heads = [f"{r[0]}\n{r[1]}, {r[3]}" for r in rows]
-    transposed = [[VALIDATION_COLUMNS[i]] + [r[i] for r in rows] for i in (2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)]
+    transposed = [[VALIDATION_COLUMNS[i]] + [r[i] for r in rows] for i in (2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)]
     return _table(f"validation vs {os.path.basename(ref)}", ["metric", *heads], transposed)
 
 

@@ -30,6 +30,8 @@ def print_inspection(report: dict[str, Any], console: Console | None = None) -> 
     for op, count in report["op_histogram"].items():
         ops.add_row(op, str(count))
     console.print(ops)
+    if "padding" in report:
+        console.print(f"padding to the divisor: {report['padding']}")
     console.print(f"QuantizeLinear: {report['quantize_linear']}  DequantizeLinear: {report['dequantize_linear']}  "
                   f"Cast: {report['cast']}  initializer dtypes: {report['initializer_dtypes']}")
     if report["metadata"]:

@@ -205,3 +205,29 @@ def valid_unet_contract(depth: int, up_loss: int = 0, block_loss: int = VALID_BL
         min_size=border + 1,
         reason=f"unpadded UNet depth {depth}: every level even before pooling",
     )
+
+
+# -- padding inside the graph (export --pad-in-graph) ------------------------------------------------
+
+
+def min_size_pad_in_graph(divisor: int) -> int:
+    """The smallest H or W a pad-in-graph file takes: reflect padding needs pad < size.
+
+    The pad is ``(-s) % divisor``; it is below ``s`` for every ``s >= divisor // 2 + 1`` (and for
+    every ``s >= 1`` when ``divisor`` is 1).
+    """
+    return 1 if divisor <= 1 else divisor // 2 + 1
+
+
+def check_size_pad_in_graph(hw: Sequence[int], divisor: int) -> None:
+    """Any H, W >= ``min_size_pad_in_graph(divisor)``; else a one-line ShapeContractError."""
+    if len(hw) != 2:
+        raise ShapeContractError(f"expected a spatial shape (H, W), got {tuple(hw)}")
+    smallest = min_size_pad_in_graph(divisor)
+    for name, value in zip(("height", "width"), hw):
+        if int(value) < smallest:
+            raise ShapeContractError(
+                f"{name} {int(value)} is below {smallest}, the smallest size this pad-in-graph model takes "
+                f"(it reflect-pads up to a multiple of {divisor}, and reflect padding must be shorter than "
+                f"the side it mirrors); use a larger input"
+            )

@@ -2,7 +2,9 @@
 
 Both runners see the same real inputs (``Sample`` images); per output we report numeric parity
 (max/mean abs error, relative L2, cosine), argmax-mask agreement and per-class Dice/IoU of the
-candidate's masks against the reference's, and against ground-truth masks when the data has them.
+candidate's masks against the reference's, and against ground-truth masks when the data has them;
+and the checkerboard score (``metrics.checkerboard_scores``) of both sides' logits, so a user sees
+whether quantization made period-2 artifacts worse.
 Gates are per precision (fp32 tight, fp16 looser, int8 loosest) and can be overridden.
 """
 
@@ -113,6 +115,9 @@ class OutputParity:
     vs_reference: SegmentationScores
     candidate_vs_truth: SegmentationScores | None = None
     reference_vs_truth: SegmentationScores | None = None
+    # Mean checkerboard score of every logit map (per image and class); None for non-NCHW outputs.
+    candidate_checkerboard: float | None = None
+    reference_checkerboard: float | None = None
 
     def metric(self, name: str) -> float | None:
         """A gate metric's value, or None when it does not apply (no ground truth)."""
@@ -197,6 +202,8 @@ class _OutputAccumulator:
         self.cm_vs_ref = np.zeros((num_classes, num_classes), np.int64)
         self.cm_cand_truth: np.ndarray | None = None
         self.cm_ref_truth: np.ndarray | None = None
+        self.checkerboard_sums = [0.0, 0.0]  # candidate, reference: sums over maps
+        self.checkerboard_maps = 0
 
     def add(self, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray | None) -> None:
         if cand.shape != ref.shape:
@@ -216,6 +223,11 @@ class _OutputAccumulator:
         self.sum_sq_ref += float(np.dot(r, r))
         self.sum_sq_cand += float(np.dot(c, c))
         self.dot += float(np.dot(c, r))
+        if cand.ndim == 4:
+            scores = [metrics.checkerboard_scores(a) for a in (cand, ref)]
+            if not np.isnan(scores[1]).any():  # maps smaller than 2x2 have no score
+                self.checkerboard_sums = [s + float(v.sum()) for s, v in zip(self.checkerboard_sums, scores)]
+                self.checkerboard_maps += scores[1].size
         cand_mask, ref_mask = to_mask(cand), to_mask(ref)
         self.agree += int(np.count_nonzero(cand_mask == ref_mask))
         self.pixels += cand_mask.size
@@ -250,6 +262,12 @@ class _OutputAccumulator:
             ),
             reference_vs_truth=(
                 SegmentationScores.from_confusion(self.cm_ref_truth) if self.cm_ref_truth is not None else None
+            ),
+            candidate_checkerboard=(
+                self.checkerboard_sums[0] / self.checkerboard_maps if self.checkerboard_maps else None
+            ),
+            reference_checkerboard=(
+                self.checkerboard_sums[1] / self.checkerboard_maps if self.checkerboard_maps else None
             ),
         )
 

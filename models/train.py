@@ -67,13 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch init seed")
     p.add_argument("--eval-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--up-mode", choices=("transpose", "bilinear", "nearest"), default=None,
+                   help="unet only: override the preset's upsampling (benchmarks/upsampling.py)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
-    net = create_net(args.arch, in_channels=3, num_classes=args.num_classes, **PRESETS[args.arch])
+    preset = dict(PRESETS[args.arch])
+    if args.up_mode is not None:
+        if "up_mode" not in preset:
+            p.error(f"--up-mode applies to unet, not {args.arch}")
+        preset["up_mode"] = args.up_mode
+    net = create_net(args.arch, in_channels=3, num_classes=args.num_classes, **preset)
     n_params = sum(p.numel() for p in net.parameters())
 
     spec = SyntheticSpec(seed=TRAIN_SEED, height=args.size, width=args.size)

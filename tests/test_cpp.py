@@ -137,6 +137,11 @@ def test_manifest_reader_matches_python(cpp_tools, tmp_path):
     assert int(values["divisor"]) == model["divisor"] and int(values["in_channels"]) == model["in_channels"]
     np.testing.assert_allclose([float(v) for v in values["mean"].split(",")], model["mean"], atol=1e-6)
     np.testing.assert_allclose([float(v) for v in values["std"].split(",")], model["std"], atol=1e-6)
+    assert values["pad_in_graph"] == "0"
+    manifest.model["pad_in_graph"] = True  # export --pad-in-graph: unet_infer then leaves the padding to the engine
+    write_manifest(manifest, path)
+    values = dict(line.split("=", 1) for line in run_tool(cpp_tools, "unet_manifest", path).stdout.splitlines())
+    assert values["pad_in_graph"] == "1"
 
 
 def test_bad_inputs_fail_with_one_line(cpp_tools, tmp_path):

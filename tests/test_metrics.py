@@ -62,3 +62,49 @@ def test_summarize_is_json_friendly():
     s = metrics.summarize(np.array([0, 0]), np.array([0, 0]), 2)
     assert s["dice_per_class"] == [1.0, None]
     assert s["mean_dice"] == 1.0
+
+
+# -- checkerboard score: constructed maps whose answer is known without the code ----------------------
+
+def _grid(h, w):
+    return np.mgrid[0:h, 0:w]
+
+
+def test_checkerboard_constant_map_scores_zero():
+    assert metrics.checkerboard_scores(np.full((2, 3, 16, 20), 7.25, np.float32)).tolist() == [[0.0] * 3] * 2
+
+
+def test_checkerboard_smooth_sinusoid_scores_zero():
+    y, x = _grid(32, 48)
+    smooth = np.sin(2 * np.pi * 2 * y / 32) + 0.5 * np.cos(2 * np.pi * 3 * x / 48)
+    assert metrics.checkerboard_score(smooth) < 1e-20
+    period3 = np.sin(2 * np.pi * x / 3)  # high frequency, but not period 2: not counted
+    assert metrics.checkerboard_score(period3) < 1e-20
+
+
+def test_checkerboard_pure_patterns_score_one():
+    y, x = _grid(16, 24)
+    assert metrics.checkerboard_score((-1.0) ** (x + y)) == pytest.approx(1.0)
+    assert metrics.checkerboard_score(3 + (-1.0) ** x) == pytest.approx(1.0)  # period-2 stripes count too
+    assert metrics.checkerboard_score((-1.0) ** y) == pytest.approx(1.0)
+
+
+def test_checkerboard_mix_scores_its_energy_share():
+    # a*sin (integer cycles) has energy a^2/2 per pixel, b*checkerboard b^2; they are orthogonal.
+    y, x = _grid(32, 32)
+    for a, b in ((1.0, 0.1), (2.0, 1.0), (0.3, 0.3)):
+        mix = a * np.sin(2 * np.pi * 4 * x / 32) + b * (-1.0) ** (x + y)
+        assert metrics.checkerboard_score(mix) == pytest.approx(b**2 / (b**2 + a**2 / 2), rel=1e-9)
+
+
+def test_checkerboard_nearest_upsampling_has_no_period_2_energy():
+    # 2x2 blocks of equal values: the sum over y of x[y] * (-1)^y cancels pairwise at the Nyquist row.
+    coarse = np.random.default_rng(0).standard_normal((3, 8, 10))
+    up = coarse.repeat(2, axis=-2).repeat(2, axis=-1)
+    assert np.all(metrics.checkerboard_scores(up) < 1e-20)
+
+
+def test_checkerboard_odd_sizes_crop_and_tiny_maps_are_nan():
+    y, x = _grid(17, 9)
+    assert metrics.checkerboard_score((-1.0) ** (x + y)) == pytest.approx(1.0)  # last row/col dropped
+    assert np.isnan(metrics.checkerboard_scores(np.ones((2, 1, 5)))).all()

@@ -182,3 +182,24 @@ def test_validate_many_runs_the_reference_once_per_sample_and_matches_validate()
         assert many.outputs[0].rel_l2 == pytest.approx(one.outputs[0].rel_l2)
         assert [g.passed for g in many.gates] == [g.passed for g in one.gates]
     assert reports[1].outputs[0].rel_l2 == pytest.approx(0.02, rel=1e-4)
+
+
+def test_checkerboard_score_of_candidate_and_reference_in_json_and_table():
+    """A candidate with a period-2 pattern added to smooth logits: its score is the pattern's energy
+    share (known by construction), the reference's is 0; JSON and the table carry both."""
+    from deploy_unet.report import VALIDATION_COLUMNS, validation_rows
+
+    y, x = np.mgrid[0:16, 0:16]
+    smooth = np.stack([np.sin(2 * np.pi * 2 * x / 16), -np.sin(2 * np.pi * 2 * x / 16)])[None].astype(np.float32)
+    artifact = 0.5 * (-1.0) ** (x + y)
+    cand = (smooth + artifact).astype(np.float32)
+    report = validate(ConstantRunner([cand]), ConstantRunner([smooth]), one_sample(16, 16), precision="int8")
+    out = report.outputs[0]
+    share = 0.25 / (0.25 + 0.5)  # checkerboard energy b^2 vs sinusoid a^2/2, per map
+    assert out.candidate_checkerboard == pytest.approx(share, rel=1e-6)
+    assert out.reference_checkerboard == pytest.approx(0.0, abs=1e-12)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["outputs"][0]["candidate_checkerboard"] == pytest.approx(share, rel=1e-6)
+    row = dict(zip(VALIDATION_COLUMNS, validation_rows([report])[0], strict=True))
+    cand_cell, ref_cell = row["checkerboard (cand / ref)"].split(" / ")
+    assert cand_cell == f"{share:.4f}" and float(ref_cell) < 1e-12

@@ -240,6 +240,8 @@ EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
             if (input.has("max") && !input["max"].is_null() && !input["max"].as_array().empty())
                 info.max_batch = static_cast<std::int64_t>(input["max"].as_array()[0].as_number());
         }
+        // Absent in manifests written before export --pad-in-graph existed: the host pads.
+        info.pad_in_graph = model.has("pad_in_graph") && model["pad_in_graph"].as_bool();
         return info;
     } catch (const std::runtime_error& e) {
         throw std::runtime_error(manifest_path + ": " + e.what());

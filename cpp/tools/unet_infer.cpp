@@ -1,6 +1,7 @@
 // unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] [--pad-mode reflect] [--tile 1 [--tile-size HxW]]
 // Reads MODEL.engine.json (written by `deploy-unet build-engine`) for the input/output names, divisor and
-// normalization; normalizes, pads to the divisor, runs TensorRT, crops, argmaxes and writes a PGM mask.
+// normalization; normalizes, pads to the divisor (not for a pad-in-graph engine), runs TensorRT, crops, argmaxes,
+// writes a PGM mask.
 // --tile 1: overlap-tile inference (a valid-convolution UNet, whose output is smaller than its input):
 // mirror-pad, run tiles of a valid size (default: the export size) in batches, stitch a full-size mask.
 #include <iostream>
@@ -58,7 +59,9 @@ int main(int argc, char** argv) {
                 return engine.run(info.input_name, tiles, info.output_name);
             });
         } else {
-            const Tensor padded = pad_to_multiple(x, info.divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
+            // A pad-in-graph engine takes any H, W and pads inside; otherwise pad here with the same rule.
+            const int host_divisor = info.pad_in_graph ? 1 : info.divisor;
+            const Tensor padded = pad_to_multiple(x, host_divisor, parse_pad_mode(args.get("pad-mode", "reflect")));
             logits = crop(engine.run(info.input_name, padded, info.output_name), image.height, image.width);
         }
         const Image mask = argmax_mask(logits);

@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
                   << "size_remainder=" << info.size_remainder << "\n"
                   << "border=" << info.border << "\n"
                   << "min_size=" << info.min_size << "\n"
-                  << "max_batch=" << info.max_batch << "\n";
+                  << "max_batch=" << info.max_batch << "\n"
+                  << "pad_in_graph=" << (info.pad_in_graph ? 1 : 0) << "\n";
         std::string runs;
         for (const std::string& cc : info.runs_on) runs += (runs.empty() ? "" : " ") + cc;
         std::cout << "runs_on=" << runs << "\n";

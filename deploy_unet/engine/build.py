@@ -45,7 +45,7 @@ from deploy_unet.engine.manifest import (
 from deploy_unet.errors import ArtifactError, ConfigError, ShapeContractError
 from deploy_unet.fileio import sha256_file, write_bytes_atomic
 from deploy_unet.metadata import ModelInfo, load_onnx, read_model_info, read_props
-from deploy_unet.shapes import check_dim
+from deploy_unet.shapes import check_dim, check_size_pad_in_graph, min_size_pad_in_graph
 
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -258,6 +258,8 @@ def _default_opt(info: ModelInfo, dims: list[int | None], onnx_path: str) -> Sha
 def default_profile(opt: Shape, divisor: int, dims: list[int | None]) -> Profile:
     """min = one divisor step (batch 1), opt = the export shape, max = twice the export H and W.
 
+    ``divisor`` is the smallest H, W: the net's divisor, or the pad-in-graph minimum for such a file.
+
     The batch range stays at the export batch: a larger batch is a deliberate choice (``--max-shape``)
     because it multiplies the activation memory TensorRT reserves.
     """
@@ -281,7 +283,11 @@ def _valid_contract_profile(derived: Profile, contract, dims: list[int | None]) 
 
 
 def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> None:
-    """Every profile shape obeys the divisor, the channel count and fixed dims; min <= opt <= max."""
+    """Every profile shape obeys the divisor, the channel count and fixed dims; min <= opt <= max.
+
+    A pad-in-graph file (``export --pad-in-graph``) takes any H, W from its minimum up, so only the
+    ranges are checked for it (TensorRT still needs the profile to size its buffers).
+    """
     reason = info.contract_reason
     contract = info.shape_contract
     for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
@@ -292,14 +298,17 @@ def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> 
             raise ShapeContractError(
                 f"{option}: {shape[1]} channels, but the model takes {info.in_channels}; use {info.in_channels} as C"
             )
-        for name, value in zip(("height", "width"), shape[2:], strict=True):
-            try:
-                if contract.is_divisor_only:
-                    check_dim(name, value, info.divisor, reason, pad_hint="")
-                else:  # valid-convolution nets: sizes divisor*k + remainder, from the metadata
-                    contract.check_dim(name, value)
-            except ShapeContractError as exc:
-                raise ShapeContractError(f"{option}: {exc}") from None
+        try:
+            if info.pad_in_graph:
+                check_size_pad_in_graph(shape[2:], info.divisor)
+            else:
+                for name, value in zip(("height", "width"), shape[2:], strict=True):
+                    if contract.is_divisor_only:
+                        check_dim(name, value, info.divisor, reason, pad_hint="")
+                    else:  # valid-convolution nets: sizes divisor*k + remainder, from the metadata
+                        contract.check_dim(name, value)
+        except ShapeContractError as exc:
+            raise ShapeContractError(f"{option}: {exc}") from None
         for axis, fixed in enumerate(dims):
             if fixed is not None and shape[axis] != fixed:
                 raise ShapeContractError(
@@ -361,7 +370,8 @@ def plan_build(
         for key, value in (("min", min_shape), ("opt", opt_shape), ("max", max_shape))
     }
     opt = shapes["opt"] or _default_opt(info, dims, onnx_path)
-    derived = default_profile(opt, info.divisor, dims)
+    smallest = min_size_pad_in_graph(info.divisor) if info.pad_in_graph else info.divisor
+    derived = default_profile(opt, smallest, dims)
     if not info.shape_contract.is_divisor_only:
         derived = _valid_contract_profile(derived, info.shape_contract, dims)
     profile = Profile(shapes["min"] or derived.min, opt, shapes["max"] or derived.max)

@@ -23,7 +23,7 @@ from deploy_unet import __version__
 from deploy_unet.engine.device import ENGINE_LIBRARIES, TENSORRT_RTX, cc_tuple, runs_on, version_tuple
 from deploy_unet.errors import ArtifactError
 from deploy_unet.fileio import write_text_atomic
-from deploy_unet.metadata import ModelInfo
+from deploy_unet.metadata import PAD_IN_GRAPH_KEY, ModelInfo
 
 FORMAT = "deploy-unet-engine-manifest/1"
 
@@ -51,6 +51,8 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         "output_offset": info.output_offset,
         "min_size": info.min_size,
         "export_shape": list(info.export_shape),
+        # True: the engine pads H, W to the divisor itself; feed any size in the profile, do not pad.
+        "pad_in_graph": info.pad_in_graph,
     }
 
 
@@ -102,6 +104,7 @@ class EngineManifest:
                 input_names=[m.get("input_name", "input")],
                 output_names=[m.get("output_name", "logits")],
                 precision=self.precision,
+                extra={PAD_IN_GRAPH_KEY: "reflect" if m.get("pad_in_graph") else "none"},
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -91,18 +91,20 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     outputs = {o.name for o in graph.output}
 
     # Which edges (node, input index) read a quantized activation, and which tensors those are.
+    # Not the int64 Concats: they assemble shapes or pads (export --pad-in-graph), not data.
+    shape_tensors = _non_float_tensor_names(model)
     edges: list[tuple[onnx.NodeProto, int]] = []
     for node in graph.node:
         if node.op_type in WEIGHT_AXIS or node.op_type in POOL_OPS:
             edges.append((node, 0))
-        elif node.op_type == "Concat":
+        elif node.op_type == "Concat" and node.output[0] not in shape_tensors:
             edges.extend((node, i) for i in range(len(node.input)))
     edges = [(n, i) for n, i in edges if n.input[i] and n.input[i] not in inits and n.input[i] not in outputs]
 
     # Concat inputs (and its output) share one scale; groups merge through chained Concats.
     groups = _UnionFind()
     for node in graph.node:
-        if node.op_type == "Concat":
+        if node.op_type == "Concat" and node.output[0] not in shape_tensors:
             for name in node.input:
                 groups.union(name, node.output[0])
     group_absmax: dict[str, float] = defaultdict(float)
@@ -166,6 +168,18 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model
+
+
+def _non_float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Tensors known (by type inference) not to be floating point: shape arithmetic such as int64 pads.
+
+    An unknown type counts as data, so a graph whose types cannot be inferred keeps the full placement.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    known = [v for v in values if v.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED]
+    return {v.name for v in known if v.type.tensor_type.elem_type not in floats}
 
 
 def _rebuild(graph: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) -> None:

@@ -3,6 +3,8 @@
 A runner is a context manager with ``input_spec`` and ``infer(feeds) -> outputs`` on NumPy arrays.
 The base class owns the checks every backend needs, so they are stated once: input names, dtype,
 rank, channel count, finite values, and the shape contract (clear error, or pad and crop back).
+A model that pads inside its graph (``export --pad-in-graph``) takes any H, W above its minimum:
+the runner neither refuses nor pads those.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploy_unet.errors import ConfigError, DeployUnetError, ShapeContractError
-from deploy_unet.shapes import ShapeContract, crop_back, pad_to_multiple, validate_shape
+from deploy_unet.shapes import (
+    ShapeContract,
+    check_size_pad_in_graph,
+    crop_back,
+    pad_to_multiple,
+    validate_shape,
+)
 
 OUTPUT_KINDS = ("logits", "mask")
 MASK_OUTPUT = "mask"
@@ -56,8 +64,10 @@ class Runner(abc.ABC):
         pad_mode: str = "reflect",
         contract_reason: str = "",
         contract: ShapeContract | None = None,
+        pad_in_graph: bool = False,
     ):
         self.divisor = divisor
+        self.pad_in_graph = pad_in_graph
         self.in_channels = in_channels
         self.pad = pad
         self.pad_mode = pad_mode
@@ -127,7 +137,7 @@ class Runner(abc.ABC):
         feeds = self._checked_feeds(feeds)
         if self.tile:
             return self._infer_tiled(feeds)
-        if not self.pad:
+        if not self.pad or self.pad_in_graph:
             return self._infer(feeds)
         padded, paddings = {}, {}
         for name, array in feeds.items():
@@ -167,6 +177,8 @@ class Runner(abc.ABC):
                 raise DeployUnetError(f"input {name!r} contains NaN or Inf values; clean the input data first")
             if self.tile:
                 pass  # any size: tiling pads to valid tiles
+            elif self.pad_in_graph:
+                check_size_pad_in_graph(array.shape[-2:], self.divisor)
             elif self.contract.is_divisor_only and not self.pad:
                 validate_shape(array.shape[-2:], self.divisor, self.contract_reason, "or run with pad=True (--pad)")
             elif not self.contract.is_divisor_only:

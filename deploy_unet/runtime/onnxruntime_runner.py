@@ -50,6 +50,7 @@ class OnnxRuntimeRunner(Runner):
             pad_mode=pad_mode,
             contract_reason=self.info.contract_reason if self.info else "",
             contract=self.info.shape_contract if self.info else None,
+            pad_in_graph=bool(self.info and self.info.pad_in_graph),
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads

@@ -89,6 +89,7 @@ class TensorRTRunner(Runner):
             pad_mode=pad_mode,
             contract_reason=f"the divisor in {self.path.name}'s manifest",
             contract=self.info.shape_contract,
+            pad_in_graph=self.info.pad_in_graph,
         )
         self.cuda_graph = cuda_graph
         self.layer_profile = layer_profile

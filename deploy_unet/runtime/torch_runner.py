@@ -26,6 +26,7 @@ from deploy_unet.checkpoint import Checkpoint, load_checkpoint
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo
 from deploy_unet.nets.loading import build_net
+from deploy_unet.nets.pad_in_graph import PadInGraph
 from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
 from deploy_unet.runtime.host_buffers import PinnedStaging
 
@@ -75,6 +76,7 @@ class TorchRunner(Runner):
             pad_mode=pad_mode,
             contract_reason=getattr(net, "contract_reason", ""),
             contract=getattr(net, "shape_contract", None),
+            pad_in_graph=isinstance(net, PadInGraph),
         )
         self.net = net
         self.device = resolve_device(device)
@@ -121,6 +123,9 @@ class TorchRunner(Runner):
         for message in built.warnings:
             warnings.warn(message, stacklevel=2)
         net = built.net
+        if info is not None and info.pad_in_graph:
+            # The ONNX it was exported to pads inside the graph; so does this net, to stay comparable.
+            net = PadInGraph(net, net.divisor)
         if info is None:
             info = ModelInfo(
                 arch=arch,

@@ -63,6 +63,8 @@ struct EngineModelInfo {
     std::int64_t max_batch = 0;               // the profile's largest batch (tiles per run), 0 if unknown
 
     bool is_valid_size(std::int64_t v) const;
+    // export --pad-in-graph: the engine pads H, W to the divisor itself, so the host must not.
+    bool pad_in_graph = false;
 };
 
 EngineModelInfo read_engine_model_info(const std::string& manifest_path);
