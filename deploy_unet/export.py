@@ -129,6 +129,8 @@ def export_onnx(
             "dynamic": dynamic,
             "opset": str(opset),
             "checkpoint_sha256": checkpoint_sha256 or "",
+            # A net with several outputs to choose from (UNet++ heads / pruning) says which one this is.
+            **({"output_mode": net.output_mode} if hasattr(net, "output_mode") else {}),
         },
     )
     write_props(model, info.to_props())
