@@ -110,7 +110,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     if checkpoint is None:
         console.print("[yellow]note:[/] no --checkpoint: the weights are random (fine for testing the toolchain)")
-    output = output or f"{loaded.arch.replace(':', '_').replace('.', '_')}.onnx"
+    output = output or f"{loaded.arch.replace(':', '_').replace('.', '_')}{f'.prune{prune}' if prune else ''}.onnx"
     with console.status("exporting") as status:
         result = export_onnx(
             loaded.net, output, height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
