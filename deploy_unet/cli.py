@@ -57,7 +57,7 @@ def _net_options(**given) -> dict:
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "fcn8s", "fcn16s", "fcn32s"]), default=None,
+@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s", "fcn16s", "fcn32s"]), default=None,
               help="Reference net (default: the checkpoint's arch, else unet); must agree with a deploy-unet checkpoint.")
 @click.option("--model", "model_spec", metavar="PKG.MODULE:CALLABLE", default=None,
               help="Your own nn.Module factory instead of --arch; needs --divisor.")
@@ -76,6 +76,10 @@ def _net_options(**given) -> dict:
 @click.option("--norm", type=click.Choice(["batch", "none"]), default=None)
 @click.option("--padding", type=click.Choice(["same", "valid"]), default=None,
               help="UNet convs: same (padded, output = input size) or valid (the paper's; smaller output, use --tile).")
+@click.option("--heads", type=click.Choice(["mean", "last"]), default=None,
+              help="UNet++ output: mean of the deep-supervision heads' logits (default), or the last head.")
+@click.option("--prune", type=int, default=None, metavar="L",
+              help="UNet++: export only the sub-network of head L (nodes X(i,j) with i+j <= L; divisor 2**L).")
 @click.option("--width-mult", type=float, default=None, help="FCN: backbone width multiplier.")
 @click.option("--fc-channels", type=int, default=None, help="FCN: channels of fc6/fc7 (before --width-mult).")
 @click.option("--height", type=int, default=256, show_default=True)
@@ -94,8 +98,8 @@ def _net_options(**given) -> dict:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
 def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
-           norm, padding, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std, tolerance, simplify,
-           pad_in_graph, output):
+           norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
+           tolerance, simplify, pad_in_graph, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -103,8 +107,13 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
     from deploy_unet.nets.loading import load_net
 
     console = Console(stderr=True)
+    if prune is not None and heads == "mean":
+        raise click.BadParameter("--prune L outputs head L alone; drop --heads mean", param_hint="--heads")
+    if prune is not None:
+        heads = "last"  # a pruned UNet++ is read at its last head (overrides a checkpoint's heads=mean)
     options = _net_options(num_classes=num_classes, depth=depth, base_channels=base_channels, up_mode=up_mode,
-                           norm=norm, padding=padding, width_mult=width_mult, fc_channels=fc_channels)
+                           norm=norm, padding=padding, heads=heads, prune=prune, width_mult=width_mult,
+                           fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
@@ -112,7 +121,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
         click.echo(f"warning: {warning}", err=True)
     if checkpoint is None:
         console.print("[yellow]note:[/] no --checkpoint: the weights are random (fine for testing the toolchain)")
-    output = output or f"{loaded.arch.replace(':', '_').replace('.', '_')}.onnx"
+    output = output or f"{loaded.arch.replace(':', '_').replace('.', '_')}{f'.prune{prune}' if prune else ''}.onnx"
     with console.status("exporting") as status:
         result = export_onnx(
             loaded.net, output, height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
@@ -318,7 +327,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "fcn8s"]), default=None,
+@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s"]), default=None,
               help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
                    "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

@@ -96,6 +96,7 @@ def export_onnx(
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
     arch = arch or getattr(net, "arch", None) or type(net).__name__
     contract = getattr(net, "shape_contract", None)
+    output_mode = getattr(net, "output_mode", None)  # read before a PadInGraph wrapper hides it
     if pad_in_graph:
         if contract is not None and not contract.is_divisor_only:
             raise ConfigError("--pad-in-graph pads to the divisor of a net whose output equals its input; a "
@@ -154,6 +155,8 @@ def export_onnx(
             "opset": str(opset),
             "checkpoint_sha256": checkpoint_sha256 or "",
             PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
+            # A net with several outputs to choose from (UNet++ heads / pruning) says which one this is.
+            **({"output_mode": output_mode} if output_mode else {}),
         },
     )
     write_props(model, info.to_props())

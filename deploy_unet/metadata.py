@@ -53,6 +53,11 @@ class ModelInfo:
         depth = self.net_config.get("depth")
         if self.arch == "unet" and depth:
             return f"2**{depth} for UNet depth {depth}"
+        if self.arch == "unetpp" and depth:
+            prune = self.net_config.get("prune")
+            if prune:
+                return f"2**{prune} for UNet++ pruned to level {prune}"
+            return f"2**{depth} for UNet++ depth {depth}"
         if self.arch.startswith("fcn"):
             return f"{self.divisor} for the five pooling stages of FCN"
         return f"the divisor of {self.arch}"

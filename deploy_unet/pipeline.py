@@ -17,7 +17,7 @@ from deploy_unet.errors import ArtifactError, GateFailedError
 from deploy_unet.timing import StageTimes
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
+REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "unetpp": "unetpp_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"

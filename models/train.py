@@ -29,6 +29,7 @@ from deploy_unet.nets import create_net
 TRAIN_SEED, EVAL_SEED = 0, 2
 PRESETS = {
     "unet": dict(depth=4, base_channels=16, up_mode="transpose", norm="batch"),
+    "unetpp": dict(depth=4, base_channels=16, up_mode="transpose", norm="batch"),
     "fcn8s": dict(width_mult=0.25, fc_channels=512, norm="batch", dropout=0.1),
 }
 
@@ -42,18 +43,35 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> t
     return 1 - ((2 * inter + 1) / (denom + 1)).mean()
 
 
+def segmentation_loss(net, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CE + Dice; a deeply supervised net (UNet++) gets it averaged over all its heads."""
+    outputs = net.forward_heads(x) if hasattr(net, "forward_heads") else [net(x)]
+    return sum(F.cross_entropy(o, y) + dice_loss(o, y, num_classes) for o in outputs) / len(outputs)
+
+
 def evaluate(net, mean, std, num_classes: int, n: int, size: int) -> dict:
+    """Held-out metrics of ``net(x)``; for a deeply supervised net also per head (``heads``: 1..depth)."""
     spec = SyntheticSpec(seed=EVAL_SEED, height=size, width=size)
     net.eval()
-    preds, targets = [], []
+    preds: dict[str, list] = {}
+    targets = []
     with torch.no_grad():
         for start in range(0, n, 8):
             images, masks = synthetic_batch(spec, start, min(8, n - start), num_classes)
-            logits = net(torch.from_numpy(normalize(images, mean, std)))
-            preds.append(logits.argmax(1).numpy())
+            x = torch.from_numpy(normalize(images, mean, std))
+            outputs = {"net": net(x)}
+            if hasattr(net, "forward_heads"):
+                outputs.update({str(j): o for j, o in enumerate(net.forward_heads(x), start=1)})
+            for key, logits in outputs.items():
+                preds.setdefault(key, []).append(logits.argmax(1).numpy())
             targets.append(masks)
     net.train()
-    return metrics.summarize(np.concatenate(preds), np.concatenate(targets), num_classes)
+    target = np.concatenate(targets)
+    summaries = {k: metrics.summarize(np.concatenate(v), target, num_classes) for k, v in preds.items()}
+    result = summaries.pop("net")
+    if summaries:
+        result["heads"] = summaries
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         images, masks = synthetic_batch(spec, step * args.batch, args.batch, args.num_classes)
         x = torch.from_numpy(normalize(images, mean, std))
         y = torch.from_numpy(masks)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y) + dice_loss(logits, y, args.num_classes)
+        loss = segmentation_loss(net, x, y, args.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         extra={"training": {"steps": args.steps, "batch": args.batch, "size": args.size, "lr": args.lr,
                             "data": f"synthetic:seed={TRAIN_SEED},size={args.size}x{args.size}",
                             "heldout": f"synthetic:seed={EVAL_SEED},size=256x256",
-                            "heldout_mean_dice": result["mean_dice"], "heldout_mean_iou": result["mean_iou"]},
+                            "heldout_mean_dice": result["mean_dice"], "heldout_mean_iou": result["mean_iou"],
+                            **({"heldout_mean_dice_per_head": {k: v["mean_dice"] for k, v in result["heads"].items()}}
+                               if "heads" in result else {})},
                "recommended_export_shape": [1, 3, 256, 256]},
     )
     write_card(args, net, n_params, mean, std, result, train_s, argv if argv is not None else sys.argv[1:])
@@ -131,6 +150,8 @@ def write_card(args, net, n_params, mean, std, result, train_s, argv) -> None:
             result["dice_per_class"], result["iou_per_class"], strict=True))
     )
     command = "PYTHONPATH=. python models/train.py " + " ".join(argv)
+    heads = head_section(net, result)
+    loss_note = f", averaged over the {net.depth} deep-supervision heads" if "heads" in result else ""
     card = f"""# {out.name}: reference {args.arch} on deploy-unet synthetic scenes
 
 Checkpoint `{out.name}` ({size_mb:.2f} MB, {n_params:,} parameters), sha256 `{sha256_file(out)}`.
@@ -146,7 +167,7 @@ textured, noisy backgrounds; each class has its shape and a colour/texture cue (
 ## Training
 - data: `synthetic:seed={TRAIN_SEED},size={args.size}x{args.size}`, a fresh batch every step
   ({args.steps} steps x batch {args.batch} = {args.steps * args.batch:,} scenes, none repeated)
-- loss: cross-entropy + soft Dice (foreground classes); AdamW, one-cycle lr max {args.lr}, weight decay 1e-4
+- loss: cross-entropy + soft Dice (foreground classes){loss_note}; AdamW, one-cycle lr max {args.lr}, weight decay 1e-4
 - torch init seed {args.seed}; `torch.set_num_threads({args.threads})`, `torch.set_flush_denormal(True)`
 - wall time {train_s / 60:.1f} min on {platform.processor() or platform.machine()} ({platform.system()}),
   torch {torch.__version__}
@@ -159,7 +180,7 @@ uses seed=1): **mean Dice {result['mean_dice']:.4f}**, mean IoU {result['mean_io
 | class | Dice | IoU |
 |---|---|---|
 {per_class}
-
+{heads}
 ## Reproduce
     {command}
 
@@ -167,6 +188,26 @@ CPU training is deterministic for a fixed thread count and torch build; other bu
 different weights and scores.
 """
     write_text_atomic(out.with_suffix(".md"), card)
+
+
+def head_section(net, result: dict) -> str:
+    """Per-head table of a deeply supervised net: what each ``--prune L`` export keeps."""
+    if "heads" not in result:
+        return ""
+    rows = "\n".join(
+        f"| {j} | `--prune {j}` | {r['mean_dice']:.4f} | {r['mean_iou']:.4f} | "
+        + " | ".join(f"{d:.4f}" if d is not None else "-" for d in r["dice_per_class"]) + " |"
+        for j, r in result["heads"].items()
+    )
+    classes = ("background", "ellipse", "polygon", "thin")[: net.num_classes]
+    return f"""
+Per deep-supervision head (head L reads X(0,L); `deploy-unet export --prune L` keeps only the nodes it
+needs). The table above is the default export, `--heads {net.heads}` ({net.output_mode}).
+
+| head L | export | mean Dice | mean IoU | {" | ".join(f"Dice {c}" for c in classes)} |
+|---|---|---|---|{"---|" * len(classes)}
+{rows}
+"""
 
 
 if __name__ == "__main__":
