@@ -186,8 +186,8 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "threads_from": threads_from,
                 "artifacts": [_artifact_entry(a, a in untimed) for a in result.artifacts],
                 "notes": result.notes,
-                "step_seconds": {s.name: round(s.seconds, 3) for s in times.stages if not s.group},
                 # written inside the report step, so the report's own time is not in these numbers
+                "step_seconds": {s.name: round(s.seconds, 3) for s in times.finished if not s.group},
                 "stage_seconds": times.to_list(),
             }
         }

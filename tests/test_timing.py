@@ -47,3 +47,16 @@ def test_extend_takes_another_commands_stages_as_sub_stages():
     outer.extend(inner, "precision")
     assert outer.to_list() == [{"stage": "precision", "group": "", "seconds": 4.5},
                                {"stage": "calibration", "group": "precision", "seconds": 4.0}]
+
+
+def test_a_stage_still_running_is_left_out_of_tables_written_inside_it():
+    clock = FakeClock()
+    times = StageTimes(clock=clock)
+    with times.stage("validate"):
+        clock.now += 2.0
+    with times.stage("report"):
+        clock.now += 1.0
+        written_inside = times.to_list()  # what report.json gets
+        assert [s["stage"] for s in written_inside] == ["validate"]
+        assert times.total == 2.0
+    assert times.as_dict() == {"validate": 2.0, "report": 1.0}
