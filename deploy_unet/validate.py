@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -541,7 +542,8 @@ def validate_artifacts_many(
             runners.append(stack.enter_context(open_runner(path, backend, pad=pad, **tiling, **options)))
             if tile:  # the same tiles everywhere (the first candidate's export size unless --tile-size)
                 tiling["tile_size"] = runners[0].tile_size
-        ref_runner = stack.enter_context(open_runner(reference, ref_backend, pad=pad, **tiling, **options))
+        ref_runner = stack.enter_context(
+            _reference_runner(reference, ref_backend, candidates, runners, pad=pad, **tiling, **options))
         info = next((r.info for r in runners if getattr(r, "info", None)), None) or getattr(ref_runner, "info", None)
         batches = list(load_validation_samples(data or "synthetic", info, samples, batch=batch, pad=pad or tile))
         resolved = [p or _precision_of(r) for p, r in zip(precisions or [None] * len(runners), runners)]
@@ -554,6 +556,35 @@ def validate_artifacts_many(
                 candidate_names=[os.fspath(path) for path, _ in candidates], reference_name=os.fspath(reference),
                 on_sample=tick,
             )
+
+
+def _reference_runner(reference, ref_backend, candidates, runners, **options) -> Runner:
+    """The reference, run as the candidates were exported.
+
+    A checkpoint is built with its own config; but an ONNX exported from it with another output choice
+    (UNet++ ``--prune L`` / ``--heads last``, ``--pad-in-graph``) records that choice in its metadata. When
+    every candidate is an ONNX exported from this very checkpoint (sha256 in the metadata) with one such
+    config, the reference is the torch net rebuilt from that metadata with the checkpoint's weights, so the
+    comparison is like with like instead of failing every gate.
+    """
+    from deploy_unet.runtime import open_runner
+
+    backend = (ref_backend or "torch").lower()
+    path = Path(reference)
+    infos = [getattr(r, "info", None) for r in runners]
+    if (backend == "torch" and path.suffix.lower() in (".pt", ".pth") and path.is_file() and infos
+            and all(Path(c).suffix.lower() == ".onnx" for c, _ in candidates) and None not in infos):
+        from deploy_unet.checkpoint import load_checkpoint
+
+        first = infos[0]
+        same = all((i.arch, i.net_config, i.pad_in_graph) == (first.arch, first.net_config, first.pad_in_graph)
+                   for i in infos)
+        ckpt = load_checkpoint(path)
+        exported_from = {i.extra.get("checkpoint_sha256") for i in infos}
+        if (same and exported_from == {ckpt.sha256} and ckpt.arch == first.arch
+                and ((ckpt.net_config or {}) != first.net_config or first.pad_in_graph)):
+            return open_runner(candidates[0][0], "torch", **{**options, "checkpoint": ckpt})
+    return open_runner(reference, ref_backend, **options)
 
 
 def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: bool = False) -> list[Sample]:

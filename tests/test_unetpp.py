@@ -256,3 +256,17 @@ def test_pipeline_default_checkpoint_for_unetpp_is_the_shipped_one():
     ckpt = load_checkpoint(default_checkpoint("unetpp"))
     assert ckpt.arch == "unetpp" and ckpt.net_config["depth"] == 4 and ckpt.net_config["base_channels"] == 16
     assert ckpt.path.stat().st_size < 10e6
+
+
+def test_validate_a_pruned_export_against_its_checkpoint_compares_like_with_like(tiny_checkpoint, tmp_path):
+    """The checkpoint's own output is the mean of the heads; a --prune 1 export computes head 1. validate
+    rebuilds the reference from the export's metadata (same weights, sha256 checked), so fp32 gates hold."""
+    out = tmp_path / "p1.onnx"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", "--checkpoint", str(tiny_checkpoint), "--prune", "1",
+                               "--height", "32", "--width", "32", "-o", str(out)]).exit_code == 0
+    report = tmp_path / "val.json"
+    result = runner.invoke(cli, ["validate", str(out), "--reference", str(tiny_checkpoint),
+                                 "--data", "synthetic:size=32x32", "--samples", "2", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["outputs"][0]["rel_l2"] < 1e-5
