@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -103,16 +104,18 @@ def main() -> None:
 
 
 def write_report(rows, placements, args) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from deploy_unet.machine import cpu_info
+
+    cpu = cpu_info().describe()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "# UNet++ pruning levels vs UNet on CPU (ONNX Runtime): Dice and latency, fp32 and int8",
         "",
         f"Date {datetime.date.today()}; {cpu}, {platform.system()} {platform.release()}; "
         f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, torch {torch.__version__}, numpy {np.__version__}.",
         f"ORT CPU, intra-op threads {args.threads}; latency = median of {args.runs} runs after 5 warm-up, 256x256, "
-        "batch 1, all files timed in the same run, interleaved round-robin. **The machine (2 cores) was shared "
-        "with other jobs while this ran: read latencies as ratios within this table, not as absolute numbers.**",
+        f"batch 1, all files timed in the same run, interleaved round-robin, so the ratios hold even if the machine "
+        f"is busy (1-minute load average when the report was written: {load:.2f}).",
         f"Accuracy: {args.eval_samples} held-out scenes `{EVAL}` vs ground truth; agreement = pixels whose "
         f"argmax equals the same graph's fp32. Calibration: {args.calib_samples} scenes `{CALIB}`, one pass per "
         f"graph shared by both int8 placements. Checkpoints: {args.unet.name} and "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -190,21 +191,20 @@ def _minutes(value: float | None) -> str:
 
 
 def write_report(rows, commands, args, floor: float) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    simd = " ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma"))
+    from deploy_unet.machine import cpu_info
+
+    machine = cpu_info().describe()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     training = rows[0].get("training", {})
     lines = [
         "# Transposed convolution vs resize + conv: measured",
         "",
-        f"Date {datetime.date.today()}; {cpu} ({simd}), {platform.system()} {platform.release()}; "
+        f"Date {datetime.date.today()}; {machine}; {platform.system()} {platform.release()}; "
         f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, torch {torch.__version__}, numpy {np.__version__}.",
-        "**Shared machine** (2 cores, several people's jobs running): read latencies as ratios within this run "
-        f"(all six files timed interleaved round-robin, median of {args.runs} after {args.warmup} warm-up, "
-        f"ORT CPU intra-op threads {args.threads}, 256x256 batch 1), not as absolute numbers; the training "
-        "minutes (from each model card) were taken one mode after another under the same kind of load.",
+        f"Latency: all six files timed interleaved round-robin (median of {args.runs} after {args.warmup} warm-up, "
+        f"ORT CPU intra-op threads {args.threads}, 256x256 batch 1), so the ratios hold even on a busy machine "
+        f"(1-minute load average when this was written: {load:.2f}). The training minutes come from each model "
+        "card: the three trainings ran one after another on a 2-core machine shared with other jobs.",
         "",
         "    PYTHONPATH=. python benchmarks/upsampling.py " + " ".join(sys.argv[1:]),
         "",
