@@ -20,10 +20,8 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from benchmarks.precision_cpu import latencies_ms  # the same interleaved timing as the other CPU tables
 from deploy_unet import metrics
 from deploy_unet.checkpoint import load_checkpoint, load_weights
 from deploy_unet.data import load_samples
@@ -64,19 +63,6 @@ def logits_of(path: Path, images: np.ndarray, threads: int) -> np.ndarray:
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: images[i:i + 4]})[0] for i in range(0, len(images), 4)])
 
-
-def latencies_ms(paths: dict[str, Path], x: np.ndarray, threads: int, warmup: int, runs: int) -> dict:
-    """Median latency per file; interleaved round-robin so load changes on the shared machine hit all alike."""
-    sessions = {label: session(path, threads) for label, path in paths.items()}
-    name = next(iter(sessions.values())).get_inputs()[0].name
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    for i in range(warmup + runs):
-        for label, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, {name: x})
-            if i >= warmup:
-                times[label].append((time.perf_counter() - t) * 1e3)
-    return {label: statistics.median(v) for label, v in times.items()}
 
 
 def main() -> None:

@@ -15,6 +15,15 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+def check_unet_options(family: str, depth: int, sizes: dict[str, int]) -> None:
+    """The options UNet and UNet++ share: 1..6 poolings, and every channel count >= 1."""
+    if not 1 <= depth <= 6:
+        raise ConfigError(f"depth={depth} is out of range; {family} depth must be 1..6")
+    for name, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
+
+
 def conv3x3(c_in: int, c_out: int, norm: str, padding: int = 1) -> list[nn.Module]:
     """3x3 conv (+ norm) + ReLU. Padded (1) it keeps H and W, so only pooling changes spatial size;
     unpadded (0, the original UNet) it loses one pixel per side."""

@@ -12,8 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy_unet.errors import ConfigError
-from deploy_unet.nets.blocks import NORMS, ConvBlock, SegmentationNet, check_choice, conv3x3
+from deploy_unet.nets.blocks import (
+    NORMS,
+    ConvBlock,
+    SegmentationNet,
+    check_choice,
+    check_unet_options,
+    conv3x3,
+)
 from deploy_unet.nets.registry import register_net
 from deploy_unet.shapes import ShapeContract, valid_unet_contract
 
@@ -77,11 +83,8 @@ class UNet(SegmentationNet):
         padding: str = "same",
     ):
         super().__init__()
-        if not 1 <= depth <= 6:
-            raise ConfigError(f"depth={depth} is out of range; UNet depth must be 1..6")
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_channels", base_channels)):
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be >= 1")
+        check_unet_options("UNet", depth, dict(in_channels=in_channels, num_classes=num_classes,
+                                               base_channels=base_channels))
         check_choice("up_mode", up_mode, UP_MODES)
         check_choice("norm", norm, NORMS)
         check_choice("padding", padding, PADDINGS)

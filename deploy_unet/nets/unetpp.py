@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from deploy_unet.errors import ConfigError
-from deploy_unet.nets.blocks import NORMS, ConvBlock, SegmentationNet, check_choice, conv3x3
+from deploy_unet.nets.blocks import (
+    NORMS,
+    ConvBlock,
+    SegmentationNet,
+    check_choice,
+    check_unet_options,
+    conv3x3,
+)
 from deploy_unet.nets.registry import register_net
 from deploy_unet.nets.unet import UP_MODES
 
@@ -84,11 +91,8 @@ class UNetPlusPlus(SegmentationNet):
         prune: int | None = None,
     ):
         super().__init__()
-        if not 1 <= depth <= 6:
-            raise ConfigError(f"depth={depth} is out of range; UNet++ depth must be 1..6")
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_channels", base_channels)):
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be >= 1")
+        check_unet_options("UNet++", depth, dict(in_channels=in_channels, num_classes=num_classes,
+                                               base_channels=base_channels))
         check_choice("up_mode", up_mode, UP_MODES)
         check_choice("norm", norm, NORMS)
         if prune is not None:
