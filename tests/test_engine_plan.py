@@ -142,7 +142,7 @@ def _no_gpu(monkeypatch):
 
 def _fake_gpu(monkeypatch, trt):
     gpu = GpuInfo(0, "NVIDIA Fake 4090", "8.9", 24000)
-    monkeypatch.setattr(build_mod, "require_cuda_device", lambda index=0: gpu)
+    monkeypatch.setattr(build_mod, "require_cuda_device", lambda index=0, library=None: gpu)
     library = device_mod.ENGINE_LIBRARIES["tensorrt-rtx" if trt.__version__.startswith("1.") else "tensorrt"]
     monkeypatch.setattr(build_mod, "import_engine_library", lambda name=None: (library, trt))
     return gpu

@@ -112,7 +112,7 @@ def test_rtx_shared_libraries_are_preloaded_in_order_from_the_libs_package(tmp_p
 
 def _fake_build_env(monkeypatch, module, gpu=RTX4090):
     library = TENSORRT_RTX if module.__version__.startswith("1.") else TENSORRT
-    monkeypatch.setattr(build_mod, "require_cuda_device", lambda index=0: gpu)
+    monkeypatch.setattr(build_mod, "require_cuda_device", lambda index=0, library=None: gpu)
     monkeypatch.setattr(build_mod, "import_engine_library", lambda name=None: (library, module))
 
 
@@ -183,7 +183,7 @@ def _library_must_not_be_imported(name=None):
 
 def test_runner_refuses_h100_for_rtx_in_one_line_before_importing(tmp_path, monkeypatch):
     engine = _rtx_engine(tmp_path)
-    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0: H100)
+    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0, library=None: H100)
     monkeypatch.setattr(runner_mod, "import_engine_library", _library_must_not_be_imported)
     runner = TensorRTRunner(engine)
     with pytest.raises(ArtifactError) as err:
@@ -202,7 +202,7 @@ def test_runner_imports_the_manifests_library_and_checks_its_version(tmp_path, m
         asked.append(name)
         return TENSORRT_RTX, fake_tensorrt_rtx("1.7.2.5")
 
-    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0: RTX4090)
+    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0, library=None: RTX4090)
     monkeypatch.setattr(runner_mod, "import_engine_library", fake_import)
     with pytest.raises(ArtifactError, match="built with TensorRT-RTX 1.7.1.116 and this is TensorRT-RTX 1.7.2.5"):
         TensorRTRunner(engine).activate()
@@ -315,3 +315,16 @@ def test_same_cc_on_a_tensorrt_without_it_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="needs a newer TensorRT: 10.3.0.30 has no HardwareCompatibilityLevel"):
         build_engine(plan)
     assert not Path(plan.engine_path).exists()
+
+
+@pytest.mark.parametrize("library, says", [
+    ("tensorrt-rtx", "TensorRT-RTX is not installed (install TensorRT-RTX 1.7+"),
+    ("tensorrt", "TensorRT is not installed (install TensorRT 10.x or 11.x"),
+    (None, "neither TensorRT nor TensorRT-RTX is installed"),
+])
+def test_no_gpu_and_no_library_names_the_library_asked_for(monkeypatch, library, says):
+    monkeypatch.setattr(device_mod, "cuda_devices", lambda: DeviceReport(source="torch", error="no driver"))
+    with pytest.raises(MissingDependencyError) as err:
+        device_mod.require_cuda_device(0, library)
+    message = str(err.value)
+    assert message.startswith("no CUDA device (no driver)") and says in message and "\n" not in message

@@ -66,7 +66,7 @@ def test_no_gpu_stops_before_tensorrt(engine, monkeypatch):
 def test_mismatch_is_refused_before_deserializing(engine, monkeypatch, version, gpu, message):
     fake = _TensorRTMustNotBeUsed()
     fake.__version__ = version
-    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0: gpu)
+    monkeypatch.setattr(runner_mod, "require_cuda_device", lambda index=0, library=None: gpu)
     monkeypatch.setattr(runner_mod, "import_engine_library", lambda name=None: (None, fake))
     runner = TensorRTRunner(engine)
     with pytest.raises(ArtifactError, match=message):

@@ -554,7 +554,7 @@ def build_engine(
     verbose: bool = False,
 ) -> BuildResult:
     """Build and atomically write the engine and its manifest. Checks for a CUDA device first."""
-    gpu: GpuInfo = require_cuda_device(device)
+    gpu: GpuInfo = require_cuda_device(device, plan.engine_lib)
     library, trt = import_engine_library(plan.engine_lib)
     check_library_options(library, plan.hardware_compat, plan.version_compatible)
     if library is TENSORRT_RTX and plan.precision == "int8" and RTX_INT8_WARNING not in plan.warnings:

@@ -184,13 +184,19 @@ def no_device_reason(report: DeviceReport) -> str:
     return f"no CUDA device ({report.error}); TensorRT needs an NVIDIA GPU with a working driver"
 
 
-def require_cuda_device(index: int = 0) -> GpuInfo:
-    """The GPU TensorRT will use, or a one-line MissingDependencyError saying why there is none."""
+def require_cuda_device(index: int = 0, library: str | None = None) -> GpuInfo:
+    """The GPU TensorRT will use, or a one-line MissingDependencyError saying why there is none.
+
+    ``library``: the --engine-lib asked for (None: auto), so a missing library is named as the user chose it.
+    """
     report = cuda_devices()
     if not report.devices:
         problems = [no_device_reason(report)]
-        if not tensorrt_installed():
-            problems.append(f"TensorRT is not installed ({TENSORRT_INSTALL_HINT})")
+        wanted = [ENGINE_LIBRARIES[library]] if library else [TENSORRT, TENSORRT_RTX]
+        if not any(library_installed(lib.name) for lib in wanted):
+            missing = (f"{wanted[0].title} is not installed" if len(wanted) == 1
+                       else "neither " + " nor ".join(lib.title for lib in wanted) + " is installed")
+            problems.append(f"{missing} (" + "; ".join(lib.install_hint for lib in wanted) + ")")
         raise MissingDependencyError("; ".join(problems))
     for gpu in report.devices:
         if gpu.index == index:

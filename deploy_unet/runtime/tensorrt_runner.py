@@ -128,7 +128,7 @@ class TensorRTRunner(Runner):
         return min(maxima) if maxima else None
 
     def _activate(self) -> None:
-        gpu = require_cuda_device(self.device)  # before any TensorRT object exists
+        gpu = require_cuda_device(self.device, self.manifest.library)  # before any TensorRT object exists
         check_library_gpu(self.manifest, gpu)  # before the library is even imported
         _, trt = import_engine_library(self.manifest.library)
         self.warnings = check_compatible(self.manifest, trt.__version__, gpu)
