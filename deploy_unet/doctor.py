@@ -174,10 +174,7 @@ def run_doctor() -> DoctorReport:
     if not torch_cuda:
         problems.append("the TensorRT runner needs torch with CUDA for device buffers")
         fixes.append(TORCH_CUDA_HINT)
-    if problems:
-        report.backends.append(Backend("tensorrt", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes))))
-    else:
-        report.backends.append(Backend("tensorrt", True, f"TensorRT {trt.__version__} on {gpu_text}"))
+    report.backends.append(_verdict("tensorrt", problems, fixes, lambda: f"TensorRT {trt.__version__} on {gpu_text}"))
 
     # tensorrt-rtx: the package, a device of a compute capability it runs on, torch CUDA tensors for buffers
     problems, fixes = [], []
@@ -195,11 +192,16 @@ def run_doctor() -> DoctorReport:
     if not torch_cuda:
         problems.append("the runner needs torch with CUDA for device buffers")
         fixes.append(TORCH_CUDA_HINT)
-    if problems:
-        report.backends.append(Backend("tensorrt-rtx", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes))))
-    else:
-        report.backends.append(Backend("tensorrt-rtx", True, f"TensorRT-RTX {rtx.__version__} on {gpu_text}"))
+    report.backends.append(
+        _verdict("tensorrt-rtx", problems, fixes, lambda: f"TensorRT-RTX {rtx.__version__} on {gpu_text}"))
     return report
+
+
+def _verdict(name: str, problems: list[str], fixes: list[str], ok_text) -> Backend:
+    """Usable when nothing is missing; else every problem, and each fix once, on one line."""
+    if problems:
+        return Backend(name, False, "; ".join(problems), "; ".join(dict.fromkeys(fixes)))
+    return Backend(name, True, ok_text())
 
 
 def _importable(module: str) -> bool:
