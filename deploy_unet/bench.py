@@ -155,7 +155,8 @@ class _PeakMemory:
     mark above its level at the start (Linux lets us reset the mark via /proc/self/clear_refs)."""
 
     def __init__(self, runner: Runner):
-        self.cuda = getattr(runner, "device_kind", "cpu") == "cuda"
+        # torch's allocator sees all of a torch runner's device memory, but not TensorRT's own activations
+        self.cuda = getattr(runner, "device_kind", "cpu") == "cuda" and runner.backend == "torch"
         self.kind = "cuda_max_allocated" if self.cuda else "rss_peak_delta"
         self.value_mib: float | None = None
 
@@ -436,4 +437,6 @@ def _source(runner: Runner) -> str:
 def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
     tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
-    return f"{name} [{runner.backend}]{tiles}"
+    mode = getattr(runner, "mode", "")  # e.g. torch "fp16 channels_last cuda-graph", tensorrt "cuda-graph"
+    mode = f" {mode}" if mode and mode != "fp32" else ""
+    return f"{name} [{runner.backend}{mode}]{tiles}"

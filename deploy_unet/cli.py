@@ -212,6 +212,28 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
 _BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
 
 
+def _speed_options(func):
+    """The runner speed options bench and validate share (torch's; --cuda-graph also the engine's)."""
+    options = [
+        click.option("--torch-precision", type=click.Choice(["fp32", "fp16"]), default=None,
+                     help="torch backend: compute in fp16 (weights and activations) instead of fp32."),
+        click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format."),
+        click.option("--cuda-graph", is_flag=True,
+                     help="torch on CUDA and tensorrt: capture one CUDA graph per input shape and replay it."),
+        click.option("--compile", "compile_mode",
+                     type=click.Choice(["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]),
+                     default=None, help="torch backend: torch.compile with this mode (the first call per shape compiles)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _speed(torch_precision, channels_last, cuda_graph, compile_mode) -> dict:
+    return {"torch_precision": torch_precision, "channels_last": channels_last or None,
+            "cuda_graph": cuda_graph or None, "compile": compile_mode}
+
+
 def _tile_size(text: str | None) -> tuple[int, int] | None:
     """``--tile-size 92`` or ``92x124`` -> (H, W); validity is the net's contract's to check."""
     if text is None:
@@ -249,10 +271,12 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--allow-tf32", is_flag=True,
               help="Let torch on CUDA run fp32 convolutions/matmuls in TF32 (faster, ~1e-4 rel error); loosens the "
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
+@_speed_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @handle_errors
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
-                     tile_size, precision, gate_specs, allow_tf32, json_path):
+                     tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
+                     compile_mode, json_path):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import gate_table, validation_table, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
@@ -260,7 +284,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
-        allow_tf32=allow_tf32,
+        allow_tf32=allow_tf32, candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
         tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
@@ -293,6 +317,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
 @click.option("--tile-size", default=None, metavar="N|HxW",
               help="Tile input size, a valid one [default: the export size in the metadata].")
+@_speed_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -300,7 +325,8 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
               help="Write a latency distribution plot (PNG).")
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
-                  output_kind, allow_tf32, tile, tile_size, json_path, markdown_path, plot_path):
+                  output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
+                  json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -312,7 +338,8 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
     report = bench(
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
-        runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32},
+        runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32,
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
         tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()

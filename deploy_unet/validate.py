@@ -433,6 +433,9 @@ def _pair_outputs(candidate: Runner, reference: Runner) -> list[tuple[str, str]]
 
 
 def _precision_of(runner: Runner) -> str:
+    """The candidate's precision: what a torch runner computes in, else the artifact's metadata."""
+    if getattr(runner, "backend", "") == "torch":
+        return getattr(runner, "precision", "fp32")
     info = getattr(runner, "info", None)
     precision = getattr(info, "precision", None) or "fp32"
     return precision if precision in DEFAULT_GATES else "fp32"
@@ -496,6 +499,7 @@ def validate_artifacts(
     allow_tf32: bool = False,
     tile: bool = False,
     tile_size: int | tuple[int, int] | None = None,
+    candidate_options: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
     synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
@@ -507,7 +511,7 @@ def validate_artifacts(
     return validate_artifacts_many(
         [(candidate, backend)], reference, data=data, samples=samples, batch=batch, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=gates, precisions=[precision], device=device, progress=progress,
-        threads=threads, allow_tf32=allow_tf32, tile=tile, tile_size=tile_size,
+        threads=threads, allow_tf32=allow_tf32, tile=tile, tile_size=tile_size, candidate_options=candidate_options,
     )[0]
 
 
@@ -529,9 +533,12 @@ def validate_artifacts_many(
     allow_tf32: bool = False,
     tile: bool = False,
     tile_size: int | tuple[int, int] | None = None,
+    candidate_options: dict[str, Any] | None = None,
 ) -> list[ValidationReport]:
     """Validate several ``(artifact, backend)`` candidates of one net against one reference on the same
-    inputs; the reference runs once per sample (``validate_many``)."""
+    inputs; the reference runs once per sample (``validate_many``). ``candidate_options`` (the runner speed
+    options: ``torch_precision``, ``channels_last``, ``cuda_graph``, ``compile``) apply to the candidates only:
+    the reference stays plain fp32."""
     from deploy_unet.runtime import open_runner
 
     options = {"checkpoint": checkpoint, "device": device, "threads": threads, "allow_tf32": allow_tf32}
@@ -539,7 +546,8 @@ def validate_artifacts_many(
     with contextlib.ExitStack() as stack:
         runners = []
         for path, backend in candidates:
-            runners.append(stack.enter_context(open_runner(path, backend, pad=pad, **tiling, **options)))
+            runners.append(stack.enter_context(
+                open_runner(path, backend, pad=pad, **tiling, **options, **(candidate_options or {}))))
             if tile:  # the same tiles everywhere (the first candidate's export size unless --tile-size)
                 tiling["tile_size"] = runners[0].tile_size
         ref_runner = stack.enter_context(

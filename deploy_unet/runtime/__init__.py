@@ -32,6 +32,10 @@ BACKENDS_BY_SUFFIX = {
     ".plan": ("tensorrt",),
 }
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+# Runner options only some backends have, with the CLI flag that sets each (for the refusal's wording).
+TORCH_ONLY_OPTIONS = {"torch_precision": "--torch-precision", "channels_last": "--channels-last",
+                      "compile": "--compile"}
+CUDA_GRAPH_BACKENDS = ("torch", "tensorrt")
 
 
 def open_runner(
@@ -48,13 +52,14 @@ def open_runner(
     ``tile``: overlap-tile inference (``Runner.enable_tiling``): any image size in, full-size outputs,
     tiles of ``tile_size`` (default: the export size), ``tile_batch`` tiles per call.
 
-    - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``, ``allow_tf32``).
+    - ``.pt``/``.pth`` -> torch (options: ``device``, ``threads``, ``strict``, ``allow_tf32``, and the speed
+      options ``torch_precision`` fp32/fp16, ``channels_last``, ``cuda_graph``, ``compile`` MODE).
     - every backend: ``output="logits"`` (default) or ``"mask"`` (argmax over classes, on the device for the
       CUDA runners, returned as the single output ``mask``).
     - ``.onnx`` -> ONNX Runtime on CPU; ``onnxruntime-cuda`` / ``onnxruntime-trt`` pick the CUDA /
       TensorRT execution providers (options: ``threads``, ``providers``); ``torch`` builds the net
       named in the ONNX metadata with the weights of ``checkpoint=`` (options: ``device``).
-    - ``.engine``/``.plan`` -> TensorRT (needs the ``tensorrt`` extra and a CUDA device).
+    - ``.engine``/``.plan`` -> TensorRT (needs the ``tensorrt`` extra and a CUDA device; ``cuda_graph``).
     """
     runner = _open_runner(artifact, backend, pad, **options)
     if tile:
@@ -78,13 +83,17 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
         raise ConfigError(f"backend {backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
     if backend not in valid:
         raise ConfigError(f"backend {backend!r} cannot run a {suffix} file; for {suffix} choose one of: {', '.join(valid)}")
+    _check_backend_options(backend, options)
 
     if backend == "torch":
         from deploy_unet.runtime.torch_runner import TorchRunner
 
         torch_options = {
-            k: options[k] for k in ("device", "threads", "strict", "allow_tf32", "output") if options.get(k) is not None
+            k: options[k] for k in ("device", "threads", "strict", "allow_tf32", "output", "channels_last",
+                                    "cuda_graph", "compile") if options.get(k) is not None
         }
+        if options.get("torch_precision"):
+            torch_options["precision"] = options["torch_precision"]
         if suffix == ".onnx":
             from deploy_unet.metadata import read_model_info
 
@@ -111,9 +120,21 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
             f"running {path.name} needs TensorRT ({exc}); install the extra with "
             "`pip install deploy-unet[tensorrt]` on a machine with an NVIDIA GPU"
         ) from None
-    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32")
+    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32", *TORCH_ONLY_OPTIONS)
     trt_options = {k: v for k, v in options.items() if k not in ignored and v is not None}
     return TensorRTRunner(path, pad=pad, **trt_options)
+
+
+def _check_backend_options(backend: str, options: dict[str, Any]) -> None:
+    """A speed option the chosen backend does not have is a mistake to name, not to ignore silently."""
+    if backend != "torch":
+        for key, flag in TORCH_ONLY_OPTIONS.items():
+            if options.get(key) and not (key == "torch_precision" and options[key] == "fp32"):
+                raise ConfigError(f"{flag} applies to the torch backend only, not {backend!r}; drop it, or run a "
+                                  ".pt checkpoint (or the ONNX with --backend torch --checkpoint FILE)")
+    if options.get("cuda_graph") and backend not in CUDA_GRAPH_BACKENDS:
+        raise ConfigError(f"--cuda-graph applies to the {' and '.join(CUDA_GRAPH_BACKENDS)} backends, not {backend!r}; "
+                          "drop it")
 
 
 def runner_info(runner: Runner):

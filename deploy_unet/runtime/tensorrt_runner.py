@@ -42,6 +42,10 @@ TRT_TO_NUMPY = {
 }
 
 
+def _no_mark(_phase: str) -> None:
+    pass
+
+
 def _enum_name(value) -> str:
     name = getattr(value, "name", None)
     return name if isinstance(name, str) else str(value).rsplit(".", 1)[-1]
@@ -63,6 +67,7 @@ def _import_torch_cuda():
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
+    device_kind = "cuda"  # bench times its phases with CUDA events
 
     def __init__(
         self,
@@ -233,13 +238,25 @@ class TensorRTRunner(Runner):
             raise ArtifactError("TensorRT execute_async_v3 failed; see the TensorRT log above")
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.infer_phased(feeds)
+
+    def infer_phased(self, feeds: dict[str, np.ndarray], mark=None) -> dict[str, np.ndarray]:
+        """One inference, ``mark(phase)`` called on the runner's stream as host-to-device, compute (the enqueue,
+        or the graph replay) and device-to-host end, so bench's CUDA events time them as trtexec reports them.
+        Feeds must already satisfy the contract (``infer`` checks)."""
+        mark = mark or _no_mark
         torch = self._torch
-        if self.cuda_graph:
-            return self._infer_graph(feeds)
+        inputs_on_device = None  # kept alive until the stream is done with them
         with torch.cuda.stream(self._stream):
-            inputs_on_device, outputs = self._bind(feeds)  # kept alive until the stream is done
-            self._execute(self._stream)
+            if self.cuda_graph:
+                outputs = self._replay(feeds, mark)
+            else:
+                inputs_on_device, outputs = self._bind(feeds)
+                mark("h2d")
+                self._execute(self._stream)
+            mark("compute")
             host = self._to_host(outputs)
+            mark("d2h")
         self._stream.synchronize()
         del inputs_on_device
         return {name: self._to_numpy(tensor) for name, tensor in host.items()}
@@ -256,8 +273,9 @@ class TensorRTRunner(Runner):
             host[name].copy_(tensor, non_blocking=True)
         return host
 
-    def _infer_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Replay a CUDA graph captured for this input shape; a new shape re-captures.
+    def _replay(self, feeds: dict[str, np.ndarray], mark) -> dict:
+        """Replay a CUDA graph captured for this input shape; a new shape re-captures. Runs on the runner's
+        stream (the caller's context) and returns the graph's static outputs.
 
         Only the latest shape's graph is kept: a graph bakes in the context's shape-dependent state,
         so graphs captured for other shapes must not be replayed after the context changed.
@@ -266,23 +284,25 @@ class TensorRTRunner(Runner):
         key = tuple((name, array.shape) for name, array in sorted(feeds.items()))
         if key not in self._graphs:
             self._graphs.clear()
-            with torch.cuda.stream(self._stream):
-                static_in, static_out = self._bind(feeds)
-                # One plain enqueue first: TensorRT does shape-dependent setup that must not be captured.
-                self._execute(self._stream)
+            static_in, static_out = self._bind(feeds)
+            # One plain enqueue first: TensorRT does shape-dependent setup that must not be captured.
+            self._execute(self._stream)
             self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 self._execute(self._stream)
             self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[key]
-        with torch.cuda.stream(self._stream):
-            for name, array in feeds.items():
-                static_in[name].copy_(self._staging.stage(array), non_blocking=True)
-            graph.replay()
-            host = self._to_host(static_out)
-        self._stream.synchronize()
-        return {name: self._to_numpy(tensor) for name, tensor in host.items()}
+        for name, array in feeds.items():
+            static_in[name].copy_(self._staging.stage(array), non_blocking=True)
+        mark("h2d")
+        graph.replay()
+        return static_out
+
+    @property
+    def mode(self) -> str:
+        """How the engine runs, for labels."""
+        return "cuda-graph" if self.cuda_graph else ""
 
     def _to_numpy(self, tensor) -> np.ndarray:
         if tensor.dtype == self._torch.bfloat16:
