@@ -25,7 +25,7 @@ import numpy as np
 
 from deploy_unet.errors import ConfigError
 from deploy_unet.machine import machine_info
-from deploy_unet.runtime.base import Runner
+from deploy_unet.runtime.base import Runner, runner_precision
 from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 
 PHASES = ("h2d", "compute", "d2h")
@@ -296,7 +296,7 @@ def bench_runner(
         artifact=artifact or _source(runner),
         backend=runner.backend,
         device=str(getattr(runner, "device", "cpu")),
-        precision=getattr(info, "precision", None) or "fp32",
+        precision=runner_precision(runner),
         batch=batch,
         height=height,
         width=width,

@@ -23,7 +23,7 @@ import numpy as np
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
-from deploy_unet.runtime.base import Runner
+from deploy_unet.runtime.base import Runner, runner_precision
 
 
 @dataclass
@@ -433,11 +433,7 @@ def _pair_outputs(candidate: Runner, reference: Runner) -> list[tuple[str, str]]
 
 
 def _precision_of(runner: Runner) -> str:
-    """The candidate's precision: what a torch runner computes in, else the artifact's metadata."""
-    if getattr(runner, "backend", "") == "torch":
-        return getattr(runner, "precision", "fp32")
-    info = getattr(runner, "info", None)
-    precision = getattr(info, "precision", None) or "fp32"
+    precision = runner_precision(runner)
     return precision if precision in DEFAULT_GATES else "fp32"
 
 

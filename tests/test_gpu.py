@@ -141,3 +141,45 @@ def test_bench_harness_overhead_is_at_most_5_percent(batch):
             if i >= 10:
                 bare.append((time.perf_counter() - t0) * 1e3)
     assert result.latency_ms.median <= 1.05 * float(np.median(bare)), (result.latency_ms.median, np.median(bare))
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b))
+
+
+def test_cuda_graph_runner_replays_new_data_and_recaptures_a_new_shape():
+    fast = {"torch_precision": "fp16", "channels_last": True}
+    first, second, small = _x(seed=1), _x(seed=2), _x(batch=1, size=128, seed=3)
+    with open_runner(UNET, device="cuda", **fast) as plain, \
+            open_runner(UNET, device="cuda", cuda_graph=True, **fast) as graphed:
+        want = [plain.infer({"input": x})["logits"] for x in (first, second, small)]
+        got = [graphed.infer({"input": x})["logits"] for x in (first, second, small)]
+        assert graphed.mode == "fp16 channels_last cuda-graph"
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and _rel(g, w) < 1e-3  # same fp16 kernels, captured or not
+    assert _rel(got[1], got[0]) > 0.01  # the replay saw the second input, not the captured first one
+
+
+def test_fp16_cuda_graph_candidate_passes_the_fp16_gates_against_onnxruntime_cpu(unet_onnx):
+    report = validate_artifacts(UNET, unet_onnx, ref_backend="onnxruntime", samples=4, device="cuda", progress=False,
+                                candidate_options={"torch_precision": "fp16", "channels_last": True,
+                                                   "cuda_graph": True})
+    assert report.precision == "fp16"
+    assert report.passed, [g.describe() for g in report.failed_gates]
+
+
+def test_bench_times_cuda_graph_phases():
+    with open_runner(UNET, device="cuda", cuda_graph=True, output="mask") as runner:
+        result = bench_runner(runner, batch=2, height=256, width=256, warmup=3, iters=10)
+    assert "cuda-graph" in result.label
+    assert set(result.phases_ms) == {"h2d", "compute", "d2h"}
+    assert sum(result.phases_ms[p].median for p in ("h2d", "compute", "d2h")) <= result.latency_ms.median * 1.05
+
+
+@pytest.mark.slow
+def test_compiled_runner_gives_the_eager_logits():
+    x = _x(batch=1, size=128)
+    with open_runner(UNET, device="cuda") as eager, \
+            open_runner(UNET, device="cuda", compile="max-autotune-no-cudagraphs") as compiled:
+        want, got = eager.infer({"input": x})["logits"], compiled.infer({"input": x})["logits"]
+    assert _rel(got, want) < 1e-4  # TF32 is off in both

@@ -35,6 +35,24 @@ def test_markdown_table_and_peak_lookup():
            "images_per_s": 4000.0, "speed_vs_fp16_eager": 1.0, "tflops": 97.0, "fraction_of_fp16_peak": 0.098}
     data = {"machine": {"gpu": "G", "compute_capability": "9.0", "driver": "1", "cuda": "13.0", "cudnn": "9",
                         "torch": "2", "python": "3", "date": "d"},
-            "command": "python benchmarks/gpu.py", "fp16_peak_tflops": 989.0, "rows": [row], "iters": 5, "warmup": 1}
+            "command": "python benchmarks/gpu.py", "fp16_peak_tflops": 989.0, "rows": [row], "iters": 5, "warmup": 1,
+            "summary": []}
     text = gpu.markdown(data)
     assert "| unet 512x512 | 8 | eager fp16 channels_last | 2.000 | 2.500 | 4000 | 1.00x | 97.0 | 9.8% |" in text
+
+
+def test_summary_sets_the_best_runner_against_the_best_bare_mode():
+    gpu = _module()
+    bare = [{"arch": "unet", "batch": 1, "mode": m, "p50_ms": t} for m, t in (("eager fp32", 1.8), ("graph", 1.0))]
+    ours = [{"arch": "unet", "batch": 1, "size": 512, "mode": f"runner: {m}", "bare_mode": m, "compute_p50_ms": t,
+             "compute_p99_ms": t, "end_to_end_p50_ms": t + 1, "h2d_p50_ms": 0.5, "d2h_p50_ms": 0.5,
+             "compute_vs_bare": 1.0} for m, t in (("fp32", 1.9), ("fp16 cuda-graph", 1.1))]
+    (s,) = gpu.summary(bare + ours)
+    assert (s["best_bare"], s["best_runner"]) == ("graph", "runner: fp16 cuda-graph")
+    assert s["ratio"] == pytest.approx(1.1)
+    data = {"machine": {k: "x" for k in ("gpu", "compute_capability", "driver", "cuda", "cudnn", "torch", "python",
+                                         "date")},
+            "command": "c", "fp16_peak_tflops": None, "rows": ours, "iters": 1, "warmup": 1, "summary": [s]}
+    text = gpu.markdown(data)
+    assert "| unet | 1 | graph | 1.000 | runner: fp16 cuda-graph | 1.100 | 1.10x |" in text
+    assert "| unet 512x512 | 1 | runner: fp32 | 1.900 | 1.900 | 1.00x | 0.500 | 0.500 | 2.900 |" in text

@@ -90,6 +90,7 @@ def test_bench_labels_say_how_the_net_ran(paths):
     with open_runner(paths["pt"], device="cpu", channels_last=True, torch_precision="fp16") as runner:
         result = bench_runner(runner, batch=1, height=32, width=32, warmup=1, iters=2)
     assert "[torch fp16 channels_last]" in result.label
+    assert result.precision == "fp16"
 
 
 def test_validate_applies_the_options_to_the_candidate_only(paths):

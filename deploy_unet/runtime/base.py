@@ -44,6 +44,14 @@ def argmax_mask(logits: np.ndarray) -> np.ndarray:
     return logits.argmax(axis=1).astype(mask_dtype(logits.shape[1]))
 
 
+def runner_precision(runner) -> str:
+    """What a runner computes in: a torch runner's own setting (it runs what it is told, whatever the ONNX
+    metadata it was rebuilt from says), else the precision its artifact records, else fp32."""
+    if getattr(runner, "backend", "") == "torch":
+        return getattr(runner, "precision", "fp32")
+    return getattr(getattr(runner, "info", None), "precision", None) or "fp32"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
