@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -135,6 +137,9 @@ def run_doctor() -> DoctorReport:
         else:
             report.backends.append(Backend("torch-cuda", True, f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}"))
 
+    if torch is not None:
+        report.backends.append(_torch_compile_verdict(torch, torch_cuda))
+
     # onnxruntime
     if ort is None:
         reason = errors.get("onnxruntime", "not installed")
@@ -195,6 +200,25 @@ def run_doctor() -> DoctorReport:
     report.backends.append(
         _verdict("tensorrt-rtx", problems, fixes, lambda: f"TensorRT-RTX {rtx.__version__} on {gpu_text}"))
     return report
+
+
+def _torch_compile_verdict(torch, torch_cuda: bool) -> Backend:
+    """``--compile``: inductor writes C++ kernels for the CPU (a compiler must be on PATH) and Triton kernels for
+    CUDA (the triton package); without them the first compiled call fails deep inside torch."""
+    problems, fixes, ways = [], [], []
+    compiler = next((c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c and shutil.which(c)), None)
+    if compiler:
+        ways.append(f"CPU via {compiler}")
+    else:
+        problems.append("no C++ compiler on PATH (torch.compile's CPU kernels are C++)")
+        fixes.append("install g++ (e.g. `apt install g++`) or set CXX")
+    if torch_cuda:
+        if _importable("triton"):
+            ways.append(f"CUDA via triton {_dist_version('triton', 'pytorch-triton') or ''}".rstrip())
+        else:
+            problems.append("no triton (torch.compile's CUDA kernels are Triton)")
+            fixes.append("pip install triton (the version your torch build names)")
+    return _verdict("torch-compile", problems, fixes, lambda: f"torch {torch.__version__}: {', '.join(ways)}")
 
 
 def _verdict(name: str, problems: list[str], fixes: list[str], ok_text) -> Backend:

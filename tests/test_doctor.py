@@ -13,7 +13,7 @@ from deploy_unet.cli import cli
 from deploy_unet.engine import device as device_mod
 from deploy_unet.engine.device import DeviceReport
 
-BACKENDS = ["torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx"]
+BACKENDS = ["torch-cpu", "torch-cuda", "torch-compile", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx"]
 
 
 def _no_gpu(monkeypatch):
@@ -74,3 +74,14 @@ def test_cli_doctor_text_and_json(monkeypatch):
 def test_device_query_never_raises_here():
     report = device_mod.cuda_devices()
     assert report.devices or report.error
+
+
+def test_torch_compile_needs_a_cpp_compiler(monkeypatch):
+    _no_gpu(monkeypatch)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    row = doctor.run_doctor().backend("torch-compile")
+    assert not row.usable and "no C++ compiler" in row.detail and "g++" in row.fix
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
+    row = doctor.run_doctor().backend("torch-compile")
+    assert row.usable and "CPU via clang++" in row.detail
