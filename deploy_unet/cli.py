@@ -438,9 +438,11 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
               help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
                    "auto: whichever is installed, TensorRT first.")
 @click.option("--verbose", is_flag=True, help="Echo TensorRT warnings and errors while building.")
+@click.option("--layer-info", "layer_info", type=click.Path(dir_okay=False), default=None,
+              help="Write the builder's layer table (each fused layer, its tensors' types) to FILE.")
 @handle_errors
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
-                         hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose):
+                         hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose, layer_info):
     """Build a strongly typed TensorRT or TensorRT-RTX engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
 
     Precision comes from the ONNX itself (fp32, fp16 casts, INT8 Q/DQ): quantize first, then build.
@@ -463,7 +465,8 @@ def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_
 
     console = Console(stderr=True)
     with console.status(f"building {plan.precision} engine from {model} (this takes minutes)"):
-        result = build_engine(plan, log=lambda message: console.log(message), verbose=verbose)
+        result = build_engine(plan, log=lambda message: console.log(message), verbose=verbose,
+                              layer_info_path=layer_info)
     click.echo(f"wrote {result.engine_path} ({result.seconds:.1f} s) and {result.manifest_path}")
 
 

@@ -93,7 +93,9 @@ import enum  # noqa: E402
 import types  # noqa: E402
 
 
-def fake_tensorrt(version: str = "10.16.0.72", *, strongly_typed_value: int = 1, parse_errors=(), fail_build=False):
+def fake_tensorrt(version: str = "10.16.0.72", *, strongly_typed_value: int = 1, parse_errors=(), fail_build=False,
+                  layer_table: str | None = None):
+    """``layer_table``: the "Engine Layer Information" text the builder logs at VERBOSE after a build."""
     calls: list[tuple] = []
 
     class Severity(enum.IntEnum):
@@ -244,6 +246,9 @@ def fake_tensorrt(version: str = "10.16.0.72", *, strongly_typed_value: int = 1,
                 return None
             if config.cache is not None:
                 config.cache.entries.add(f"tactic-from-{id(self)}")
+            self.logger.log(Severity.INFO, "Engine generation completed")
+            if layer_table is not None:
+                self.logger.log(Severity.VERBOSE, layer_table)
             return b"FAKE-PLAN"
 
     return types.SimpleNamespace(

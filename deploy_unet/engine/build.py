@@ -36,6 +36,8 @@ from deploy_unet.engine.device import (
     runs_on,
     trt_major,
 )
+from deploy_unet.engine.layers import HEADER as LAYER_TABLE_HEADER
+from deploy_unet.engine.layers import describe_summary, parse_layer_information, summarize_layers
 from deploy_unet.engine.manifest import (
     EngineManifest,
     manifest_path_for,
@@ -499,6 +501,7 @@ class BuildResult:
     manifest_path: str
     seconds: float
     manifest: EngineManifest
+    layer_information: str = ""  # the builder's "Engine Layer Information" table, verbatim ("" if none)
 
 
 def _enum_name(value) -> str:
@@ -506,8 +509,9 @@ def _enum_name(value) -> str:
     return name if isinstance(name, str) else str(value).rsplit(".", 1)[-1]
 
 
-def _make_logger(trt, messages: list[str], echo: Callable[[str], None] | None):
-    """A TensorRT logger that keeps warnings and errors so a failed build can say why."""
+def _make_logger(trt, messages: list[str], echo: Callable[[str], None] | None, layer_tables: list[str] | None = None):
+    """A TensorRT logger that keeps warnings and errors so a failed build can say why, and the builder's
+    layer table (a VERBOSE message) in ``layer_tables``."""
     severity = trt.ILogger.Severity
     keep = {_enum_name(severity.INTERNAL_ERROR), _enum_name(severity.ERROR), _enum_name(severity.WARNING)}
 
@@ -517,6 +521,8 @@ def _make_logger(trt, messages: list[str], echo: Callable[[str], None] | None):
 
         def log(self, level, msg):
             name = _enum_name(level)
+            if layer_tables is not None and LAYER_TABLE_HEADER in msg[:200]:
+                layer_tables.append(msg)
             if name in keep:
                 messages.append(f"[{name}] {msg}")
                 if echo is not None:
@@ -552,15 +558,21 @@ def build_engine(
     device: int = 0,
     log: Callable[[str], None] = lambda message: None,
     verbose: bool = False,
+    layer_info_path: str | os.PathLike | None = None,
 ) -> BuildResult:
-    """Build and atomically write the engine and its manifest. Checks for a CUDA device first."""
+    """Build and atomically write the engine and its manifest. Checks for a CUDA device first.
+
+    The builder's layer table (which precision each fused layer runs in) is summarized in the manifest and, with
+    ``layer_info_path``, written there verbatim; it comes from the build log, so it needs no GPU the engine runs
+    on."""
     gpu: GpuInfo = require_cuda_device(device, plan.engine_lib)
     library, trt = import_engine_library(plan.engine_lib)
     check_library_options(library, plan.hardware_compat, plan.version_compatible)
     if library is TENSORRT_RTX and plan.precision == "int8" and RTX_INT8_WARNING not in plan.warnings:
         log(f"warning: {RTX_INT8_WARNING}")  # the library was chosen here (auto), after the plan
     messages: list[str] = []
-    logger = _make_logger(trt, messages, log if verbose else None)
+    layer_tables: list[str] = []
+    logger = _make_logger(trt, messages, log if verbose else None, layer_tables)
     started = time.perf_counter()
 
     builder = trt.Builder(logger)
@@ -614,6 +626,15 @@ def build_engine(
     write_bytes_atomic(plan.engine_path, bytes(memoryview(serialized)))
     if plan.timing_cache:
         save_timing_cache(config, plan.timing_cache, log)
+    layer_text = layer_tables[-1] if layer_tables else ""
+    layers = summarize_layers(parse_layer_information(layer_text)) if layer_text else None
+    if layers:
+        log(f"engine: {describe_summary(layers)}")
+    if layer_info_path:
+        if layer_text:
+            write_bytes_atomic(layer_info_path, layer_text.encode())
+        else:
+            log(f"warning: {library.title} {trt.__version__} logged no layer table; {layer_info_path} not written")
 
     inputs = [_tensor_entry(network.get_input(0), plan.profiles[0])]
     outputs = [_tensor_entry(network.get_output(i)) for i in range(network.num_outputs)]
@@ -640,6 +661,7 @@ def build_engine(
         },
         build={"seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         engine_sha256=sha256_file(plan.engine_path),
+        layers=layers,
     )
     write_manifest(manifest, plan.manifest_path)
-    return BuildResult(plan.engine_path, plan.manifest_path, seconds, manifest)
+    return BuildResult(plan.engine_path, plan.manifest_path, seconds, manifest, layer_text)

@@ -71,6 +71,9 @@ class EngineManifest:
     library: str = "tensorrt"  # "tensorrt" | "tensorrt-rtx" (manifests older than this field: tensorrt)
     runs_on: list[str] | None = None  # compute capabilities the engine runs on ("8.6", ">12.0", ">=8.0")
     engine_sha256: str = ""
+    # engine/layers.summarize_layers of the builder's layer table (count, implementations, convolutions per
+    # compute type); None when the library logged none
+    layers: dict[str, Any] | None = None
     format: str = FORMAT
     deploy_unet_version: str = __version__
 
