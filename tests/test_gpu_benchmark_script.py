@@ -56,3 +56,25 @@ def test_summary_sets_the_best_runner_against_the_best_bare_mode():
     text = gpu.markdown(data)
     assert "| unet | 1 | graph | 1.000 | runner: fp16 cuda-graph | 1.100 | 1.10x |" in text
     assert "| unet 512x512 | 1 | runner: fp32 | 1.900 | 1.900 | 1.00x | 0.500 | 0.500 | 2.900 |" in text
+
+
+SESSION = SCRIPT.parent / "gpu_session.sh"
+
+
+@pytest.mark.parametrize("script", ["gpu_session.sh", "gpu_session_prepare.sh"])
+def test_session_scripts_parse(script):
+    proc = subprocess.run(["bash", "-n", str(SCRIPT.parent / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("part, message", [
+    ("nonsense", "error: unknown part 'nonsense'"),
+    ("rtx", "error: TensorRT-RTX halves missing"),
+])
+def test_session_refuses_what_it_cannot_do(tmp_path, part, message):
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "GPU_SESSION_WORK": str(tmp_path / "work"),
+           "RTX_HALF_A": str(tmp_path / "absent"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SESSION), part], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert message in (tmp_path / "out" / f"{part}.log").read_text()
+    assert (tmp_path / "out" / f"{part}.tar.gz").exists()  # what it has is packed even when it stops
