@@ -82,8 +82,10 @@ rtx)
     for arch in unet fcn8s; do
         ck=models/${arch}_synthetic.pt
         run dunet export --checkpoint "$ck" --height 512 --width 512 -o "$work/$arch.fp32.onnx"
-        run dunet quantize "$work/$arch.fp32.onnx" --precision fp16 -o "$work/$arch.fp16.onnx"
-        run dunet quantize "$work/$arch.fp32.onnx" --precision int8 --target tensorrt -o "$work/$arch.int8.onnx"
+        # a small accuracy gate here: validate and the pipeline below measure accuracy properly
+        run dunet quantize "$work/$arch.fp32.onnx" --precision fp16 --eval-samples 8 -o "$work/$arch.fp16.onnx"
+        run dunet quantize "$work/$arch.fp32.onnx" --precision int8 --target tensorrt --calib-samples 32 --eval-samples 8 \
+            -o "$work/$arch.int8.onnx"
         for precision in fp32 fp16 int8; do
             run dunet build-engine "$work/$arch.$precision.onnx" --engine-lib tensorrt-rtx -o "$work/$arch.$precision.engine" \
                 --timing-cache "$cache" --layer-info "$work/$arch.$precision.layers.txt" --verbose
