@@ -25,7 +25,7 @@ import numpy as np
 
 from deploy_unet.errors import ConfigError
 from deploy_unet.machine import machine_info
-from deploy_unet.runtime.base import Runner, runner_precision
+from deploy_unet.runtime.base import Runner, backend_label, runner_precision
 from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
 
 PHASES = ("h2d", "compute", "d2h")
@@ -437,6 +437,4 @@ def _source(runner: Runner) -> str:
 def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
     tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
-    mode = getattr(runner, "mode", "")  # e.g. torch "fp16 channels_last cuda-graph", tensorrt "cuda-graph"
-    mode = f" {mode}" if mode and mode != "fp32" else ""
-    return f"{name} [{runner.backend}{mode}]{tiles}"
+    return f"{name} [{backend_label(runner)}]{tiles}"

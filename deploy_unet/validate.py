@@ -23,7 +23,7 @@ import numpy as np
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
-from deploy_unet.runtime.base import Runner, runner_precision
+from deploy_unet.runtime.base import Runner, backend_label, runner_precision
 
 
 @dataclass
@@ -368,8 +368,8 @@ def validate_many(
         reports.append(ValidationReport(
             candidate=names[k] or _describe(candidate),
             reference=reference_name or _describe(reference),
-            candidate_backend=candidate.backend,
-            reference_backend=reference.backend,
+            candidate_backend=backend_label(candidate),
+            reference_backend=backend_label(reference),
             precision=precisions[k],
             num_samples=count,
             num_classes=next(iter(accumulators[k].values())).num_classes,

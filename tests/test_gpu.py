@@ -147,13 +147,15 @@ def _rel(a, b):
     return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b))
 
 
-def test_cuda_graph_runner_replays_new_data_and_recaptures_a_new_shape():
+def test_cuda_graph_runner_replays_new_data_and_keeps_a_graph_per_shape():
     fast = {"torch_precision": "fp16", "channels_last": True}
     first, second, small = _x(seed=1), _x(seed=2), _x(batch=1, size=128, seed=3)
     with open_runner(UNET, device="cuda", **fast) as plain, \
             open_runner(UNET, device="cuda", cuda_graph=True, **fast) as graphed:
-        want = [plain.infer({"input": x})["logits"] for x in (first, second, small)]
-        got = [graphed.infer({"input": x})["logits"] for x in (first, second, small)]
+        inputs = (first, second, small, first)  # back to the first shape: its kept graph replays
+        want = [plain.infer({"input": x})["logits"] for x in inputs]
+        got = [graphed.infer({"input": x})["logits"] for x in inputs]
+        assert len(graphed._graphs) == 2
         assert graphed.mode == "fp16 channels_last cuda-graph"
     for g, w in zip(got, want):
         assert g.shape == w.shape and _rel(g, w) < 1e-3  # same fp16 kernels, captured or not

@@ -99,6 +99,7 @@ def test_validate_applies_the_options_to_the_candidate_only(paths):
     report = validate_artifacts(paths["pt"], paths["pt"], samples=2, device="cpu", progress=False,
                                 candidate_options={"torch_precision": "fp16", "channels_last": True})
     assert report.precision == "fp16"
+    assert (report.candidate_backend, report.reference_backend) == ("torch fp16 channels_last", "torch")
     assert report.passed, [g.describe() for g in report.failed_gates]
     assert report.outputs[0].max_abs > 0
 

@@ -52,6 +52,12 @@ def runner_precision(runner) -> str:
     return getattr(getattr(runner, "info", None), "precision", None) or "fp32"
 
 
+def backend_label(runner) -> str:
+    """The backend and how it runs, for tables: ``torch fp16 channels_last cuda-graph``, ``tensorrt cuda-graph``."""
+    mode = getattr(runner, "mode", "")
+    return f"{runner.backend} {mode}" if mode and mode != "fp32" else runner.backend
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from deploy_unet.runtime.host_buffers import PinnedStaging
 DEVICES = ("auto", "cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MAX_CUDA_GRAPHS = 4  # input shapes whose CUDA graphs a torch runner keeps
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -102,7 +104,8 @@ class TorchRunner(Runner):
         self.precision, self.channels_last, self.cuda_graph, self.compile = _check_speed_options(
             precision, bool(channels_last), bool(cuda_graph), compile, self.device)
         self._module: Callable[[torch.Tensor], torch.Tensor] | None = None  # the net as run: cast, laid out, compiled
-        self._graph: tuple | None = None  # (input shape, CUDAGraph, static input, static output): the latest shape
+        # input shape -> (CUDAGraph, static input, static output), least recently used first
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self._saved_threads: int | None = None
         self._saved_tf32: tuple[bool, bool] | None = None
         self._staging = PinnedStaging(torch)  # pinned input buffers per input shape (CUDA)
@@ -217,7 +220,8 @@ class TorchRunner(Runner):
             set_tf32_flags(*self._saved_tf32)
             self._saved_tf32 = None
         self._staging.clear()
-        self._module = self._graph = None
+        self._module = None
+        self._graphs.clear()
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.infer_phased(feeds)
@@ -272,12 +276,14 @@ class TorchRunner(Runner):
     def _replay(self, staged: torch.Tensor, mark: Callable[[str], None]) -> torch.Tensor:
         """Run through a CUDA graph captured for this input shape (captured on first sight, after warm-up).
 
-        Only the latest shape's graph is kept, so memory does not grow with the shapes a benchmark visits. The
+        A few shapes keep their graphs (tiling alternates full and last tile batches; a benchmark walks through
+        shapes); beyond ``MAX_CUDA_GRAPHS`` the least recently used is dropped, so memory stays bounded. The
         returned tensor is the graph's static output: the caller copies it out before the next replay.
         """
         shape = tuple(staged.shape)
-        if self._graph is None or self._graph[0] != shape:
-            self._graph = None
+        if shape not in self._graphs:
+            while len(self._graphs) >= MAX_CUDA_GRAPHS:
+                self._graphs.popitem(last=False)
             static_in = torch.empty(shape, dtype=torch.float32, device=self.device)
             static_in.copy_(staged)
             side = torch.cuda.Stream(self.device)  # warm-up off the default stream, as torch's docs require
@@ -289,8 +295,9 @@ class TorchRunner(Runner):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self._forward(static_in)
-            self._graph = (shape, graph, static_in, static_out)
-        _, graph, static_in, static_out = self._graph
+            self._graphs[shape] = (graph, static_in, static_out)
+        self._graphs.move_to_end(shape)
+        graph, static_in, static_out = self._graphs[shape]
         static_in.copy_(staged, non_blocking=True)
         mark("h2d")
         graph.replay()
