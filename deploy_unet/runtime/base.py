@@ -52,6 +52,10 @@ def runner_precision(runner) -> str:
     return getattr(getattr(runner, "info", None), "precision", None) or "fp32"
 
 
+def no_mark(_phase: str) -> None:
+    """The phase marker of an ``infer_phased`` call nobody times."""
+
+
 def backend_label(runner) -> str:
     """The backend and how it runs, for tables: ``torch fp16 channels_last cuda-graph``, ``tensorrt cuda-graph``."""
     mode = getattr(runner, "mode", "")

@@ -26,7 +26,7 @@ import numpy as np
 from deploy_unet.engine.device import import_engine_library, require_cuda_device
 from deploy_unet.engine.manifest import check_compatible, check_library_gpu, manifest_path_for, read_manifest
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeContractError
-from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
+from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype, no_mark
 from deploy_unet.runtime.host_buffers import PinnedStaging
 
 # TensorRT DataType member name -> NumPy dtype name (names, not values: values differ across versions).
@@ -41,9 +41,6 @@ TRT_TO_NUMPY = {
     "BF16": "bfloat16",
 }
 
-
-def _no_mark(_phase: str) -> None:
-    pass
 
 
 def _enum_name(value) -> str:
@@ -244,7 +241,7 @@ class TensorRTRunner(Runner):
         """One inference, ``mark(phase)`` called on the runner's stream as host-to-device, compute (the enqueue,
         or the graph replay) and device-to-host end, so bench's CUDA events time them as trtexec reports them.
         Feeds must already satisfy the contract (``infer`` checks)."""
-        mark = mark or _no_mark
+        mark = mark or no_mark
         torch = self._torch
         inputs_on_device = None  # kept alive until the stream is done with them
         with torch.cuda.stream(self._stream):

@@ -34,7 +34,7 @@ from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyErro
 from deploy_unet.metadata import ModelInfo
 from deploy_unet.nets.loading import build_net
 from deploy_unet.nets.pad_in_graph import PadInGraph
-from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype
+from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, check_output_kind, mask_dtype, no_mark
 from deploy_unet.runtime.host_buffers import PinnedStaging
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -234,7 +234,7 @@ class TorchRunner(Runner):
         ``mark(phase)`` is called as each phase ends, so a bench clock (CUDA events on a GPU) can time
         them separately as trtexec does. Feeds must already satisfy the contract (``infer`` checks).
         """
-        mark = mark or _no_mark
+        mark = mark or no_mark
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
             array = feeds[self.input_name]
@@ -319,9 +319,6 @@ class TorchRunner(Runner):
     def device_kind(self) -> str:
         return self.device.type
 
-
-def _no_mark(_phase: str) -> None:
-    pass
 
 
 def _check_speed_options(precision: str, channels_last: bool, cuda_graph: bool, compile: str | None,
