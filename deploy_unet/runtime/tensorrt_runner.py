@@ -42,7 +42,6 @@ TRT_TO_NUMPY = {
 }
 
 
-
 def _enum_name(value) -> str:
     name = getattr(value, "name", None)
     return name if isinstance(name, str) else str(value).rsplit(".", 1)[-1]

@@ -320,7 +320,6 @@ class TorchRunner(Runner):
         return self.device.type
 
 
-
 def _check_speed_options(precision: str, channels_last: bool, cuda_graph: bool, compile: str | None,
                          device: torch.device) -> tuple[str, bool, bool, str | None]:
     if precision not in TORCH_PRECISIONS:
