@@ -125,7 +125,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         fp32 = out / f"{stem}.onnx"
         exported = export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
                                arch=loaded.arch, net_config=loaded.net_config,
-                               checkpoint_sha256=loaded.checkpoint.sha256)
+                               checkpoint_sha256=loaded.checkpoint.sha256, class_names=loaded.checkpoint.class_names)
         times.extend(exported.stages, "export")
         onnx_artifacts = [Artifact("ONNX fp32", fp32, "fp32")]
 

@@ -22,7 +22,7 @@ Preprocessing, in order:
    nothing is added on the host); ``resize`` resizes bilinearly (half-pixel centres) to a valid size;
    ``tile`` leaves the size alone for a runner with tiling on (a valid-convolution net).
 
-Postprocessing takes NCHW logits (argmax over classes) or NHW class ids (a runner's ``output="mask"``)
+Postprocessing takes NCHW logits (argmax over classes; one channel: logit > 0) or NHW class ids (a runner's ``output="mask"``)
 and gives ``(N, H, W)`` uint8 (int32 above 256 classes) cropped back (``pad``) or resized back with
 nearest neighbour (``resize``) to each image's own size.
 """
@@ -46,6 +46,7 @@ __all__ = [
     "logits_to_mask",
     "postprocess",
     "preprocess",
+    "probabilities",
     "resize_bilinear",
     "resize_nearest",
     "to_unit_float",
@@ -286,9 +287,12 @@ def preprocess(images, spec: Preprocessing) -> Preprocessed:
 
 def logits_to_mask(logits: np.ndarray) -> np.ndarray:
     """(N, C, H, W) scores -> (N, H, W) class ids: argmax over C (the first on ties, as ``np.argmax``),
-    uint8 up to 256 classes, else int32 (the runners' ``output="mask"`` gives the same)."""
+    uint8 up to 256 classes, else int32 (the runners' ``output="mask"`` gives the same). One channel is a
+    binary net: class 1 where the logit is > 0 (as ``validate`` scores it)."""
     if logits.ndim != 4:
         raise ShapeContractError(f"logits have shape {logits.shape}; expected N x C x H x W")
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(np.uint8)
     return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= 256 else np.int32)
 
 
@@ -322,3 +326,26 @@ def postprocess(output: np.ndarray, geometry: Geometry) -> np.ndarray:
     if geometry.fit == "resize":
         return np.ascontiguousarray(resize_nearest(mask, geometry.height, geometry.width))
     return np.ascontiguousarray(mask[..., : geometry.height, : geometry.width])
+
+
+def probabilities(logits: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """NCHW logits -> (N, C, H, W) float32 class probabilities at the images' own size: softmax over C
+    (one channel: the sigmoid of the logit, the probability of class 1), cropped back (``pad``) or
+    resized back bilinearly (``resize``)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 4:
+        raise ShapeContractError(f"logits have shape {logits.shape}; expected N x C x H x W")
+    if logits.shape[1] == 1:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+    hw = tuple(probs.shape[-2:])
+    if hw == (geometry.height, geometry.width):
+        return probs.astype(np.float32, copy=False)
+    if hw != (geometry.input_height, geometry.input_width):
+        raise ShapeContractError(f"logits are {hw[0]}x{hw[1]}; expected {geometry.input_height}x"
+                                 f"{geometry.input_width} (the model input) or {geometry.height}x{geometry.width}")
+    if geometry.fit == "resize":
+        return resize_bilinear(probs, geometry.height, geometry.width)
+    return np.ascontiguousarray(probs[..., : geometry.height, : geometry.width])

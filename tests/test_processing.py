@@ -125,6 +125,8 @@ def test_valid_net_needs_tiles_not_padding():
 def test_logits_to_mask_dtype_follows_class_count():
     assert logits_to_mask(np.zeros((1, 4, 2, 2), np.float32)).dtype == np.uint8
     assert logits_to_mask(np.zeros((1, 300, 2, 2), np.float32)).dtype == np.int32
+    binary = np.array([[[[-1.0, 0.0], [0.5, 3.0]]]], np.float32)  # one channel: logit > 0 is class 1
+    assert logits_to_mask(binary).tolist() == [[[0, 0], [1, 1]]]
 
 
 def test_from_model_info_then_ort_equals_the_runners_pad_path(thin_unet_onnx):
