@@ -278,23 +278,29 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @_speed_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
+@click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
+              help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
+                   "disagreement) to DIR, and the worst checkerboard map when its score exceeds the reference's.")
 @handle_errors
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path):
+                     compile_mode, json_path, gallery_dir):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
-    from deploy_unet.report import gate_table, validation_table, write_json
+    from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
         allow_tf32=allow_tf32, candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
-        tile=tile, tile_size=_tile_size(tile_size),
+        tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0,
     )
     console = make_console()
     console.print(validation_table(report))
     console.print(gate_table(report))
+    if gallery_dir:
+        for _, path in write_galleries(gallery_dir, [report]):
+            console.print(f"wrote {path}")
     if json_path:
         write_json(json_path, report.to_dict())
         console.print(f"wrote {json_path}")

@@ -216,9 +216,11 @@ def _grid(rows: list[list[np.ndarray]], titles: Sequence[str], captions: Sequenc
     pad, line = 6, 18
     col_w = [max(r[c].shape[1] for r in rows) for c in range(len(titles))]
     row_h = [max(t.shape[0] for t in r) for r in rows]
-    width = sum(col_w) + pad * (len(titles) + 1)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(_text_size(probe, t, font)[0] for t in [heading, *captions])
+    width = max(sum(col_w) + pad * (len(titles) + 1), text_w + 2 * pad)
     height = 2 * line + pad + sum(h + line + pad for h in row_h)
-    canvas = Image.new("RGB", (max(width, 420), height), (255, 255, 255))
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 2), heading, fill=(0, 0, 0), font=font)
     x = pad
