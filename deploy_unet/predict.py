@@ -483,3 +483,9 @@ def _progress(enabled: bool, description: str, total: int):
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
+
+
+# ``deploy_unet.predict(artifact, inputs, output_dir, ...)`` is this stage's entry point.
+from deploy_unet import _make_callable  # noqa: E402
+
+_make_callable(__name__, predict)

@@ -713,3 +713,9 @@ def _progress(enabled: bool, description: str, total: int):
                   transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda _i: bar.advance(task)
+
+
+# ``deploy_unet.validate(candidate, reference, ...)`` is this stage's artifact-level entry point.
+from deploy_unet import _make_callable  # noqa: E402
+
+_make_callable(__name__, validate_artifacts)
