@@ -131,7 +131,7 @@ def test_readme_python_api_example_runs_as_written(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "True" in run.stdout and "2 masks" in run.stdout and "unet.int8.ort.onnx: median" in run.stdout
+    assert "True" in run.stdout and "2 masks" in run.stdout and "unet.int8.ort.onnx [onnxruntime]: median" in run.stdout
     for name in ("img0", "img1"):
         assert (tmp_path / "masks" / f"{name}.mask.png").is_file()
         assert (tmp_path / "masks" / f"{name}.overlay.png").is_file()
