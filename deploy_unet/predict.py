@@ -58,14 +58,14 @@ class ImageInput:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as Pillow decodes it: (H, W) or (H, W, C) uint8; uint16 for 16-bit greyscale PNG/TIFF;
-    float32 for floating-point TIFF. EXIF orientation is applied (the image as a viewer shows it); palette
-    images become RGB (RGBA when they have transparency); CMYK/YCbCr/LAB become RGB; the first frame of a
-    multi-frame file. Raises ``ArtifactError`` with the reason when the file cannot be decoded."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    float32 for floating-point TIFF. Pixels as stored: EXIF orientation is not applied, as in the training
+    readers (``deploy_unet.data``) and the C++ runtime, so a mask lies on the very pixel grid a net was fed.
+    Palette images become RGB (RGBA when they have transparency); CMYK/YCbCr/LAB become RGB; the first frame
+    of a multi-frame file. Raises ``ArtifactError`` with the reason when the file cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im) if im.format == "JPEG" else im
             im.load()
             return _pixels(im)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
@@ -94,15 +94,11 @@ def _pixels(im) -> np.ndarray:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) without decoding the pixels (EXIF rotations by 90 degrees swap them)."""
+    """(H, W) without decoding the pixels."""
     from PIL import Image
 
     with Image.open(path) as im:
         w, h = im.size
-        if im.format == "JPEG":
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):
-                w, h = h, w
     return int(h), int(w)
 
 
