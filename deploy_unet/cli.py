@@ -398,6 +398,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
     legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
     skipped; the run then exits 1 after writing the others.
     """
+    from pathlib import Path
+
     from deploy_unet.data import parse_size
     from deploy_unet.predict import predict
 
@@ -417,7 +419,7 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                   "to writing" + (f", {rate:.1f} images/s in inference alone" if rate else "")
                   + f"; {report.seconds:.2f} s in all")
     console.print("time: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in report.stages.as_dict().items()))
-    console.print(f"wrote {output_dir}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
+    console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
                   f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
     report.raise_for_skipped()
 

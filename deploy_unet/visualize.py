@@ -200,11 +200,28 @@ def _zoom(rgb: np.ndarray, k: int) -> np.ndarray:
     return rgb if k == 1 else np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
+HALO = 3  # pixels of orange ring around each differing pixel, so a lone one is visible in a 256 px tile
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square, with shifted ORs (no SciPy)."""
+    out = mask.copy()
+    h, w = mask.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            ys, yd = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+            xs, xd = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+            out[yd, xd] |= mask[ys, xs]
+    return out
+
+
 def disagreement_rgb(image_rgb: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """The image faded to grey, with the pixels where the masks differ in bright red."""
+    """The image faded to grey; the pixels where the masks differ in bright red, ringed in orange."""
     grey = image_rgb.astype(np.float32).mean(axis=2, keepdims=True)
     faded = np.repeat(0.35 * grey + 0.65 * 255.0, 3, axis=2)
-    faded[reference != candidate] = (230.0, 0.0, 0.0)
+    differ = reference != candidate
+    faded[_dilate(differ, HALO) & ~differ] = (255.0, 170.0, 60.0)
+    faded[differ] = (230.0, 0.0, 0.0)
     return (faded + 0.5).astype(np.uint8)
 
 
@@ -250,7 +267,7 @@ def gallery_image(samples: Sequence[GallerySample], heading: str):
         rows.append([_zoom(t, k) for t in tiles])
         differ = int(np.count_nonzero(s.reference_mask != s.candidate_mask))
         captions.append(f"{s.name}: mask agreement {s.mask_agreement:.3f}% ({differ} pixel(s) differ)")
-    return _grid(rows, ("image", "reference mask", "candidate mask", "disagreement (red)"), captions, heading)
+    return _grid(rows, ("image", "reference mask", "candidate mask", "disagreement (red, ringed)"), captions, heading)
 
 
 def _grey(values: np.ndarray, low: float, high: float) -> np.ndarray:

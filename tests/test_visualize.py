@@ -66,6 +66,8 @@ def test_disagreement_marks_exactly_the_differing_pixels():
     out = disagreement_rgb(image, ref, cand)
     red = (out == [230, 0, 0]).all(axis=2)
     assert red.sum() == 1 and red[1, 2]
+    ring = (out == [255, 170, 60]).all(axis=2)
+    assert ring.sum() == 15 and not ring[1, 2]  # the rest of the 4x4 tile: all within 3 pixels of (1, 2)
 
 
 def test_gallery_and_checkerboard_panels_are_images():
