@@ -189,23 +189,6 @@ def test_output_mask_and_probabilities(shipped_fp32, images, tmp_path):
     assert np.array_equal(probs.argmax(axis=0)[clear], logits_run.masks[0][clear])
 
 
-def test_valid_convolution_net_runs_as_tiles(tmp_path):
-    from deploy_unet.export import export_onnx
-    from deploy_unet.predict import predict
-    from deploy_unet.runtime import run_onnx
-    from tests.conftest import thin_net
-
-    net = thin_net("unet", depth=2, padding="valid")
-    onnx_path = tmp_path / "valid.onnx"
-    export_onnx(net, onnx_path, height=60, width=60, mean=[0.5] * 3, std=[0.25] * 3)
-    image = _scene(45, 70, 0)
-    with pytest.raises(Exception, match="use tiles"):
-        predict(onnx_path, [image], progress=False)
-    report = predict(onnx_path, [image], tile=True, progress=False)
-    x = ((image.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None]
-    assert np.array_equal(report.masks[0], run_onnx(onnx_path, x, tile=True).argmax(axis=1)[0])
-
-
 def test_class_names_from_export_reach_the_legend_and_json(tmp_path, images):
     out = tmp_path / "unet.onnx"
     runner = CliRunner()
