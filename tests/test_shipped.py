@@ -37,7 +37,8 @@ def test_an_installed_checkout_finds_them_through_the_package_and_it_is_models()
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("deploy-unet is not installed here (a bare checkout); the fallback test covers it")
     spec = importlib.util.find_spec(shipped.PACKAGE)
-    assert spec is not None, "deploy_unet.models is not importable: an install made before it existed; redo it"
+    assert spec is not None, ("deploy_unet.models is not importable: an editable install made before it existed "
+                              "(redo `pip install -e .`), or a non-editable one while testing the tree")
     assert Path(spec.origin).parent.samefile(REPO_MODELS)  # editable: the repository's models/, not a copy
     assert shipped.models_dir().samefile(REPO_MODELS)
 
