@@ -14,6 +14,7 @@ import click
 from deploy_unet import __version__
 from deploy_unet.errors import DeployUnetError
 from deploy_unet.report_console import make_console
+from deploy_unet.shipped import REFERENCE_CHECKPOINTS
 
 
 def handle_errors(func):
@@ -354,7 +355,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s"]), default=None,
+@click.option("--arch", type=click.Choice(sorted(REFERENCE_CHECKPOINTS)), default=None,
               help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
                    "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
