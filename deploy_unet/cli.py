@@ -14,6 +14,7 @@ import click
 from deploy_unet import __version__
 from deploy_unet.errors import DeployUnetError
 from deploy_unet.report_console import make_console
+from deploy_unet.shipped import REFERENCE_CHECKPOINTS
 
 
 def handle_errors(func):
@@ -425,7 +426,7 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s"]), default=None,
+@click.option("--arch", type=click.Choice(sorted(REFERENCE_CHECKPOINTS)), default=None,
               help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
                    "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy_unet.errors import ArtifactError, GateFailedError
+from deploy_unet.shipped import checkpoint as default_checkpoint
 from deploy_unet.timing import StageTimes
 
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "unetpp": "unetpp_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"
@@ -67,18 +66,6 @@ class PipelineResult:
     failed_gates: list[str] = field(default_factory=list)
     validations: list = field(default_factory=list)  # validate.ValidationReport per candidate
     bench: Any = None  # bench.BenchReport
-
-
-def default_checkpoint(arch: str) -> Path:
-    name = REFERENCE_CHECKPOINTS.get(arch)
-    path = REPO_MODELS / name if name else None
-    if path is None or not path.is_file():
-        shipped = ", ".join(sorted(REFERENCE_CHECKPOINTS))
-        raise ArtifactError(
-            f"no shipped reference checkpoint for --arch {arch} (shipped: {shipped}, in {REPO_MODELS}); "
-            "pass --checkpoint FILE"
-        )
-    return path
 
 
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:

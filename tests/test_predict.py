@@ -14,9 +14,9 @@ from PIL import Image
 from deploy_unet.cli import cli
 from deploy_unet.data import SyntheticSpec, synthetic_sample
 from deploy_unet.metadata import read_model_info
+from deploy_unet.shipped import checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_UNET = REPO / "models" / "unet_synthetic.pt"
+SHIPPED_UNET = checkpoint("unet")
 
 
 def _scene(h: int, w: int, index: int) -> np.ndarray:
