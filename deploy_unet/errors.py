@@ -30,3 +30,9 @@ class GateFailedError(DeployUnetError):
     """A validation or accuracy gate failed: the run worked, the result is not good enough."""
 
     exit_code = 1
+
+
+class InputsSkippedError(DeployUnetError):
+    """Some inputs could not be read and were skipped; the others were processed and written."""
+
+    exit_code = 1

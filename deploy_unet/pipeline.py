@@ -85,7 +85,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     from deploy_unet.export import export_onnx
     from deploy_unet.nets.loading import load_net
     from deploy_unet.precision import quantize
-    from deploy_unet.report import write_report
+    from deploy_unet.report import GALLERY_SAMPLES, write_report
     from deploy_unet.validate import validate_artifacts_many
 
     out = Path(config.output_dir)
@@ -112,7 +112,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         fp32 = out / f"{stem}.onnx"
         exported = export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
                                arch=loaded.arch, net_config=loaded.net_config,
-                               checkpoint_sha256=loaded.checkpoint.sha256)
+                               checkpoint_sha256=loaded.checkpoint.sha256, class_names=loaded.checkpoint.class_names)
         times.extend(exported.stages, "export")
         onnx_artifacts = [Artifact("ONNX fp32", fp32, "fp32")]
 
@@ -139,7 +139,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
         validations = validate_artifacts_many(
             [(a.path, a.backend) for a in candidates], checkpoint, data=EVAL_SOURCE, samples=config.eval_samples,
-            progress=False, threads=threads,
+            progress=False, threads=threads, gallery=GALLERY_SAMPLES,
         )
         times.add("reference (PyTorch) inference", validations[0].reference_seconds, "validate")
         for artifact, report in zip(candidates, validations):
