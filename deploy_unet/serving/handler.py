@@ -35,6 +35,7 @@ class SizeLimit:
     min_hw: tuple[int, int] = (1, 1)
     max_hw: tuple[int, int] | None = None
     why: str = "--max-size"
+    of_model_input: bool = False  # an engine profile bounds what the model is fed (a padded image), not the image
 
     def check(self, height: int, width: int, what: str = "input") -> None:
         lo_h, lo_w = self.min_hw
@@ -98,7 +99,11 @@ class InferenceHandler:
         if self.input_kind == "image":
             if array.ndim != 4:
                 raise ShapeContractError(f"image has shape {list(array.shape)}; send N x H x W x C uint8")
-            self.limit.check(array.shape[1], array.shape[2], "image")
+            height, width = int(array.shape[1]), int(array.shape[2])
+            if self.limit.of_model_input and self.preprocessing is not None:
+                self.limit.check(*self.preprocessing.input_size(height, width), "padded image")
+            else:
+                self.limit.check(height, width, "image")
             return
         # Triton has checked dtype, rank and channels against the config; the contract and the limit are ours.
         height, width = (int(v) for v in array.shape[2:4])

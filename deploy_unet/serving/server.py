@@ -247,12 +247,12 @@ class TritonService:
         classes = int(info.num_classes)
         if o.input_kind == "image":
             in_name, in_dtype, in_dims = IMAGE_INPUT, "uint8", (-1, -1, -1)
-            size_rule = f"any image size (N x H x W x C uint8, C = 1, 3 or 4); {limit.why} {_limit_text(limit)}"
+            size_rule = f"any image size, C = 1, 3 or 4; {_limit_text(limit)}"
         else:
             in_name, in_dtype, in_dims = input_name, "float32", (int(info.in_channels), -1, -1)
             size_rule = f"H and W {info.shape_contract.rule()}" if not info.pad_in_graph else \
                 f"any H, W from {info.divisor // 2 + 1} (the graph pads)"
-            size_rule += f"; {limit.why} {_limit_text(limit)}"
+            size_rule += f"; {_limit_text(limit)}"
         if o.output == MASK_OUTPUT:
             from deploy_unet.runtime.base import mask_dtype
 
@@ -279,7 +279,7 @@ class TritonService:
             lo, hi = tuple(profile.min[2:]), tuple(profile.max[2:])
             if o.max_size is not None:
                 hi = (min(hi[0], o.max_size[0]), min(hi[1], o.max_size[1]))
-            return SizeLimit(lo, hi, "the engine's optimization profile")
+            return SizeLimit(lo, hi, "the engine's optimization profile", of_model_input=True)
         return SizeLimit((1, 1), tuple(o.max_size or DEFAULT_MAX_SIZE), "--max-size")
 
     def _warm_up(self) -> None:
@@ -358,7 +358,7 @@ class TritonService:
                 f"on Triton: HTTP {self.http_url}, gRPC {self.grpc_url}, metrics {self.metrics_url}; "
                 f"input '{m.input_name}' {m.input_dtype} Nx{dims} ({m.size_rule}), batch <= {m.max_batch_size}; "
                 f"output '{m.output_name}' {m.output_dtype}; admin endpoints need header {ACCESS_HEADER} "
-                f"(token: ${ACCESS_TOKEN_ENV}, else random); Ctrl-C or SIGTERM stops it")
+                f"(token: ${ACCESS_TOKEN_ENV}, else random); workspace {self._tmp}; Ctrl-C or SIGTERM stops it")
 
 
 def _engine_profile(path: Path):
@@ -370,7 +370,11 @@ def _engine_profile(path: Path):
 
 
 def _limit_text(limit: SizeLimit) -> str:
-    return f"{limit.min_hw[0]}x{limit.min_hw[1]} to {limit.max_hw[0]}x{limit.max_hw[1]}" if limit.max_hw else "none"
+    if limit.max_hw is None:
+        return "no size limit"
+    if limit.min_hw == (1, 1):
+        return f"up to {limit.max_hw[0]}x{limit.max_hw[1]} ({limit.why})"
+    return f"{limit.min_hw[0]}x{limit.min_hw[1]} to {limit.max_hw[0]}x{limit.max_hw[1]} ({limit.why})"
 
 
 def _backend_label(runner) -> str:
