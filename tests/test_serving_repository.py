@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from serving_helpers import fake_engine
 
 from deploy_unet.cli import cli
-from deploy_unet.engine.manifest import EngineManifest, manifest_path_for, model_section, write_manifest
 from deploy_unet.errors import ArtifactError, ConfigError
 from deploy_unet.fileio import sha256_file
 from deploy_unet.metadata import load_onnx, read_model_info, write_props
@@ -51,24 +51,6 @@ def precisions(thin_onnx, tmp_path_factory):
     fp16 = quantize(thin_onnx, "fp16", output=folder / "thin.fp16.onnx", **FAST).path
     int8 = quantize(thin_onnx, "int8", target="tensorrt", output=folder / "thin.int8.onnx", **FAST).path
     return {"fp16": fp16, "int8": int8}
-
-
-def fake_engine(tmp_path, onnx_path, max_batch=4, min_hw=16, opt_hw=64, max_hw=128):
-    """Engine bytes (never deserialized: the repository copies them) and a manifest with one profile."""
-    info = read_model_info(onnx_path)
-    engine = tmp_path / "thin.fp16.engine"
-    engine.write_bytes(b"not-a-real-plan" * 7)
-    profile = {"min": [1, 3, min_hw, min_hw], "opt": [1, 3, opt_hw, opt_hw], "max": [max_batch, 3, max_hw, max_hw]}
-    write_manifest(EngineManifest(
-        tensorrt_version="10.16.0.72", gpu={"index": 0, "name": "NVIDIA H100", "compute_capability": "9.0",
-                                            "memory_mib": 80000},
-        precision="fp16", profiles=[profile],
-        inputs=[{"name": "input", "dtype": "FLOAT", "shape": [-1, 3, -1, -1], **profile}],
-        outputs=[{"name": "logits", "dtype": "FLOAT", "shape": [-1, info.num_classes, -1, -1]}],
-        onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path), "metadata": info.to_props()},
-        model=model_section(info), builder={"hardware_compat": "none", "version_compatible": False},
-    ), manifest_path_for(engine))
-    return engine
 
 
 def test_onnx_model_folder_states_the_artifact(thin_onnx, tmp_path):
