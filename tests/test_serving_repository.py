@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from serving_helpers import fake_engine
+from serving_helpers import fake_engine, require_serve_extra
 
 from deploy_unet.cli import cli
 from deploy_unet.errors import ArtifactError, ConfigError
@@ -22,8 +22,10 @@ from deploy_unet.metadata import load_onnx, read_model_info, write_props
 from deploy_unet.serving.pbtxt import check_model_config
 from deploy_unet.serving.repository import RepositoryOptions, write_repository
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient (the serve extra)")
+require_serve_extra()
+
 from google.protobuf import text_format  # noqa: E402  (installed with tritonclient)
+from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 FAST = dict(calib="synthetic:seed=1,size=32x32", calib_samples=8, eval_source="synthetic:seed=2,size=32x32",
             eval_samples=2, progress=False, max_dice_drop=1.0)
