@@ -196,8 +196,8 @@ def test_admin_endpoints_need_the_token_and_inference_does_not(server):
 def test_sigterm_stops_the_server_and_leaves_nothing_behind(server):
     tritons = [pid for pid in server.children if command_name(pid) == "tritonserver"]
     assert len(tritons) == 1 and server.children  # the real server, with its python-backend stub below it
-    workspace = next(server.tmpdir.iterdir())
-    assert workspace.name.startswith("deploy-unet-serve-") and (workspace / "workspace").is_dir()
+    (workspace,) = [p for p in server.tmpdir.iterdir() if p.name.startswith("deploy-unet-serve-")]
+    assert (workspace / "workspace" / "model-store").is_dir() and str(workspace) in server.stderr()
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 20
