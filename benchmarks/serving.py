@@ -121,13 +121,15 @@ def in_process(onnx: Path, output: str, threads: int, concurrency: int, seconds:
 
 
 @contextlib.contextmanager
-def served(onnx: Path, output: str, threads: int, batching: bool, queue_delay_us: int, max_batch: int):
+def served(onnx: Path, output: str, threads: int, batching: bool, queue_delay_us: int, max_batch: int,
+           instances: int = 1):
     from deploy_unet.serving.server import free_port, wait_until_ready
 
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "deploy_unet.cli", "serve", str(onnx), "--model-name", MODEL, "--threads", str(threads),
            "--output", output, "--max-batch", str(max_batch), "--max-queue-delay-us", str(queue_delay_us),
-           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+           "--instances", str(instances)]
     if not batching:
         cmd.append("--no-dynamic-batching")
     env = {**os.environ, "DEPLOY_UNET_TRITON_ACCESS_TOKEN": TOKEN}
@@ -189,63 +191,64 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, output in zip(axes, ("logits", "mask"), strict=True):
-        for label, style in (("in-process", "k--"), ("served, dynamic batching", "C0-o"), ("served, no batching", "C1-s")):
-            pts = [r for r in rows if r["output"] == output and r["mode"] == label]
-            ax.plot([r["concurrency"] for r in pts], [r["images_per_s"] for r in pts], style, label=label)
+    outputs = sorted({r["output"] for r in rows})
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, axes = plt.subplots(1, len(outputs), figsize=(5.5 * len(outputs), 4.2), sharey=True, squeeze=False)
+    for ax, output in zip(axes[0], outputs, strict=True):
+        for i, mode in enumerate(modes):
+            pts = [r for r in rows if r["output"] == output and r["mode"] == mode]
+            cs = [r["concurrency"] for r in pts]
+            ax.plot(cs, [r["served"]["images_per_s"] for r in pts], f"C{i}-o", label=f"served, {mode}")
+            ax.plot(cs, [r["in_process"]["images_per_s"] for r in pts], f"C{i}:", alpha=0.6,
+                    label=f"in-process, beside {mode}")
         ax.set_xscale("log", base=2)
         ax.set_title(f"output: {output}")
         ax.set_xlabel("client concurrency")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("images / s (256x256)")
-    axes[0].legend()
-    fig.suptitle("UNet (shipped) on ONNX Runtime CPU: deploy-unet serve (Triton) vs the same runner in-process")
+    axes[0][0].set_ylabel("images / s (256x256)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("shipped UNet on ONNX Runtime CPU: served by Triton vs the same runner in-process", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def render(data: dict) -> str:
-    m = data["machine"]
     from deploy_unet.machine import machine_line
 
+    v = data["versions"]
     lines = [
         "# Serving: Triton (deploy-unet serve) vs the same runner in-process",
         "",
-        f"Date {data['date']}; {machine_line(m)}; nvidia-pytriton {data['versions']['pytriton']} (Triton server "
-        f"{data['versions']['triton_server']}), tritonclient {data['versions']['tritonclient']}, numpy "
-        f"{data['versions']['numpy']}. 1-minute load average at start {data['load_start']:.2f} (the machine is shared; "
-        "each row records its own).",
+        f"Date {data['date']}; {machine_line(data['machine'])}; nvidia-pytriton {v['pytriton']} (Triton server "
+        f"{v['triton_server']}), tritonclient {v['tritonclient']}, numpy {v['numpy']}. 1-minute load average at start "
+        f"{data['load_start']:.2f}; the machine is shared with other jobs, and each row records the load at its "
+        "served point (this benchmark's own client, server and baseline threads are part of it).",
         "",
         f"    {data['command']}",
         "",
-        f"The shipped UNet (`models/unet_synthetic.pt`, exported at 256x256) on ONNX Runtime CPU with "
-        f"{data['threads']} intra-op threads, served by `deploy-unet serve` (max batch {data['max_batch']}, queue delay "
-        f"{data['queue_delay_us']} us when batching) and driven by tritonclient gRPC clients on the same machine, each "
-        f"sending one 1x3x256x256 float32 image per request back to back for {data['seconds']:.0f} s (after "
-        f"{data['warmup']:.0f} s of warm-up). In-process: the same runner called from as many threads. "
-        "`served / in-process` is the throughput ratio at the same concurrency and output; `avg batch` is Triton's "
-        "inference count over its execution count (requests per model run).",
+        f"The shipped UNet (`models/unet_synthetic.pt`, exported at 256x256) on ONNX Runtime CPU, served by `deploy-unet "
+        f"serve` (max batch {data['max_batch']}, queue delay {data['queue_delay_us']} us when batching) and driven by "
+        "tritonclient gRPC clients on the same machine, each sending one 1x3x256x256 float32 image per request back to "
+        f"back; throughput counts the requests finished in {data['seconds']:.0f} s after {data['warmup']:.1f} s of "
+        f"warm-up. **In-process**: the same runner ({data['threads']} intra-op threads, same output) called from as many "
+        "threads, measured right before each served point while the server sits idle. `ratio` = served / in-process "
+        "images per second; `avg batch` = Triton's inference count / execution count (requests per model run).",
         "",
-        "| output | mode | concurrency | images/s | p50 ms | p99 ms | avg batch | served / in-process | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| output | served mode | clients | served img/s | p50 ms | p99 ms | avg batch | in-process img/s | p50 ms | "
+        "p99 ms | ratio | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {(r["output"], r["concurrency"]): r for r in data["rows"] if r["mode"] == "in-process"}
     for r in data["rows"]:
-        ratio = r["images_per_s"] / base[(r["output"], r["concurrency"])]["images_per_s"] if r["mode"] != "in-process" \
-            else None
-        lines.append(
-            f"| {r['output']} | {r['mode']} | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['avg_batch']:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} | {r['load']:.2f} |"
-            if "avg_batch" in r else
-            f"| {r['output']} | {r['mode']} | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | | | {r['load']:.2f} |")
-    lines += ["", "![throughput against concurrency](serving.png)", "", "## At concurrency 8 (the goal: served >= 0.8x)", ""]
+        s, b = r["served"], r["in_process"]
+        lines.append(f"| {r['output']} | {r['mode']} | {r['concurrency']} | {s['images_per_s']:.1f} | {s['p50_ms']:.0f} | "
+                     f"{s['p99_ms']:.0f} | {s['avg_batch']:.2f} | {b['images_per_s']:.1f} | {b['p50_ms']:.0f} | "
+                     f"{b['p99_ms']:.0f} | **{r['ratio']:.2f}x** | {s['load']:.1f} |")
+    lines += ["", "![served and in-process throughput against concurrency](serving.png)", "",
+              "## At 8 clients (the goal: served >= 0.8x in-process)", ""]
     for r in data["rows"]:
-        if r["mode"] != "in-process" and r["concurrency"] == 8:
-            ratio = r["images_per_s"] / base[(r["output"], 8)]["images_per_s"]
-            lines.append(f"- {r['output']}, {r['mode']}: **{ratio:.2f}x** ({r['images_per_s']:.1f} vs "
-                         f"{base[(r['output'], 8)]['images_per_s']:.1f} images/s){'' if ratio >= 0.8 else ' (below the goal)'}")
+        if r["concurrency"] == 8:
+            lines.append(f"- {r['output']}, {r['mode']}: **{r['ratio']:.2f}x** ({r['served']['images_per_s']:.1f} vs "
+                         f"{r['in_process']['images_per_s']:.1f} images/s){'' if r['ratio'] >= 0.8 else ' (below 0.8)'}")
     lines += ["", *data.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", help="the exported UNet (default: export models/unet_synthetic.pt into a temp dir)")
     parser.add_argument("--concurrency", default="1,2,4,8,16")
-    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per point")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per point")
     parser.add_argument("--warmup", type=float, default=1.5, help="untimed seconds per point")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads [default: the usable CPUs]")
     parser.add_argument("--max-batch", type=int, default=8)
@@ -273,22 +276,29 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or cpu_info().usable_cpus
     load_start = wait_quiet(args.wait_quiet) if args.wait_quiet else loadavg()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    modes = [  # (label, dynamic batching, instances, intra-op threads per instance)
+        ("dynamic batching", True, 1, threads),
+        ("no batching", False, 1, threads),
+        (f"dynamic batching, {threads} instances x 1 thread", True, threads, 1),
+    ][: 3 if threads > 1 else 2]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as work:
         onnx = Path(args.onnx) if args.onnx else export_unet(Path(work))
         for output in args.outputs.split(","):
-            for c in concurrencies:
-                row = in_process(onnx, output, threads, c, args.seconds, args.warmup)
-                rows.append({"output": output, "mode": "in-process", "concurrency": c, **row})
-                print(rows[-1], flush=True)
-            for batching, label in ((True, "served, dynamic batching"), (False, "served, no batching")):
-                with served(onnx, output, threads, batching, args.queue_delay_us, args.max_batch) as urls:
+            for label, batching, instances, per_instance in modes:
+                with served(onnx, output, per_instance, batching, args.queue_delay_us, args.max_batch,
+                            instances) as urls:
                     for c in concurrencies:
+                        # The baseline right before its served point (the server idle meanwhile), so both see
+                        # the same machine: on a shared one, load drifts over minutes.
+                        base = in_process(onnx, output, threads, c, args.seconds, args.warmup)
                         row = served_point(urls, output, c, args.seconds, args.warmup)
-                        rows.append({"output": output, "mode": label, "concurrency": c, **row})
-                        print(rows[-1], flush=True)
-    order = {"in-process": 0, "served, dynamic batching": 1, "served, no batching": 2}
-    rows.sort(key=lambda r: (r["output"], r["concurrency"], order[r["mode"]]))
+                        rows.append({"output": output, "mode": label, "concurrency": c, "instances": instances,
+                                     "threads": per_instance, "served": row, "in_process": base,
+                                     "ratio": row["images_per_s"] / base["images_per_s"]})
+                        print(output, label, c, f"served {row['images_per_s']:.1f}/s in-process "
+                              f"{base['images_per_s']:.1f}/s ratio {rows[-1]['ratio']:.2f} load {row['load']:.2f}",
+                              flush=True)
     import importlib.metadata as md
 
     data = {

@@ -156,7 +156,7 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(server, refe
         "wrong channels": (images(9, 1, 32, 32)[:, :1].repeat(4, 1), "FP32", "[-1,3,-1,-1]"),
         "wrong rank": (x[0], "FP32", "[-1,3,-1,-1]"),
         "size the contract refuses": (images(10, 1, 30, 32), "FP32", "height 30 is not divisible by 8 (= 2**3 for UNet "
-                                      "depth 3); nearest valid: 32 or 24; or serve with --input image"),
+                                      "depth 3); nearest valid: 32 or 24; or serve with --input image, which takes any image size"),
         "over the size limit": (images(11, 1, 72, 72), "FP32", "72x72 exceeds 64x64, the largest --max-size takes"),
         "batch over max_batch_size": (images(12, 9, 16, 16), "FP32", "batch-size must be <= 8"),
         "NaN values": (np.full((1, 3, 16, 16), np.nan, np.float32), "FP32", "NaN or Inf"),
@@ -208,12 +208,32 @@ def test_sigterm_stops_the_server_and_leaves_nothing_behind(server):
     assert leftover == []
 
 
+def test_a_port_in_use_is_one_error_line_and_nothing_starts(onnx_path):
+    import socket
+
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+    from deploy_unet.serving.server import free_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", str(onnx_path), "--http-port", str(free_port()),
+                                          "--grpc-port", str(port), "--metrics-port", str(free_port())])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: --grpc-port {port}: 127.0.0.1:{port} cannot be bound")
+    assert result.output.count("\n") == 1
+
+
 # --- a second server: raw images in, masks out -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def image_server(onnx_path):
-    proc = ServeProcess(onnx_path, "--input", "image", "--output", "mask", "--model-name", "seg", "--threads", "1")
+    proc = ServeProcess(onnx_path, "--input", "image", "--output", "mask", "--model-name", "seg", "--threads", "1",
+                        "--instances", "2")
     try:
         yield proc.wait_ready("seg")
     finally:
@@ -236,6 +256,8 @@ def test_image_in_mask_out_equals_predict_processing(image_server, onnx_path):
             mask = h.infer("seg", [inp]).as_numpy("mask")
             assert mask.dtype == np.uint8 and mask.shape == image.shape[:3]
             np.testing.assert_array_equal(mask, expected)
+        config = h.get_model_config("seg")
+        assert [g["count"] for g in config["instance_group"]] == [2]  # --instances 2: two runners
         bad = np.zeros((1, 8, 8, 5), np.uint8)
         inp = httpclient.InferInput("image", list(bad.shape), "UINT8")
         inp.set_data_from_numpy(bad)

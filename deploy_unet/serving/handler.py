@@ -114,7 +114,7 @@ class InferenceHandler:
         elif runner.pad_in_graph:
             check_size_pad_in_graph((height, width), runner.divisor)
         else:
-            runner.contract.validate((height, width), "or serve with --input image, which pads any image size")
+            runner.contract.validate((height, width), "or serve with --input image, which takes any image size")
         if not np.isfinite(array).all():
             raise DeployUnetError("input contains NaN or Inf values; send finite float32 data")
 
