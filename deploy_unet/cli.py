@@ -549,7 +549,9 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
               help="Dynamic batching: how long a request may wait for others of its shape.")
 @click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (no dynamic batcher).")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (one runner each).")
+@click.option("--instances", type=int, default=None,
+              help="Model instances, one runner each, run in parallel [default: one per usable CPU with 1 thread each "
+                   "for a CPU runner, else 1].")
 @click.option("--input", "input_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
               help="tensor: the model's normalized float32 NCHW (contract enforced); image: uint8 N x H x W x C "
                    "of any size, preprocessed from the metadata and cropped back.")

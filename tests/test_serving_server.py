@@ -94,7 +94,7 @@ def test_http_and_grpc_answers_equal_a_direct_runner_call(server, reference):
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32", [-1, 3, -1, -1])]
     assert [(t["name"], t["shape"]) for t in meta["outputs"]] == [("logits", [-1, 2, -1, -1])]
     ready = server.stderr()
-    assert "serving model 'thin_unet' (onnxruntime)" in ready and "127.0.0.1:" in ready
+    assert "serving model 'thin_unet' (onnxruntime, 2 instances x 1 thread)" in ready  # the CPU default and "127.0.0.1:" in ready
 
 
 def test_eight_clients_times_25_mixed_requests_each_get_their_own_answer(server, reference):

@@ -38,7 +38,7 @@ def test_shipped_unet_checkpoint_answers_an_image_with_the_right_mask():
             mask = client.infer("unet_synthetic", [inp]).as_numpy("mask")[0]
         finally:
             client.close()
-        assert "(torch)" in proc.stderr()
+        assert "(torch, " in proc.stderr()
         assert proc.stop(signal.SIGTERM) == 0
     finally:
         proc.cleanup()

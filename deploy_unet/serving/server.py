@@ -70,7 +70,7 @@ class ServeOptions:
     max_batch: int | None = None
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     dynamic_batching: bool = True
-    instances: int = 1
+    instances: int | None = None  # default: one per usable CPU (1 thread each) for a CPU runner, else 1
     input_kind: str = "tensor"  # "tensor" | "image"
     output: str = "logits"  # "logits" | "mask"
     max_size: tuple[int, int] | None = None  # default: an engine's profile, else DEFAULT_MAX_SIZE
@@ -81,7 +81,7 @@ class ServeOptions:
         check_output_kind(self.output)
         if self.input_kind not in INPUT_KINDS:
             raise ConfigError(f"--input {self.input_kind!r} is not valid; choose one of: {', '.join(INPUT_KINDS)}")
-        if self.instances < 1:
+        if self.instances is not None and self.instances < 1:
             raise ConfigError(f"--instances {self.instances} must be at least 1")
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"--max-batch {self.max_batch} must be at least 1")
@@ -112,6 +112,7 @@ class ServedModel:
     max_batch_size: int
     size_rule: str
     instances: int = 1
+    threads: int = 1
     stages: StageTimes = field(default_factory=StageTimes)
 
 
@@ -174,7 +175,7 @@ class TritonService:
             check_port_free(o.host, port, flag)
         stages = StageTimes()
         try:
-            with stages.stage("open runner" + ("s" if o.instances > 1 else "")):
+            with stages.stage("open runners"):
                 self._open_handlers()
             with stages.stage("warm-up"):
                 self._warm_up()
@@ -215,10 +216,12 @@ class TritonService:
 
         o = self.options
         path = Path(o.artifact)
-        threads = o.threads or max(1, cpu_info().usable_cpus // o.instances)
+        usable = cpu_info().usable_cpus
+        instances = o.instances or (usable if runs_on_cpu(path, o.backend, o.device) else 1)
+        threads = o.threads or max(1, usable // instances)
         runner_output = MASK_OUTPUT if o.output == MASK_OUTPUT else "logits"
         options = {"device": o.device, "threads": threads, "output": runner_output, "checkpoint": o.checkpoint}
-        for _ in range(o.instances):
+        for _ in range(instances):
             runner = open_runner(path, backend=o.backend, **options)
             info = getattr(runner, "info", None)
             if o.input_kind == "image" and info is not None and not info.shape_contract.is_divisor_only:
@@ -262,7 +265,8 @@ class TritonService:
         self.model = ServedModel(
             name=o.model_name or model_name_for(path), backend=_backend_label(first), input_name=in_name,
             input_dtype=in_dtype, input_dims=in_dims, output_name=output_name, output_dtype=out_dtype,
-            output_dims=out_dims, max_batch_size=max_batch, size_rule=size_rule, instances=o.instances,
+            output_dims=out_dims, max_batch_size=max_batch, size_rule=size_rule, instances=instances,
+            threads=threads,
         )
 
     def _max_batch(self, runner, profile) -> int:
@@ -354,11 +358,35 @@ class TritonService:
     def ready_line(self) -> str:
         m = self.model
         dims = "x".join("?" if d < 0 else str(d) for d in m.input_dims)
-        return (f"serving model '{m.name}' ({m.backend}{', ' + str(m.instances) + ' instances' if m.instances > 1 else ''}) "
+        plural = "s" if m.instances > 1 else ""
+        return (f"serving model '{m.name}' ({m.backend}, {m.instances} instance{plural} x {m.threads} thread"
+                f"{'s' if m.threads > 1 else ''}) "
                 f"on Triton: HTTP {self.http_url}, gRPC {self.grpc_url}, metrics {self.metrics_url}; "
                 f"input '{m.input_name}' {m.input_dtype} Nx{dims} ({m.size_rule}), batch <= {m.max_batch_size}; "
                 f"output '{m.output_name}' {m.output_dtype}; admin endpoints need header {ACCESS_HEADER} "
                 f"(token: ${ACCESS_TOKEN_ENV}, else random); workspace {self._tmp}; Ctrl-C or SIGTERM stops it")
+
+
+def runs_on_cpu(path: Path, backend: str | None, device: str) -> bool:
+    """Whether the runner will compute on the CPU: ONNX Runtime's CPU provider, or torch on the CPU.
+
+    There, N instances of 1 thread each (Triton runs them in parallel) beat 1 instance of N threads: a UNet's
+    convolutions scale poorly across intra-op threads, and independent requests keep every core busy
+    (``benchmarks/serving.md``). On a GPU one instance is the usual start.
+    """
+    from deploy_unet.runtime import BACKENDS_BY_SUFFIX
+
+    chosen = backend or BACKENDS_BY_SUFFIX.get(path.suffix.lower(), ("",))[0]
+    if chosen == "onnxruntime":
+        return True
+    if chosen == "torch":
+        if device == "cpu":
+            return True
+        if device == "auto":
+            import torch
+
+            return not torch.cuda.is_available()
+    return False
 
 
 def _engine_profile(path: Path):
