@@ -555,6 +555,111 @@ def doctor_command(as_json):
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
+# --- serving: Triton model repositories and `serve` (deploy_unet/serving/) ------------------------------
+
+
+@cli.command("triton-repo")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default="model_repository",
+              show_default=True, help="The repository folder (new, or replaced with --force).")
+@click.option("--name", "names", multiple=True, help="Model name per artifact, in order [default: each file's stem].")
+@click.option("--accelerator", type=click.Choice(["none", "tensorrt"]), default="none", show_default=True,
+              help="ONNX files: ONNX Runtime's TensorRT execution provider (precision from the graph, engine and "
+                   "timing caches on).")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="instance_group kind of each model.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Instances per model.")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's profile max batch; 8 for ONNX with a dynamic batch].")
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others of its shape.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Leave dynamic_batching out (each request runs alone).")
+@click.option("--ensemble", is_flag=True,
+              help="Also write NAME_preprocess, NAME_postprocess (python backend) and NAME_ensemble: image in, mask out.")
+@click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@handle_errors
+def triton_repo_command(artifacts, output_dir, names, accelerator, kind, instances, max_batch, max_queue_delay_us,
+                        no_dynamic_batching, ensemble, no_warmup, force):
+    """Write a Triton Inference Server model repository for ONNX files and TensorRT engines."""
+    from deploy_unet.serving.repository import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(accelerator=accelerator, instances=instances, kind=kind, max_batch=max_batch,
+                                dynamic_batching=not no_dynamic_batching, max_queue_delay_us=max_queue_delay_us,
+                                ensemble=ensemble, warmup=not no_warmup)
+    repo = write_repository(list(artifacts), output_dir, options, names=list(names) or None, force=force)
+    for model in repo.models:
+        click.echo(f"  {model.name}: {model.platform}, max_batch_size {model.max_batch_size}"
+                   + (f"; {model.hw_rule}" if model.hw_rule else ""))
+    checked = "parsed with Triton's model_config schema" if repo.parsed_with_triton_schema else \
+        "not parsed (install tritonclient to check configs against Triton's schema)"
+    click.echo(f"wrote {repo.path}/ ({len(repo.models)} models, README.md); configs {checked}")
+
+
+def _hw(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from deploy_unet.data import parse_size
+
+    return parse_size(text)
+
+
+@cli.command("serve")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--backend", default=None, help=f"Runner: {_BACKEND_HELP}.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights for --backend torch on an .onnx file.")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
+@click.option("--threads", type=int, default=None, help="CPU threads per instance [default: the CPUs / instances].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--model-name", default=None, help="Triton model name [default: the artifact's stem].")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's profile max batch, else 8].")
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others of its shape.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (no dynamic batcher).")
+@click.option("--instances", type=int, default=None,
+              help="Model instances, one runner each, run in parallel [default: one per usable CPU with 1 thread each "
+                   "for a CPU runner, else 1].")
+@click.option("--input", "input_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
+              help="tensor: the model's normalized float32 NCHW (contract enforced); image: uint8 N x H x W x C "
+                   "of any size, preprocessed from the metadata and cropped back.")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="logits, or the argmax mask (uint8, computed where the runner runs).")
+@click.option("--max-size", default=None, metavar="HxW",
+              help="Largest request H x W [default: an engine's profile max, else 2048x2048].")
+@click.option("--exit-timeout", type=int, default=5, show_default=True,
+              help="Seconds Triton waits for in-flight requests and open connections at shutdown.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
+@handle_errors
+def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
+                  model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
+                  output_kind, max_size, exit_timeout, log_file):
+    """Serve ARTIFACT (.pt, .onnx, .engine) with the project's runner on a real Triton server (PyTriton)."""
+    from deploy_unet.serving.server import ServeOptions, serve_until_signal
+
+    options = ServeOptions(
+        artifact=artifact, backend=backend, device=device, checkpoint=checkpoint, threads=threads, host=host,
+        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, model_name=model_name,
+        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, dynamic_batching=not no_dynamic_batching,
+        instances=instances, input_kind=input_kind, output=output_kind, max_size=_hw(max_size),
+        exit_timeout_s=exit_timeout, log_file=log_file,
+    )
+
+    def ready(service):
+        stages = service.model.stages.as_dict()
+        click.echo("start-up: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages.items()), err=True)
+        click.echo(service.ready_line(), err=True)
+
+    signum = serve_until_signal(options, on_ready=ready, log=lambda message: click.echo(message, err=True))
+    click.echo(f"stopped ({'signal ' + str(signum) if signum else 'server exited'}); Triton and its workspace are gone",
+               err=True)
+
+
 def main() -> None:
     cli()
 

@@ -105,7 +105,24 @@ def test_valid_padding_is_a_config_choice():
 @pytest.mark.parametrize("rows, cols", [((3, 5), (0, 2)), ((9, 11), (12, 4)), ((25, 1), (7, 30))])
 def test_mirror_pad_is_numpy_reflect_even_wider_than_the_image(rows, cols):
     x = np.arange(2 * 7 * 5, dtype=np.float32).reshape(1, 2, 7, 5)
-    np.testing.assert_array_equal(mirror_pad(x, rows, cols), np.pad(x, [(0, 0), (0, 0), rows, cols], "reflect"))
+    np.testing.assert_array_equal(mirror_pad(x, rows, cols), _reflect_one_at_a_time(x, rows, cols))
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        np.testing.assert_array_equal(mirror_pad(x, rows, cols), np.pad(x, [(0, 0), (0, 0), rows, cols], "reflect"))
+
+
+def _reflect_one_at_a_time(x, rows, cols):
+    """numpy ``reflect``, one side and one reflection (at most size - 1 wide) per np.pad call: numpy 1.x pads
+    several reflections at once wrongly when the two sides differ (numpy#25926, fixed in 2.x), and the
+    serve extra's PyTriton pins numpy < 2. Each edge reached is a mirror axis, so the steps compose exactly."""
+    for axis, sides in ((2, rows), (3, cols)):
+        size = x.shape[axis]
+        for side, width in enumerate(sides):
+            while width:
+                step = min(width, size - 1)
+                widths = [(0, 0)] * x.ndim
+                widths[axis] = (step, 0) if side == 0 else (0, step)
+                x, width = np.pad(x, widths, "reflect"), width - step
+    return x
 
 
 @pytest.mark.parametrize("up_loss, tile", [(0, 60), (2, 60), (0, 100), (2, 64)])
