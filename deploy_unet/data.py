@@ -281,7 +281,6 @@ def check_distinct_sources(calib: str | Source, evaluation: str | Source) -> Non
 
 
 def _read_folder(path: Path, masks: Path | None, n: int | None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-
     image_dir = path / "images" if (path / "images").is_dir() else path
     if masks is None and (path / "masks").is_dir() and image_dir != path:
         masks = path / "masks"

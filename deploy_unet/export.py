@@ -199,7 +199,7 @@ def export_onnx(
         if verify:
             log("verifying in ONNX Runtime against PyTorch")
             with times.stage("parity check (ORT vs PyTorch)"):
-                parity = _verify(tmp, shapes, references, traced, dynamic, tolerance, model_name, keeper(model))
+                parity = _verify(net, tmp, shapes, references, traced, dynamic, tolerance, model_name, keeper(model))
     return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced)
 
 
@@ -273,14 +273,28 @@ def _torch_forward(net: nn.Module, shape, export_shape, axis: str | None, dynami
             raise ConfigError(
                 f"the net fails on a {b}x{c}x{h}x{w} sample ({first_line(exc)}); check --in-channels and the size"
             ) from exc
-        changed = axis or ", ".join(n for n, i in AXIS_INDEX.items() if shape[i] != export_shape[i])
+        changed = axis or _failing_axes(net, shape, export_shape)
         raise ConfigError(
             f"the net runs at {_key(export_shape)} but not at {_key(shape)} ({changed} changed: {first_line(exc)}); "
-            f"it does not take a dynamic {changed}: {_fix_for(axis or 'height', dynamic)}"
+            f"it does not take a dynamic {changed}: {_fix_for(changed.split()[0], dynamic)}"
         ) from exc
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"the net returned {type(out).__name__}; it must return one NCHW tensor of logits")
     return out.detach().numpy()
+
+
+def _failing_axes(net: nn.Module, shape, export_shape) -> str:
+    """Which of the axes ``shape`` changes from the export shape the net fails on, each changed alone."""
+    changed = [n for n, i in AXIS_INDEX.items() if shape[i] != export_shape[i]]
+    failing = []
+    for axis in changed:
+        probe = list(export_shape)
+        probe[AXIS_INDEX[axis]] = shape[AXIS_INDEX[axis]]
+        try:
+            net(torch.from_numpy(_sample(*probe, seed=0)))
+        except Exception:
+            failing.append(axis)
+    return " and ".join(failing or changed)
 
 
 def _seed(shape) -> int:
@@ -319,7 +333,7 @@ def _check_dynamic_inputs(model: onnx.ModelProto, dynamic: str, traced, keep) ->
     for axis in DYNAMIC_AXES[dynamic]:
         dim = dims[AXIS_INDEX[axis]]
         if not dim.dim_param and dim.HasField("dim_value"):
-            kept = keep("dynamic axes")
+            kept = keep("dynamic axes") if keep is not None else None
             raise ConfigError(
                 f"torch.export fixed the {axis} to {dim.dim_value} (traced at {_key(traced)}): the net's code "
                 f"does not let it vary; {_fix_for(axis, dynamic)}" + (f" (the ONNX is kept as {kept})" if kept else "")
@@ -401,8 +415,21 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     return slim
 
 
-def _verify(path: Path, shapes, references, traced, dynamic: str, tolerance: float, model_name: str,
-            keep) -> dict[str, float]:
+def known_cause(net: nn.Module, axis: str) -> str:
+    """A pattern known to fix a size in the exported graph, found in the net's modules, as a clause."""
+    if axis == "batch":
+        return ""
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = module.output_size
+            if size not in (1, (1, 1)):
+                return (f" ({name}: {type(module).__name__}(output_size={size}); ONNX has no adaptive pooling and the "
+                        "exporter's decomposition fixes its input size, microsoft/onnxscript#1646)")
+    return ""
+
+
+def _verify(net: nn.Module, path: Path, shapes, references, traced, dynamic: str, tolerance: float,
+            model_name: str, keep) -> dict[str, float]:
     """Run the file in ONNX Runtime at each of ``shapes`` and compare with PyTorch's ``references``.
 
     Gate: max abs error <= tolerance * max(1, max |reference|) -- absolute for unit-scale logits,
@@ -413,7 +440,7 @@ def _verify(path: Path, shapes, references, traced, dynamic: str, tolerance: flo
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failing run is reported below, in one line; ORT's own log would repeat it
     with stage_errors("ONNX Runtime session", model_name, keep):
         session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     parity = {}
@@ -434,14 +461,14 @@ def _verify(path: Path, shapes, references, traced, dynamic: str, tolerance: flo
         if problem is None:
             parity[key] = err
             continue
-        kept = keep("parity")
+        kept = keep("parity") if keep is not None else None
         where = f" (the ONNX is kept as {kept})" if kept else "; the file was not written"
         if axis is not None:
             value = traced[AXIS_INDEX[axis]]
             raise ConfigError(
                 f"the exported graph only runs at the traced {axis} {value}: at input {key} (only the {axis} "
                 f"changed from the traced {_key(traced)}) {problem}; torch.export baked {axis} {value} into the "
-                f"graph; {_fix_for(axis, dynamic)}{where}"
+                f"graph{known_cause(net, axis)}; {_fix_for(axis, dynamic)}{where}"
             )
         raise GateFailedError(f"ONNX Runtime differs from PyTorch at input {key}: {problem}{where}")
     return parity
