@@ -139,7 +139,7 @@ def quantize(
         report = None
         if eval_source is not None:
             keep = onnx_keeper(candidate, out) if keep_failed else None
-            with times.stage("accuracy gate"), stage_errors(f"accuracy gate (ONNX Runtime, {precision})", name, keep):
+            with times.stage("accuracy gate"), stage_errors("accuracy gate", name, keep):
                 samples = load_samples(eval_source, info, eval_samples)
                 report = gate.evaluate(model_path, candidate, samples, info.num_classes, max_dice_drop, threads)
         with atomic_path(out) as dst:
