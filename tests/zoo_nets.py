@@ -73,7 +73,14 @@ ZOO: tuple[ZooNet, ...] = (
            ("EfficientNet encoder (depthwise, squeeze-excitation, swish)", "feature pyramid")),
     ZooNet("smp-pspnet-mobilenet_v2", "smp", f"{SMP}:PSPNet",
            {"encoder_name": "mobilenet_v2", "encoder_weights": None, "classes": NUM_CLASSES}, 8,
-           ("MobileNet encoder (inverted residuals, ReLU6)", "pyramid pooling")),
+           ("MobileNet encoder (inverted residuals, ReLU6)", "pyramid pooling"),
+           export_options=("--dynamic", "batch"),
+           refused_on_defaults=r"only runs at the traced (height|width) .*AdaptiveAvgPool2d\(output_size=\(?[236]"
+                               r".*onnxscript#1646.*--dynamic batch",
+           note="its pyramid pooling is nn.AdaptiveAvgPool2d with bins 2, 3, 6: ONNX has no adaptive pooling and "
+                "torch's decomposition (GatherND on indices computed at trace time) fixes the pooled map's size "
+                "(https://github.com/microsoft/onnxscript/issues/1646, "
+                "https://github.com/pytorch/pytorch/issues/74034); exported with fixed H, W it works"),
     ZooNet("smp-deeplabv3plus-resnet18", "smp", f"{SMP}:DeepLabV3Plus",
            {"encoder_name": "resnet18", "encoder_weights": None, "classes": NUM_CLASSES}, 16,
            ("dilated convolutions", "ASPP head (atrous rates, image pooling)")),
