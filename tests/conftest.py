@@ -70,5 +70,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=ZOO_SKIP)
     for item in items:
-        if "zoo" in item.keywords:
+        if item.get_closest_marker("zoo") is not None:
             item.add_marker(skip)
