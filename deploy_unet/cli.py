@@ -16,6 +16,7 @@ import click
 from deploy_unet import __version__
 from deploy_unet.errors import DeployUnetError
 from deploy_unet.report_console import make_console
+from deploy_unet.shipped import REFERENCE_CHECKPOINTS
 
 
 def debug_enabled() -> bool:
@@ -119,11 +120,13 @@ def _net_options(**given) -> dict:
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim.")
 @click.option("--pad-in-graph", is_flag=True,
               help="The graph reflect-pads H, W up to the divisor and crops the logits back: any size works.")
+@click.option("--class-names", default=None, metavar="A,B,C",
+              help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
 def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
            norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
-           tolerance, simplify, pad_in_graph, output):
+           tolerance, simplify, pad_in_graph, class_names, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -153,8 +156,10 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
             mean=loaded.mean, std=loaded.std, arch=loaded.arch, net_config=loaded.net_config,
             divisor=loaded.divisor, in_channels=loaded.in_channels,
             checkpoint_sha256=loaded.checkpoint.sha256 if loaded.checkpoint else None,
-            simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph, log=lambda msg: status.update(msg),
-            keep_failed=debug_enabled(),
+            simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph,
+            class_names=(class_names.split(",") if class_names is not None
+                         else loaded.checkpoint.class_names if loaded.checkpoint else None),
+            log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
@@ -299,23 +304,29 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @_speed_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
+@click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
+              help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
+                   "disagreement) to DIR, and the worst checkerboard map when its score exceeds the reference's.")
 @handle_errors
 def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path):
+                     compile_mode, json_path, gallery_dir):
     """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
-    from deploy_unet.report import gate_table, validation_table, write_json
+    from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts
 
     report = validate_artifacts(
         candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
         allow_tf32=allow_tf32, candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
-        tile=tile, tile_size=_tile_size(tile_size),
+        tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0,
     )
     console = make_console()
     console.print(validation_table(report))
     console.print(gate_table(report))
+    if gallery_dir:
+        for _, path in write_galleries(gallery_dir, [report]):
+            console.print(f"wrote {path}")
     if json_path:
         write_json(json_path, report.to_dict())
         console.print(f"wrote {json_path}")
@@ -379,8 +390,68 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 
+@cli.command("predict")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for NAME.mask.png, NAME.overlay.png (NAME.probs.npy) and predictions.json.")
+@click.option("--backend", default=None, help=f"{_BACKEND_HELP}.")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights for --backend torch on an .onnx file (its metadata names the net).")
+@click.option("--batch", default=1, show_default=True, help="Images per run; images of one size run together.")
+@click.option("--resize", "resize_text", default=None, metavar="HxW",
+              help="Resize every image to this valid size and the masks back (nearest) [default: pad to the "
+                   "divisor and crop back].")
+@click.option("--tile", is_flag=True, help="Overlap-tile inference, any image size (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="What the runner returns: the logits, or only the argmax mask (computed on the GPU by the CUDA "
+                   "runners).")
+@click.option("--save-probs", is_flag=True, help="Also write NAME.probs.npy: (C, H, W) float16 class probabilities.")
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write NAME.overlay.png.")
+@click.option("--threads", default=None, type=int, help="Intra-op threads (torch and ONNX Runtime).")
+@click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
+@_speed_options
+@handle_errors
+def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
+                    output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
+                    cuda_graph, compile_mode):
+    """Run ARTIFACT (.pt, .onnx, .engine) on INPUTS (image files, folders, .npy) and write a mask per image.
+
+    Masks come out at each image's own size: indexed PNGs (pixel = class id, with a palette), overlays with a
+    legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
+    skipped; the run then exits 1 after writing the others.
+    """
+    from pathlib import Path
+
+    from deploy_unet.data import parse_size
+    from deploy_unet.predict import predict
+
+    console = make_console()
+    report = predict(
+        artifact, inputs, output_dir, backend=backend, device=device, checkpoint=checkpoint, batch=batch,
+        resize=parse_size(resize_text) if resize_text else None, tile=tile, tile_size=_tile_size(tile_size),
+        output=output_kind, save_probs=save_probs, overlays=overlays, threads=threads,
+        runner_options={"allow_tf32": allow_tf32 or None,
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+        warn=lambda message: click.echo(f"warning: {message}", err=True),
+    )
+    data = report.to_dict()
+    rate = data["inference_images_per_second"]
+    console.print(f"predicted {len(report.images)} image(s) with {report.backend} ({report.precision}, fit "
+                  f"{report.fit}): {report.images_per_second:.1f} images/s over {report.loop_seconds:.2f} s of reading "
+                  "to writing" + (f", {rate:.1f} images/s in inference alone" if rate else "")
+                  + f"; {report.seconds:.2f} s in all")
+    console.print("time: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in report.stages.as_dict().items()))
+    console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
+                  f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    report.raise_for_skipped()
+
+
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s"]), default=None,
+@click.option("--arch", type=click.Choice(sorted(REFERENCE_CHECKPOINTS)), default=None,
               help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
                    "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

@@ -37,6 +37,10 @@ class GateFailedError(DeployUnetError):
     exit_code = 1
 
 
+class InputsSkippedError(DeployUnetError):
+    """Some inputs could not be read and were skipped; the others were processed and written."""
+
+    exit_code = 1
 class DataError(ArtifactError):
     """Input data that cannot be used (NaN/Inf, an undecodable image, an array of the wrong rank or dtype):
     one line naming the source and the sample, exit 2."""

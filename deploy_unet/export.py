@@ -30,7 +30,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class ExportResult:
 
 
 def export_onnx(
-    net: nn.Module,
+    net: nn.Module | str | os.PathLike,
     output: str | os.PathLike,
     *,
     height: int = 256,
@@ -87,6 +87,7 @@ def export_onnx(
     verify: bool = True,
     tolerance: float = 1e-4,
     pad_in_graph: bool = False,
+    class_names: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
     keep_failed: bool = False,
     trace: tuple[int, int, int, int] | None = None,
@@ -97,9 +98,22 @@ def export_onnx(
     ``NAME.failed-<stage>.onnx`` beside ``output``. ``trace`` overrides the traced sample shape
     (tests use it to reproduce the exporter's traps on purpose).
 
+    ``net``: an ``nn.Module``, or the path of a deploy-unet checkpoint, which supplies the net, its
+    normalization, arch, config, class names and hash (arguments given here still win).
     ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
     and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
+    ``class_names``: one name per class, stored in the metadata (legends of ``predict``, reports).
     """
+    if not isinstance(net, nn.Module):
+        from deploy_unet.nets.loading import load_net
+
+        loaded = load_net(checkpoint=net)
+        net = loaded.net
+        mean, std = mean or loaded.mean, std or loaded.std
+        arch, net_config = arch or loaded.arch, net_config if net_config is not None else loaded.net_config
+        checkpoint_sha256 = checkpoint_sha256 or (loaded.checkpoint.sha256 if loaded.checkpoint else None)
+        class_names = class_names if class_names is not None else (
+            loaded.checkpoint.class_names if loaded.checkpoint else None)
     log = log or (lambda _msg: None)
     start = time.perf_counter()
     times = StageTimes()
@@ -145,6 +159,10 @@ def export_onnx(
     if not isinstance(reference, np.ndarray) or reference.ndim != 4:
         raise ConfigError("the net must return one NCHW tensor of logits")
     num_classes = int(reference.shape[1])
+    names = [str(n).strip() for n in (class_names or [])]
+    if names and (len(names) != num_classes or not all(names)):
+        raise ConfigError(f"--class-names gives {len(names)} name(s) ({', '.join(names)}) for a net with "
+                          f"{num_classes} classes; give exactly one non-empty name per class, comma-separated")
 
     def keeper(model: onnx.ModelProto | None):
         """With keep_failed, a failing stage leaves ``model`` as ``NAME.failed-<stage>.onnx``."""
@@ -176,6 +194,7 @@ def export_onnx(
         std=list(std) if std else [],
         precision="fp32",
         export_shape=list(export_shape),
+        class_names=names,
         **(ModelInfo.contract_fields(contract, getattr(net, "padding", "same")) if contract is not None else {}),
         extra={
             "exporter": "torch.onnx.export(dynamo=True)",

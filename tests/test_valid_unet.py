@@ -349,3 +349,17 @@ def test_tensorrt_runner_reads_the_contract_and_max_batch_from_the_manifest(tmp_
     assert runner.contract == contract
     runner.enable_tiling()
     assert (runner.tile_size, runner.tile_batch) == ((60, 76), 6)
+
+
+def test_predict_runs_a_valid_net_as_tiles_and_refuses_padding(valid_onnx):
+    """deploy-unet predict on the paper's UNet: padding cannot give a full-size mask, tiles can."""
+    from deploy_unet.predict import predict
+
+    _, path, _, _ = valid_onnx
+    image = (np.random.default_rng(5).random((45, 70, 3)) * 255).astype(np.uint8)
+    with pytest.raises(ConfigError, match="use tiles"):
+        predict(path, [image], progress=False)
+    report = predict(path, [image], tile=True, progress=False)
+    x = ((image.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None]
+    assert report.masks[0].shape == (45, 70)
+    assert np.array_equal(report.masks[0], run_onnx(path, x, tile=True).argmax(axis=1)[0])

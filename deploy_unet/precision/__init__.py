@@ -66,6 +66,12 @@ def quantize(
     threads: int | None = None,
     keep_failed: bool = False,
 ) -> QuantizeResult:
+    """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
+    (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
+    fp32, overflowing nodes kept fp32) or int8 Q/DQ placed for ``target`` (``tensorrt`` or ``onnxruntime``),
+    written atomically to ``output`` (default ``MODEL.fp16.onnx``, ``MODEL.int8.onnx``, ``MODEL.int8.ort.onnx``).
+    With ``eval_source`` (None: skip) the accuracy gate compares it with fp32 on held-out data; it does not
+    raise on a failed gate: call ``check_gate(result)``."""
     from deploy_unet.data import check_distinct_sources, load_samples
     from deploy_unet.precision import calibration, gate
     from deploy_unet.precision.int8 import TARGETS, check_opset, quantize_int8
