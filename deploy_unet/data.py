@@ -376,7 +376,8 @@ def _read_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | Non
         images = images[:n]
         masks = masks[:n] if masks is not None else None
     check_finite(images, os.fspath(path))  # before the float32 cast: float64 beyond fp32's range shows as Inf too
-    images = images.astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused just below
+        images = images.astype(np.float32)
     check_finite(images, os.fspath(path))
     if masks is not None:
         _check_dtype(masks, path, "masks")
