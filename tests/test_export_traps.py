@@ -372,7 +372,10 @@ def test_group_norm_net_quantizes_for_onnxruntime_despite_orts_bias_copy_names(t
             np.testing.assert_array_equal(inits[node_new.input[2]], originals[node_old.input[2]])
 
     result = quantize(model, "int8", target="onnxruntime", calib_samples=8, eval_source=None, progress=False)
-    onnx.checker.check_model(onnx.load(result.path))
+    quantized = onnx.load(result.path)
+    onnx.checker.check_model(quantized)
+    # and no value_info: quant_pre_process's merged symbolic dims misled ORT's buffer planner (SwinUNETR)
+    assert len(quantized.graph.value_info) == 0
     # Without the un-sharing, ORT's own copies collide with an activation's name (onnxruntime#24705).
     monkeypatch.setattr(int8, "unshare_biases", lambda m: m)
     with pytest.raises(StageError, match="ORT quantize_static failed .*single static assignment"):

@@ -245,6 +245,11 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
             },
         )
         result = onnx.load(out)
+    # quant_pre_process's symbolic shape inference (auto_merge) can give two sizes that only agree at the
+    # calibration shape one dim_param (SwinUNETR's window-padded maps: 144 and 147 at 288x320); ONNX Runtime's
+    # allocator trusts value_info and then fails to re-use a buffer at other sizes. The shapes are hints only:
+    # drop them, ORT infers its own.
+    del result.graph.value_info[:]
     _strip_unused_domains(result)
     onnx.checker.check_model(result)
     return result
