@@ -7,7 +7,9 @@ and works without any of them.
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
 
 import click
 
@@ -17,14 +19,27 @@ from deploy_unet.report_console import make_console
 from deploy_unet.shipped import REFERENCE_CHECKPOINTS
 
 
+def debug_enabled() -> bool:
+    """``deploy-unet --debug COMMAND`` (or DEPLOY_UNET_DEBUG=1): tracebacks, and failing ONNX files kept."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    flag = bool(root is not None and (root.obj or {}).get("debug"))
+    return flag or os.environ.get("DEPLOY_UNET_DEBUG", "") not in ("", "0")
+
+
 def handle_errors(func):
-    """Turn user errors into one ``error:`` line and their exit code; real bugs keep their traceback."""
+    """Turn user errors into one ``error:`` line and their exit code; real bugs keep their traceback.
+
+    With ``--debug`` the line is preceded by the full traceback, the underlying tool's error included.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except DeployUnetError as exc:
+            if debug_enabled():
+                traceback.print_exception(exc, file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -36,8 +51,13 @@ def handle_errors(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="deploy-unet")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help="On an error, print the full traceback and keep a failing stage's ONNX as NAME.failed-<stage>.onnx "
+                   "(also DEPLOY_UNET_DEBUG=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Take UNet/FCN segmentation nets from PyTorch to ONNX and TensorRT, and prove nothing was lost."""
+    ctx.obj = {**(ctx.obj or {}), "debug": debug}
 
 
 # --- export and inspect (foundation) ----------------------------------------------------------------
@@ -61,7 +81,11 @@ def _net_options(**given) -> dict:
 @click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s", "fcn16s", "fcn32s"]), default=None,
               help="Reference net (default: the checkpoint's arch, else unet); must agree with a deploy-unet checkpoint.")
 @click.option("--model", "model_spec", metavar="PKG.MODULE:CALLABLE", default=None,
-              help="Your own nn.Module factory instead of --arch; needs --divisor.")
+              help="Your own nn.Module class or factory instead of --arch (e.g. segmentation_models_pytorch:Unet); "
+                   "needs --divisor unless the net has a .divisor.")
+@click.option("--model-arg", "model_arg_items", multiple=True, metavar="KEY=VALUE",
+              help="Keyword argument for the --model callable (repeatable; Python/JSON literals, else a string), "
+                   "e.g. --model-arg encoder_name=resnet18 --model-arg encoder_weights=None --model-arg classes=4.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="state_dict (bare, or under 'state_dict'/'model'); a deploy-unet checkpoint also sets arch and "
                    "options, which the options you pass override field by field.")
@@ -100,14 +124,14 @@ def _net_options(**given) -> dict:
               help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
-def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
+def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
            norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
            tolerance, simplify, pad_in_graph, class_names, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
     from deploy_unet.export import export_onnx
-    from deploy_unet.nets.loading import load_net
+    from deploy_unet.nets.loading import load_net, parse_model_args
 
     console = Console(stderr=True)
     if prune is not None and heads == "mean":
@@ -119,7 +143,8 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
                            fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
-                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                      model_args=parse_model_args(model_arg_items))
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
     if checkpoint is None:
@@ -134,7 +159,7 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
             simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph,
             class_names=(class_names.split(",") if class_names is not None
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
-            log=lambda msg: status.update(msg),
+            log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
@@ -196,7 +221,7 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
     result = run_quantize(
         model, precision, target=target, calib=calib, calib_samples=calib_samples, method=method,
         calib_cache=calib_cache, eval_source=None if no_eval else eval_source, eval_samples=eval_samples,
-        max_dice_drop=max_dice_drop, output=output,
+        max_dice_drop=max_dice_drop, output=output, keep_failed=debug_enabled(),
     )
     how = "cached ranges" if result.from_cache else "calibrated"
     where = f", target {result.target}" if precision == "int8" else ""

@@ -2,6 +2,9 @@
 
 ``quantize(...)`` is the one entry the CLI calls: calibrate (or reuse the cache), convert, write the
 file atomically with its metadata, then run the accuracy gate against the fp32 model on held-out data.
+A tool failing inside a stage (ONNX Runtime's calibrator, the fp16 converter, the Q/DQ inserter,
+``quantize_static``, the gate's ONNX Runtime session) is one ``StageError`` line naming the stage and
+the model; with ``keep_failed`` a converted model that then fails is kept as ``NAME.failed-<stage>.onnx``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 
 import onnx
 
-from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
-from deploy_unet.fileio import atomic_path
+from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError, stage_errors
+from deploy_unet.fileio import atomic_path, onnx_keeper
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props, write_props
 from deploy_unet.timing import StageTimes
 
@@ -61,6 +64,7 @@ def quantize(
     output: str | os.PathLike | None = None,
     progress: bool = True,
     threads: int | None = None,
+    keep_failed: bool = False,
 ) -> QuantizeResult:
     """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
     (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
@@ -98,14 +102,18 @@ def quantize(
         raise ConfigError(f"output {out} would overwrite the input model; pass another -o")
 
     times = StageTimes()
-    with times.stage("calibration"):
+    name = os.fspath(model_path)
+    with times.stage("calibration"), stage_errors("calibration (ONNX Runtime)", name):
         calib_result, from_cache = calibration.calibrate(
             model, info, calib, calib_samples, method, calib_cache, progress=progress
         )
     if from_cache:
         times.stages[-1].name = "calibration (from cache)"
     kept: list[str] = []
-    with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")):
+    conversion = {"fp16": "fp16 conversion (onnxconverter-common)", "tensorrt": "Q/DQ insertion (tensorrt placement)",
+                  "onnxruntime": "ORT quantize_static"}[precision if precision == "fp16" else target]
+    with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")), \
+            stage_errors(conversion, name):
         if precision == "fp16":
             from deploy_unet.precision.fp16 import convert_fp16
 
@@ -136,7 +144,8 @@ def quantize(
         onnx.save(new_model, candidate)
         report = None
         if eval_source is not None:
-            with times.stage("accuracy gate"):
+            keep = onnx_keeper(candidate, out) if keep_failed else None
+            with times.stage("accuracy gate"), stage_errors("accuracy gate", name, keep):
                 samples = load_samples(eval_source, info, eval_samples)
                 report = gate.evaluate(model_path, candidate, samples, info.num_classes, max_dice_drop, threads)
         with atomic_path(out) as dst:
