@@ -191,11 +191,18 @@ def _skip(skipped: list[dict[str, str]], warn: Callable[[str], None], source: st
 
 def _load(item: ImageInput) -> np.ndarray:
     if item.array is not None:
-        return np.asarray(item.array)
-    if item.index is not None:
+        image = np.asarray(item.array)
+    elif item.index is not None:
         stack = _array_images(np.load(item.path, mmap_mode="r", allow_pickle=False), str(item.path))
-        return np.array(stack[item.index])
-    return read_image(item.path)
+        image = np.array(stack[item.index])
+    else:
+        return read_image(item.path)
+    # A NaN pixel would reach the runner and fail the whole batch; this image alone is skipped.
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise ArtifactError(f"{item.source} has {bad} NaN or Inf value(s); replace them (np.nan_to_num) or drop "
+                            "this image")
+    return image
 
 
 # --- results --------------------------------------------------------------------------------------------

@@ -236,3 +236,18 @@ def test_an_image_the_model_cannot_take_is_skipped_not_fatal(thin_unet_onnx, tmp
     assert [p.name for p in report.images] == ["good_0000", "good_0001"]
     assert len(report.skipped) == 1 and "5 channels" in report.skipped[0]["error"]
     assert (tmp_path / "out" / "good_0001.mask.png").is_file()
+
+
+def test_a_nan_image_is_skipped_by_name_and_its_batch_neighbours_are_written(thin_unet_onnx, tmp_path):
+    _, path = thin_unet_onnx
+    from deploy_unet.predict import predict
+
+    stack = np.stack([_scene(20, 24, 0), _scene(20, 24, 1), _scene(20, 24, 2)]).astype(np.float32) / 255
+    stack[1, 3, 4, 0] = np.nan
+    stack[1, 5, 6, 1] = np.inf
+    np.save(tmp_path / "mixed.npy", stack)
+    report = predict(path, [tmp_path / "mixed.npy"], tmp_path / "out", batch=3, progress=False)
+    assert [p.name for p in report.images] == ["mixed_0000", "mixed_0002"]
+    assert len(report.skipped) == 1 and report.skipped[0]["source"].endswith("mixed.npy[1]")
+    assert "2 NaN or Inf" in report.skipped[0]["error"]
+    assert not (tmp_path / "out" / "mixed_0001.mask.png").exists()
