@@ -23,6 +23,7 @@ import numpy as np
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
+from deploy_unet.runtime import wait_policy
 from deploy_unet.runtime.base import Runner, backend_label, runner_precision
 
 
@@ -159,6 +160,7 @@ class ValidationReport:
     gates: list[GateResult] = field(default_factory=list)
     candidate_seconds: float = 0.0  # wall time in the candidate's infer (the reference's is shared)
     reference_seconds: float = 0.0
+    wait_policy: str = ""  # how idle thread pools waited while the backends alternated (runtime/wait_policy.py)
 
     @property
     def passed(self) -> bool:
@@ -362,6 +364,7 @@ def validate_many(
                 on_sample(i)
     if count == 0:
         raise ConfigError("no samples to validate on; pass --data with at least one image, or --samples >= 1")
+    policy = wait_policy.current().describe()
     reports = []
     for k, candidate in enumerate(candidates):
         outputs = [acc.result() for acc in accumulators[k].values()]
@@ -377,6 +380,7 @@ def validate_many(
             gates=_apply_gates(active_gates[k], outputs),
             candidate_seconds=seconds[k],
             reference_seconds=ref_seconds,
+            wait_policy=policy,
         ))
     return reports
 
