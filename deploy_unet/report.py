@@ -318,7 +318,8 @@ def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
     in_rounds = any(len(r.round_medians_ms) > 1 for r in results)
     height = 1.0 + 0.6 * max(len(results), 1)
     fig, axes = plt.subplots(2 if in_rounds else 1, 1, figsize=(8, height + (3.2 if in_rounds else 0)), squeeze=False,
-                             gridspec_kw={"height_ratios": [height, 3.0]} if in_rounds else None)
+                             gridspec_kw={"height_ratios": [height, 3.0], "hspace": 0.25 + 1.2 / (height + 3)}
+                             if in_rounds else None)
     ax = axes[0][0]
     try:
         style = dict(whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
@@ -343,9 +344,12 @@ def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
                                    markersize=3, label=label.replace("\n", " "))
             if log:
                 rounds_ax.set_yscale("log")
+            from matplotlib.ticker import MaxNLocator
+
+            rounds_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             rounds_ax.set_xlabel("round")
             rounds_ax.set_ylabel("median per round (ms)")
-            rounds_ax.set_title("median per round (interleaved: a slower machine lifts every line of that round)")
+            rounds_ax.set_title("median per round (a slower spell of the machine lifts every line of its rounds)")
             rounds_ax.grid(alpha=0.3)
             rounds_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _save(fig, path)
