@@ -217,7 +217,7 @@ def _child_main(conn, config: str, options: dict) -> None:
             if command == "warm":
                 timer.warm(arg)
             elif command == "turn":
-                timer.turn(arg)
+                timer.turn(arg, lead_in=1)  # as bench_rounds does
             else:
                 conn.send(("ok", timer.result(keep_samples=False)))
                 return
@@ -294,7 +294,7 @@ def render(data: dict) -> str:
         "",
         "## The spread of a repeated p50 and of a repeated speedup",
         "",
-        "Median over the runs (min-max); spread = (max - min) / median.",
+        "Median over the runs (min-max); spread = (max - min) / median. " + _headline(s),
         "",
         "| scheme | fp32 p50 ms | spread | int8 vs fp32 speedup | spread | torch p50 ms | fp32 again vs fp32 | load |",
         "|---|---|---|---|---|---|---|---|",
@@ -313,16 +313,18 @@ def render(data: dict) -> str:
             cells = [f"{x['p50'][n]['median'] / ref['p50'][n]['median']:.2f}" for n in NAMES[:3]]
             lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     lines += ["", "## Can a run tell two configurations apart?", "",
-              "Runs in which each criterion calls the pair not separable (of the runs timed in rounds). "
-              "*ranges overlap*: the min-max of the two configurations' per-round medians overlap (what the reports "
-              "print). *paired*: the per-round speedup's min-max includes 1.00.", "",
-              "| scheme | int8 vs fp32: ranges overlap | paired | fp32 again vs fp32: ranges overlap | paired |",
+              "Runs in which each criterion calls the pair not separable (of the runs timed in rounds). *paired* "
+              "(what the reports print): the min-max of the per-round speedup includes 1.00, i.e. some rounds "
+              "found one faster and others the other. *ranges overlap* (the unpaired alternative): the min-max of "
+              "the two configurations' per-round medians overlap. int8 is truly faster than fp32; `unet.onnx` "
+              "against itself is truly equal, so a run should never call that pair separable.", "",
+              "| scheme | int8 vs fp32: paired | ranges overlap | fp32 again vs fp32: paired | ranges overlap |",
               "|---|---|---|---|---|"]
     for scheme, x in s.items():
         vi, vc = x["verdicts"]["int8"], x["verdicts"]["control"]
         if vi["judged"]:
-            lines.append(f"| {scheme} | {vi['overlap']}/{vi['judged']} | {vi['ratio_straddles_1']}/{vi['judged']} | "
-                         f"{vc['overlap']}/{vc['judged']} | {vc['ratio_straddles_1']}/{vc['judged']} |")
+            lines.append(f"| {scheme} | {vi['ratio_straddles_1']}/{vi['judged']} | {vi['overlap']}/{vi['judged']} | "
+                         f"{vc['ratio_straddles_1']}/{vc['judged']} | {vc['overlap']}/{vc['judged']} |")
     if v:
         lines += ["", "## validate: wall time, default vs passive waiting", "",
                   f"`validate_artifacts_many([unet.onnx, unet.int8.ort.onnx], models/unet_synthetic.pt, samples={SAMPLES})` "
@@ -340,6 +342,12 @@ def render(data: dict) -> str:
         lines.append(f"| {i + 1} | {r['scheme']} | {r['load_before']:.2f} | "
                      + " | ".join(f"{p:.1f}" for p in r["p50_ms"]) + f" | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _headline(s: dict) -> str:
+    """One sentence: the spread of the repeated int8-vs-fp32 speedup, block timing against rounds."""
+    parts = [f"{k} {s[k]['speedup_int8']['spread']:.0%}" for k in SCHEMES if k in s]
+    return "Spread of the repeated int8 vs fp32 speedup: " + ", ".join(parts) + "." if parts else ""
 
 
 def summarize_validate(runs: list[dict]) -> dict:
@@ -371,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--artifacts", default=None, help="folder with unet.onnx and unet.int8.ort.onnx (made if missing)")
     p.add_argument("--wait-quiet", action="store_true", help="first wait (up to 15 min) for a 1-minute load < 1.5")
     p.add_argument("--out", default=str(HERE / "measurement"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md from the recorded .json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--passive", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("configs", nargs="*", help=argparse.SUPPRESS)
@@ -382,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     from deploy_unet.fileio import write_text_atomic
     from deploy_unet.machine import machine_info
 
+    if args.render_only:
+        out = Path(args.out)
+        write_text_atomic(out.with_suffix(".md"), render(json.loads(out.with_suffix(".json").read_text())))
+        return
     if args.wait_quiet:
         wait_quiet()
     schemes = [s for s in args.schemes.split(",") if s]

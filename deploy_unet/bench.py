@@ -9,8 +9,9 @@ Configurations compared with each other (same batch and size) are timed in inter
 one is warmed up, then each round gives each a turn of a few timed calls (A B C, A B C, ...). A burst of
 a slower machine then lands on every configuration of that round instead of on whichever one happened to
 be timed, and the speedup against the first configuration is computed round by round: its median and its
-min-max over the rounds are what a report shows. Where two configurations' ranges of per-round medians
-overlap, reports say they are not separable on this run (``not_separable_from``) instead of ranking them.
+min-max over the rounds are what a report shows. Where the rounds disagree on which of two configurations
+is faster (their per-round ratio's min-max includes 1), reports say they are not separable on this run
+(``not_separable_from``) instead of ranking them.
 
 Clocks are injectable (``clock`` for wall time, ``phase_clock`` for phases), so the statistics and the
 order of the timed calls are tested on fake runners with known delays and no GPU.
@@ -92,7 +93,7 @@ class BenchResult:
     round_iters: list[int] = field(default_factory=list)  # timed calls per round (samples_ms in that order)
     round_medians_ms: list[float] = field(default_factory=list)
     speedup_rounds: list[float] = field(default_factory=list)  # per round: the first entry's round median / this one's
-    not_separable_from: list[str] = field(default_factory=list)  # labels whose per-round median ranges overlap this one's
+    not_separable_from: list[str] = field(default_factory=list)  # labels some rounds found faster and others slower
 
     @property
     def size(self) -> str:
@@ -290,10 +291,13 @@ class ConfigTimer:
                 self.runner.infer(self.feeds)
 
     def turn(self, iters: int | None = None, duration: float | None = None,
-             on_iter: Callable[[int, int | None], None] | None = None) -> list[float]:
-        """One round's timed calls: ``iters`` of them, or as many as fit in ``duration`` seconds (at least one)."""
+             on_iter: Callable[[int, int | None], None] | None = None, lead_in: int = 0) -> list[float]:
+        """One round's timed calls: ``iters`` of them, or as many as fit in ``duration`` seconds (at least one),
+        after ``lead_in`` untimed calls."""
         samples: list[float] = []
         with self._block():
+            for _ in range(lead_in):
+                self.runner.infer(self.feeds)
             deadline = self.clock() + duration if duration is not None else None
             while (len(samples) < iters) if iters is not None else (self.clock() < deadline or not samples):
                 samples.append(self._timed_call())
@@ -439,13 +443,18 @@ def bench_rounds(
     artifacts: Sequence[str] | None = None,
     on_iter: Callable[[int, int | None], None] | None = None,
     on_turn: Callable[[int, int, ConfigTimer], None] | None = None,
+    lead_in: int = 1,
     seed: int = 0,
     keep_samples: bool = True,
 ) -> list[BenchResult]:
     """Time ``runners`` against each other at one batch and size: all warmed up, then ``rounds`` rounds in
     which each runner gets one turn of ``iters / rounds`` timed calls (or ``duration / rounds`` seconds), in
     the order given. ``iters`` and ``duration`` are per configuration, over all rounds. Speedups are against
-    the first runner, round by round (``add_ratios``). ``on_turn(round, rounds, timer)`` before each turn."""
+    the first runner, round by round (``add_ratios``). ``on_turn(round, rounds, timer)`` before each turn.
+
+    Each turn starts with ``lead_in`` untimed calls: the first call after the other configurations' turns
+    finds cold caches and sleeping threads (measured 10-40% slower than the next ones on a 2-core CPU), a cost
+    of the interleaving that a configuration running on its own would not pay."""
     _check_counts(warmup, iters, duration)
     n = resolve_rounds(rounds, iters)
     for runner in runners:
@@ -463,7 +472,7 @@ def bench_rounds(
             for timer in timers:
                 if on_turn:
                     on_turn(k, n, timer)
-                timer.turn(per_round[k], duration / n if duration is not None else None, on_iter)
+                timer.turn(per_round[k], duration / n if duration is not None else None, on_iter, lead_in)
     return add_ratios([t.result(keep_samples) for t in timers])
 
 
@@ -490,16 +499,26 @@ def _check_size(runner: Runner, height: int, width: int) -> None:
         validate_shape((height, width), runner.divisor, runner.contract_reason, "or pass --pad")
 
 
-def ranges_overlap(a: BenchResult, b: BenchResult) -> bool:
-    """Whether the two configurations' per-round medians overlap (False when either has no range)."""
-    ra, rb = a.round_range_ms, b.round_range_ms
-    return ra is not None and rb is not None and ra[0] <= rb[1] and rb[0] <= ra[1]
+def round_ratios(a: BenchResult, b: BenchResult) -> list[float]:
+    """``a``'s round median over ``b``'s, round by round (empty unless both ran the same two or more rounds)."""
+    ra, rb = a.round_medians_ms, b.round_medians_ms
+    return [_ratio(x, y) for x, y in zip(ra, rb)] if len(ra) == len(rb) > 1 else []
+
+
+def not_separable(a: BenchResult, b: BenchResult) -> bool:
+    """Whether this run cannot rank ``a`` and ``b``: some rounds found one faster, others the other (their
+    per-round ratio's min-max includes 1). Pairing by round is what takes the machine's own spells out: the
+    unpaired test (do the ranges of per-round medians overlap?) called a 2x int8 speedup not separable in 4 of
+    5 runs on a loaded 2-core machine, where every round had int8 faster (benchmarks/measurement.md); both
+    called a file against itself not separable in every run. False when there are no rounds to compare."""
+    ratios = round_ratios(a, b)
+    return bool(ratios) and min(ratios) <= 1.0 <= max(ratios)
 
 
 def add_ratios(results: list[BenchResult]) -> list[BenchResult]:
     """Per (net, batch, size), against its first entry: ``speedup_rounds`` (the first entry's round median
     over this one's, round by round, when both ran the same rounds), ``speedup_vs_first`` (their median, or
-    the ratio of the overall medians), and ``not_separable_from`` (the entries whose round ranges overlap)."""
+    the ratio of the overall medians), and ``not_separable_from`` (the entries ``not_separable`` from it)."""
     groups: dict[tuple[str, int, int, int], list[BenchResult]] = {}
     for r in results:
         groups.setdefault((r.arch, r.batch, r.height, r.width), []).append(r)
@@ -512,7 +531,7 @@ def add_ratios(results: list[BenchResult]) -> list[BenchResult]:
             else:
                 r.speedup_rounds = []
                 r.speedup_vs_first = _ratio(base.latency_ms.median, r.latency_ms.median)
-            r.not_separable_from = [o.label for o in members if o is not r and ranges_overlap(r, o)]
+            r.not_separable_from = [o.label for o in members if o is not r and not_separable(r, o)]
     return results
 
 
@@ -586,6 +605,7 @@ def bench(
     results.sort(key=lambda r: order[id(r)])
     schedule = {"rounds": n_rounds, "iters_per_round": iters // n_rounds if iters else None,
                 "duration_per_round_s": duration / n_rounds if duration else None,
+                "lead_in_calls": 1,  # untimed, at the start of every turn (bench_rounds)
                 "order": "interleaved rounds" if n_rounds > 1 else "one block per configuration",
                 "wait_policy": wait_policy.current().to_dict()}
     return BenchReport(add_ratios(results), machine_info(threads), _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy_unet.bench import BenchReport, BenchResult, ranges_overlap
+from deploy_unet.bench import BenchReport, BenchResult, not_separable, round_ratios
 from deploy_unet.fileio import atomic_path, write_text_atomic
 from deploy_unet.machine import machine_line
 from deploy_unet.validate import GATE_METRICS, ValidationReport, json_safe
@@ -95,8 +95,8 @@ def _range(bounds: tuple[float, float] | None, digits: int = 2, unit: str = "") 
 
 
 def speedup_cell(r: BenchResult, baseline: BenchResult | None, with_range: bool = False) -> str:
-    """``0.51x``, or "not separable" where this entry's per-round medians overlap its baseline's."""
-    if baseline is not None and baseline is not r and ranges_overlap(r, baseline):
+    """``0.51x``, or "not separable" where the rounds disagree on which of it and its baseline is faster."""
+    if baseline is not None and baseline is not r and not_separable(r, baseline):
         text = NOT_SEPARABLE
     else:
         text = f"{r.speedup_vs_first:.2f}x"
@@ -128,9 +128,11 @@ def bench_notes(report: BenchReport) -> list[str]:
         per = schedule.get("iters_per_round")
         turn = f"{per} timed iterations" if per else f"{_num(schedule.get('duration_per_round_s'), 2)} s"
         notes.append(f"Timed in {rounds} interleaved rounds (each configuration of a batch and size gets a turn of "
-                     f"{turn} per round, A B C, A B C, ...). Median: over all iterations; round medians: the min-max "
+                     f"{turn} per round after one untimed call, A B C, A B C, ...). Median: over all iterations; round "
+                     "medians: the min-max "
                      "of the per-round medians. Speedup: the first entry's round median over this one's, round by "
-                     "round, for the same net, batch and size; the median over the rounds and its min-max.")
+                     "round, for the same net, batch and size; the median over the rounds and its min-max "
+                     "(\"not separable\" where that min-max includes 1.00x).")
     else:
         notes.append("Timed in one block per configuration (--rounds 1): no ranges, so nothing is checked for "
                      "separability; speedup is the first entry's median over this one's.")
@@ -140,11 +142,12 @@ def bench_notes(report: BenchReport) -> list[str]:
     for members in _groups(report).values():
         for i, a in enumerate(members):
             for b in members[i + 1:]:
-                if ranges_overlap(a, b):
+                if not_separable(a, b):
+                    ratios = round_ratios(a, b)
                     notes.append(f"Not separable on this run: {a.label} and {b.label} at batch {a.batch}, {a.size} "
-                                 f"(per-round medians {_range(a.round_range_ms)} ms and {_range(b.round_range_ms)} "
-                                 "ms overlap); do not rank them from this run: rerun on a quieter machine or with "
-                                 "more --rounds.")
+                                 f"(some rounds found one faster, others the other: {a.label}'s round median over "
+                                 f"{b.label}'s ranged {_range((min(ratios), max(ratios)))}x); do not rank them from "
+                                 "this run: rerun on a quieter machine or with more --rounds.")
     return notes
 
 

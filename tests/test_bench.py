@@ -188,10 +188,13 @@ def _rounds(runners, machine, **kw):
 
 def test_rounds_interleave_the_configurations_turn_by_turn():
     machine = Machine()
-    runners = [RoundRunner(n, d, machine) for n, d in (("A", 10.0), ("B", 5.0), ("C", 20.0))]
+    # A's first call of each turn (calls 2, 5, 8) is slow: it is the untimed lead-in and must not count
+    runners = [RoundRunner("A", 10.0, machine, slow_calls={2: 99.0, 5: 99.0, 8: 99.0}),
+               RoundRunner("B", 5.0, machine), RoundRunner("C", 20.0, machine)]
     results = _rounds(runners, machine)
     warm = ["A", "A", "B", "B", "C", "C"]  # each: first call + 1 warmup, one after another
-    assert machine.log == warm + ["A", "A", "B", "B", "C", "C"] * 3
+    assert machine.log == warm + ["A"] * 3 + ["B"] * 3 + ["C"] * 3 + ["A"] * 3 + ["B"] * 3 + ["C"] * 3 \
+        + ["A"] * 3 + ["B"] * 3 + ["C"] * 3  # per turn: one untimed lead-in call, then 2 timed
     assert [r.round_iters for r in results] == [[2, 2, 2]] * 3 and all(r.iters == 6 for r in results)
     assert [r.round_medians_ms for r in results] == [pytest.approx([d] * 3) for d in (10.0, 5.0, 20.0)]
     assert [r.speedup_vs_first for r in results] == pytest.approx([1.0, 2.0, 0.5])
@@ -200,14 +203,14 @@ def test_rounds_interleave_the_configurations_turn_by_turn():
 
 def test_a_runner_slowed_in_some_rounds_shifts_its_own_range_not_its_neighbours():
     machine = Machine()
-    # B's calls: 0 first, 1 warmup, then 2 per round: round 2 (calls 4, 5) is slowed for B alone
-    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 20.0, machine, slow_calls={4: 60.0, 5: 60.0})
+    # B's calls: 0 first, 1 warmup, then per round a lead-in and 2 timed: round 2's (6, 7) are slowed, B's alone
+    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 20.0, machine, slow_calls={6: 60.0, 7: 60.0})
     ra, rb = _rounds([a, b], machine)
     assert ra.round_medians_ms == pytest.approx([10.0, 10.0, 10.0])
     assert rb.round_medians_ms == pytest.approx([20.0, 60.0, 20.0]) and rb.round_range_ms == pytest.approx((20.0, 60.0))
     assert rb.speedup_rounds == pytest.approx([0.5, 1 / 6, 0.5]) and rb.speedup_vs_first == pytest.approx(0.5)
     assert rb.speedup_range == pytest.approx((1 / 6, 0.5))
-    assert ra.not_separable_from == [] and rb.not_separable_from == []  # 10 vs 20-60: no overlap
+    assert ra.not_separable_from == [] and rb.not_separable_from == []  # B slower in every round
 
 
 def test_a_burst_of_the_machine_cancels_out_of_the_per_round_speedup_but_not_out_of_one_block():
@@ -229,15 +232,17 @@ def test_a_burst_of_the_machine_cancels_out_of_the_per_round_speedup_but_not_out
     assert rb.speedup_vs_first == pytest.approx(6.0) and rb.speedup_range is None
 
 
-def test_overlapping_round_ranges_are_not_separable():
+def test_rounds_that_disagree_on_the_order_are_not_separable():
     machine = Machine()
-    # A: 10 / 12 ms alternately by round, B: 11 / 13: their ranges overlap; C (30) is apart from both
-    a = RoundRunner("A", 10.0, machine, slow_calls={4: 12.0, 5: 12.0})
-    b = RoundRunner("B", 11.0, machine, slow_calls={4: 13.0, 5: 13.0})
-    c = RoundRunner("C", 30.0, machine)
+    # A: 10 / 12 / 10 ms by round. B (11 every round) is slower in rounds 1 and 3, faster in round 2: the run
+    # cannot rank A and B. C (11 / 13 / 11) overlaps A's range too, but every round has A faster: separable.
+    a = RoundRunner("A", 10.0, machine, slow_calls={6: 12.0, 7: 12.0})
+    b = RoundRunner("B", 11.0, machine)
+    c = RoundRunner("C", 11.0, machine, slow_calls={6: 13.0, 7: 13.0})
     ra, rb, rc = _rounds([a, b, c], machine)
-    assert ra.round_range_ms == pytest.approx((10.0, 12.0)) and rb.round_range_ms == pytest.approx((11.0, 13.0))
-    assert ra.not_separable_from == ["B"] and rb.not_separable_from == ["A"] and rc.not_separable_from == []
+    assert ra.round_range_ms == pytest.approx((10.0, 12.0)) and rc.round_range_ms == pytest.approx((11.0, 13.0))
+    assert rb.speedup_range == pytest.approx((10 / 11, 12 / 11)) and rc.speedup_range == pytest.approx((10 / 11, 12 / 13))
+    assert ra.not_separable_from == ["B"] and rb.not_separable_from == ["A", "C"] and rc.not_separable_from == ["B"]
 
 
 def test_duration_is_split_over_the_rounds():
