@@ -508,8 +508,8 @@ def round_ratios(a: BenchResult, b: BenchResult) -> list[float]:
 def not_separable(a: BenchResult, b: BenchResult) -> bool:
     """Whether this run cannot rank ``a`` and ``b``: some rounds found one faster, others the other (their
     per-round ratio's min-max includes 1). Pairing by round is what takes the machine's own spells out: the
-    unpaired test (do the ranges of per-round medians overlap?) called a 2x int8 speedup not separable in 4 of
-    5 runs on a loaded 2-core machine, where every round had int8 faster (benchmarks/measurement.md); both
+    unpaired test (do the ranges of per-round medians overlap?) called int8 vs fp32 not separable in 5 of 20
+    runs on a loaded 2-core machine where every round had int8 faster (benchmarks/measurement.md); both
     called a file against itself not separable in every run. False when there are no rounds to compare."""
     ratios = round_ratios(a, b)
     return bool(ratios) and min(ratios) <= 1.0 <= max(ratios)
