@@ -58,6 +58,9 @@ def handle_errors(func):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Take UNet/FCN segmentation nets from PyTorch to ONNX and TensorRT, and prove nothing was lost."""
     ctx.obj = {**(ctx.obj or {}), "debug": debug}
+    from deploy_unet.runtime.wait_policy import configure_at_start
+
+    configure_at_start()  # before any command imports torch: libgomp reads OMP_WAIT_POLICY once, at load
 
 
 # --- export and inspect (foundation) ----------------------------------------------------------------
@@ -342,6 +345,9 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
 @click.option("--iters", default=None, type=int, help="Timed runs per configuration [default: 50].")
 @click.option("--duration", default=None, type=float, help="Instead of --iters: seconds of timed runs.")
+@click.option("--rounds", default=None, type=int,
+              help="Interleaved rounds: each configuration gets one turn of --iters/N (or --duration/N) per round "
+                   "[default: 10, or --iters if fewer]; 1 times each in one block.")
 @click.option("--threads", default=None, type=int, help="Intra-op threads (torch and ONNX Runtime).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Weights for --backend torch on .onnx files.")
@@ -361,7 +367,7 @@ def validate_command(candidate, reference, data, samples, backend, ref_backend, 
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a latency distribution plot (PNG).")
 @handle_errors
-def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, threads, checkpoint, device, pad,
+def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, rounds, threads, checkpoint, device, pad,
                   output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
                   json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
@@ -374,7 +380,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
         raise ConfigError("--iters and --duration both given; pass one of them")
     report = bench(
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
-        iters=iters if duration is None else None, duration=duration, threads=threads, pad=pad,
+        iters=iters if duration is None else None, duration=duration, rounds=rounds, threads=threads, pad=pad,
         runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32,
                         **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
         tile=tile, tile_size=_tile_size(tile_size),
@@ -464,7 +470,9 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
               help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU).")
 @click.option("--calib-samples", type=int, default=32, show_default=True)
 @click.option("--eval-samples", type=int, default=16, show_default=True, help="Held-out samples for validation.")
-@click.option("--iters", type=int, default=20, show_default=True, help="Timed benchmark iterations per artifact.")
+@click.option("--iters", type=int, default=30, show_default=True, help="Timed benchmark iterations per artifact.")
+@click.option("--rounds", type=int, default=None,
+              help="Benchmark rounds the iterations are interleaved in [default: 10, or --iters if fewer].")
 @click.option("--engines/--no-engines", default=True, show_default=True,
               help="Build TensorRT engines when TensorRT and a GPU are present.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
@@ -476,7 +484,7 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                    "auto: whichever is installed, TensorRT first.")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, engines, threads, bench_tensorrt_qdq, engine_lib):
+             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -488,7 +496,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
         height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
-        calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters,
+        calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
         engine_lib=None if engine_lib == "auto" else engine_lib,
     )

@@ -36,7 +36,8 @@ class PipelineConfig:
     int8_targets: tuple[str, ...] = ("tensorrt", "onnxruntime")
     calib_samples: int = 32
     eval_samples: int = 16
-    bench_iters: int = 20
+    bench_iters: int = 30
+    bench_rounds: int | None = None  # None: bench's default (10, or bench_iters if fewer)
     bench_warmup: int = 3
     bench_batch: int = 1
     engines: str = "auto"  # auto | off
@@ -81,17 +82,19 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
 def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> PipelineResult:
     import torch
 
-    from deploy_unet.bench import bench
+    from deploy_unet.bench import bench, resolve_rounds
     from deploy_unet.export import export_onnx
     from deploy_unet.nets.loading import load_net
     from deploy_unet.precision import quantize
     from deploy_unet.report import GALLERY_SAMPLES, write_report
+    from deploy_unet.runtime import wait_policy
     from deploy_unet.validate import validate_artifacts_many
 
     out = Path(config.output_dir)
     result = PipelineResult(out)
     times = result.stages
     checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint(config.arch or "unet")
+    rounds = resolve_rounds(config.bench_rounds, config.bench_iters)  # refused before any work
     steps = 5 + (config.engines != "off")
     step = iter(range(1, steps + 1))
 
@@ -102,6 +105,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     loaded = load_net(arch=config.arch, checkpoint=checkpoint)
     threads, threads_from = _threads(config)
     log(f"      {threads} CPU thread(s) for torch and ONNX Runtime ({threads_from})")
+    log(f"      {wait_policy.current().describe()}")  # validate and bench alternate backends in this process
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is accepted: a refused one leaves no folder
     stem = loaded.arch
@@ -152,10 +156,11 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "--bench-tensorrt-qdq times it anyway)")
         result.notes.append(note)
         log(f"      {note}")
-    with timed("bench", f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations)"):
+    with timed("bench", f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations "
+                        f"in {rounds} interleaved rounds)"):
         bench_report = bench([reference.path] + [a.path for a in timed_artifacts], batches=(config.bench_batch,),
                              sizes=((height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
-                             threads=threads, progress=False)
+                             rounds=rounds, threads=threads, progress=False)
         for r in bench_report.results:
             times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
 

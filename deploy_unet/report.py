@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy_unet.bench import BenchReport, BenchResult
+from deploy_unet.bench import BenchReport, BenchResult, not_separable, round_ratios
 from deploy_unet.fileio import atomic_path, write_text_atomic
 from deploy_unet.machine import machine_line
 from deploy_unet.validate import GATE_METRICS, ValidationReport, json_safe
@@ -72,21 +72,83 @@ def validation_rows(reports: Sequence[ValidationReport]) -> list[list[str]]:
 
 
 BENCH_COLUMNS = (
-    "configuration", "precision", "batch", "size", "mean ms", "median ms", "p90", "p95", "p99", "min", "max",
-    "first ms", "img/s", "peak MiB", "speedup vs first",
+    "configuration", "precision", "batch", "size", "mean ms", "median ms", "round medians ms", "p90", "p95", "p99",
+    "min", "max", "first ms", "img/s", "peak MiB", "speedup vs first", "speedup range",
 )
+NOT_SEPARABLE = "not separable"
+
+
+def _groups(report: BenchReport) -> dict[tuple, list[BenchResult]]:
+    """Entries compared with each other (same net, batch and size), the first being their baseline."""
+    groups: dict[tuple, list[BenchResult]] = {}
+    for r in report.results:
+        groups.setdefault((r.arch, r.batch, r.height, r.width), []).append(r)
+    return groups
+
+
+def _baselines(report: BenchReport) -> dict[int, BenchResult]:
+    return {id(r): members[0] for members in _groups(report).values() for r in members}
+
+
+def _range(bounds: tuple[float, float] | None, digits: int = 2, unit: str = "") -> str:
+    return "-" if bounds is None else f"{_num(bounds[0], digits)}-{_num(bounds[1], digits)}{unit}"
+
+
+def speedup_cell(r: BenchResult, baseline: BenchResult | None, with_range: bool = False) -> str:
+    """``0.51x``, or "not separable" where the rounds disagree on which of it and its baseline is faster."""
+    if baseline is not None and baseline is not r and not_separable(r, baseline):
+        text = NOT_SEPARABLE
+    else:
+        text = f"{r.speedup_vs_first:.2f}x"
+    if with_range and r.speedup_range is not None and baseline is not r:
+        text += f" ({_range(r.speedup_range)}x)"
+    return text
 
 
 def bench_rows(report: BenchReport) -> list[list[str]]:
     rows = []
+    base = _baselines(report)
     for r in report.results:
         s = r.latency_ms
         rows.append([
-            r.label, r.precision, str(r.batch), r.size, _num(s.mean, 2), _num(s.median, 2), _num(s.p90, 2),
-            _num(s.p95, 2), _num(s.p99, 2), _num(s.min, 2), _num(s.max, 2), _num(r.first_run_ms, 1),
-            _num(r.throughput_ips, 1), _num(r.peak_memory_mib, 1), f"{r.speedup_vs_first:.2f}x",
+            r.label, r.precision, str(r.batch), r.size, _num(s.mean, 2), _num(s.median, 2), _range(r.round_range_ms),
+            _num(s.p90, 2), _num(s.p95, 2), _num(s.p99, 2), _num(s.min, 2), _num(s.max, 2), _num(r.first_run_ms, 1),
+            _num(r.throughput_ips, 1), _num(r.peak_memory_mib, 1), speedup_cell(r, base[id(r)]),
+            "-" if base[id(r)] is r else _range(r.speedup_range, unit="x"),
         ])
     return rows
+
+
+def bench_notes(report: BenchReport) -> list[str]:
+    """How the table was timed, how to read its ranges, and which entries this run cannot tell apart."""
+    schedule = report.schedule or {}
+    rounds = schedule.get("rounds") or (report.results[0].rounds if report.results else 1)
+    notes = []
+    if rounds > 1:
+        per = schedule.get("iters_per_round")
+        turn = f"{per} timed iterations" if per else f"{_num(schedule.get('duration_per_round_s'), 2)} s"
+        notes.append(f"Timed in {rounds} interleaved rounds (each configuration of a batch and size gets a turn of "
+                     f"{turn} per round after one untimed call, A B C, A B C, ...). Median: over all iterations; round "
+                     "medians: the min-max "
+                     "of the per-round medians. Speedup: the first entry's round median over this one's, round by "
+                     "round, for the same net, batch and size; the median over the rounds and its min-max "
+                     "(\"not separable\" where that min-max includes 1.00x).")
+    else:
+        notes.append("Timed in one block per configuration (--rounds 1): no ranges, so nothing is checked for "
+                     "separability; speedup is the first entry's median over this one's.")
+    policy = schedule.get("wait_policy")
+    if policy:
+        notes.append(policy["summary"][0].upper() + policy["summary"][1:] + ".")
+    for members in _groups(report).values():
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if not_separable(a, b):
+                    ratios = round_ratios(a, b)
+                    notes.append(f"Not separable on this run: {a.label} and {b.label} at batch {a.batch}, {a.size} "
+                                 f"(some rounds found one faster, others the other: {a.label}'s round median over "
+                                 f"{b.label}'s ranged {_range((min(ratios), max(ratios)))}x); do not rank them from "
+                                 "this run: rerun on a quieter machine or with more --rounds.")
+    return notes
 
 
 def phase_rows(report: BenchReport) -> list[list[str]]:
@@ -117,6 +179,7 @@ SUMMARY_COLUMNS = ("artifact", "prec", "rel L2", "agree %", "Dice GT", "gates", 
 def summary_rows(validations: Sequence[ValidationReport], bench: BenchReport | None) -> list[list[str]]:
     """One row per artifact: the numbers a person compares first, parity and speed side by side."""
     timings = {os.path.abspath(r.artifact): r for r in (bench.results if bench else [])}
+    base = _baselines(bench) if bench else {}
     rows = []
     for v in validations:
         out = v.outputs[0]
@@ -126,7 +189,7 @@ def summary_rows(validations: Sequence[ValidationReport], bench: BenchReport | N
             os.path.basename(v.candidate), v.precision, _num(out.rel_l2), _num(out.mask_agreement, 3), _num(truth, 4),
             "pass" if v.passed else "FAIL: " + ", ".join(g.metric for g in v.failed_gates),
             _num(timing.latency_ms.median, 2) if timing else "-",
-            f"{timing.speedup_vs_first:.2f}x" if timing else "-",
+            speedup_cell(timing, base[id(timing)], with_range=True) if timing else "-",
         ])
     return rows
 
@@ -156,13 +219,19 @@ def gate_table(report: ValidationReport):
     return _table(f"{report.precision} gates", ("metric", "output", "value", "gate", "result"), rows)
 
 
-TERMINAL_BENCH_COLUMNS = (0, 2, 3, 5, 6, 8, 11, 12, 13, 14)  # the rest is in JSON / Markdown
+TERMINAL_BENCH_COLUMNS = (0, 2, 3, 5, 6, 7, 12, 13, 14, 15, 16)  # the rest is in JSON / Markdown
 
 
 def bench_table(report: BenchReport):
-    cols = [BENCH_COLUMNS[i].replace(" ms", "").replace("speedup vs first", "vs first") for i in TERMINAL_BENCH_COLUMNS]
+    """The latency table and, under it, how it was timed and which entries cannot be told apart."""
+    from rich.console import Group
+    from rich.text import Text
+
+    cols = [BENCH_COLUMNS[i].replace(" ms", "").replace("speedup vs first", "vs first").replace("speedup range", "range")
+            for i in TERMINAL_BENCH_COLUMNS]
     rows = [[row[i] for i in TERMINAL_BENCH_COLUMNS] for row in bench_rows(report)]
-    return _table("latency (ms)", cols, rows)
+    notes = [Text(n, style="yellow" if n.startswith("Not separable") else "dim") for n in bench_notes(report)]
+    return Group(_table("latency (ms)", cols, rows), *notes)
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -246,9 +315,9 @@ def render_markdown(
             parts += ["CUDA-event phase medians (ms):", "",
                       _md_table(("configuration", "batch", "size", "H2D", "compute", "D2H"), phases), ""]
         first = bench.results[0].iters if bench.results else 0
-        parts += ["Speedup is the first entry's median latency over this one's, for the same net, batch and size; "
-                  f"peak memory is {bench.results[0].memory_kind if bench.results else 'n/a'}; "
-                  f"{first} timed iterations after warmup.", "",
+        parts += [f"- {note}" for note in bench_notes(bench)] + [""]
+        parts += [f"Peak memory is {bench.results[0].memory_kind if bench.results else 'n/a'} (the largest rise over "
+                  f"each configuration's own calls); {first} timed iterations after warmup.", "",
                   "Machine: " + machine_line(bench.machine) + f"; run {bench.created}.", ""]
     for name, path in (plots or {}).items():
         parts += [f"![{name}]({path})", ""]
@@ -276,12 +345,19 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
-    """Box plot of the per-iteration latencies of every configuration (median line, p5-p95 whiskers)."""
+    """Box plot of the per-iteration latencies of every configuration (median line, p5-p95 whiskers) and,
+    when timed in rounds, each configuration's median per round: a burst of the machine shows as a bump
+    that every configuration of that round shares."""
     plt = _pyplot()
     results: list[BenchResult] = bench.results
     labels = [f"{r.label}\nb{r.batch} {r.size}" for r in results]
     data = [r.samples_ms or [r.latency_ms.median] for r in results]
-    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * max(len(results), 1)))
+    in_rounds = any(len(r.round_medians_ms) > 1 for r in results)
+    height = 1.0 + 0.6 * max(len(results), 1)
+    fig, axes = plt.subplots(2 if in_rounds else 1, 1, figsize=(8, height + (3.2 if in_rounds else 0)), squeeze=False,
+                             gridspec_kw={"height_ratios": [height, 3.0], "hspace": 0.25 + 1.2 / (height + 3)}
+                             if in_rounds else None)
+    ax = axes[0][0]
     try:
         style = dict(whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
         try:
@@ -291,11 +367,28 @@ def plot_latency(bench: BenchReport, path: str | os.PathLike) -> Path:
         ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
         ax.invert_yaxis()  # first configuration on top, as in the table
         lows = [min(d) for d in data if len(d)]
-        if lows and min(lows) > 0 and max(max(d) for d in data) / min(lows) > 30:
+        log = bool(lows and min(lows) > 0 and max(max(d) for d in data) / min(lows) > 30)
+        if log:
             ax.set_xscale("log")  # backends and sizes often differ by orders of magnitude
         ax.set_xlabel("latency per batch (ms)")
         ax.set_title("latency distribution (box: quartiles, whiskers: p5-p95)")
         ax.grid(axis="x", alpha=0.3)
+        if in_rounds:
+            rounds_ax = axes[1][0]
+            for r, label in zip(results, labels):
+                if r.round_medians_ms:
+                    rounds_ax.plot(range(1, len(r.round_medians_ms) + 1), r.round_medians_ms, marker="o",
+                                   markersize=3, label=label.replace("\n", " "))
+            if log:
+                rounds_ax.set_yscale("log")
+            from matplotlib.ticker import MaxNLocator
+
+            rounds_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            rounds_ax.set_xlabel("round")
+            rounds_ax.set_ylabel("median per round (ms)")
+            rounds_ax.set_title("median per round (a slower spell of the machine lifts every line of its rounds)")
+            rounds_ax.grid(alpha=0.3)
+            rounds_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _save(fig, path)
     finally:
         plt.close(fig)

@@ -23,6 +23,7 @@ import numpy as np
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
+from deploy_unet.runtime import wait_policy
 from deploy_unet.runtime.base import Runner, backend_label, runner_precision
 
 
@@ -164,6 +165,7 @@ class ValidationReport:
     # checkerboard score exceeds the reference's most (visualize.GallerySample / CheckerboardMap).
     gallery: list = field(default_factory=list, repr=False)
     checkerboard_map: Any = field(default=None, repr=False)
+    wait_policy: str = ""  # how idle thread pools waited while the backends alternated (runtime/wait_policy.py)
 
     @property
     def passed(self) -> bool:
@@ -447,6 +449,7 @@ def validate_many(
                 on_sample(i)
     if count == 0:
         raise ConfigError("no samples to validate on; pass --data with at least one image, or --samples >= 1")
+    policy = wait_policy.current().describe()
     reports = []
     for k, candidate in enumerate(candidates):
         outputs = [acc.result() for acc in accumulators[k].values()]
@@ -464,6 +467,7 @@ def validate_many(
             reference_seconds=ref_seconds,
             gallery=keepers[k].samples if keepers[k] else [],
             checkerboard_map=keepers[k].board if keepers[k] else None,
+            wait_policy=policy,
         ))
     return reports
 

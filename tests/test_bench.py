@@ -14,6 +14,7 @@ from deploy_unet.bench import (
     WallPhaseClock,
     add_ratios,
     bench,
+    bench_rounds,
     bench_runner,
     parse_batches,
     parse_sizes,
@@ -152,3 +153,140 @@ def test_bench_over_artifacts_builds_a_report():
     assert all(len(r.samples_ms) == 3 and r.latency_ms.min > 0 for r in report.results)
     assert report.results[0].speedup_vs_first == 1.0
     assert report.machine["onnxruntime"] and report.machine["torch"]
+
+
+# -- interleaved rounds ------------------------------------------------------------------------------
+class Machine:
+    """A fake clock shared by several runners, with a log of every call and a slowdown factor that a test
+    turns on for some rounds (a burst of a busy machine hits whatever runs during it)."""
+
+    def __init__(self):
+        self.clock = FakeClock()
+        self.log: list[str] = []
+        self.factor = 1.0
+
+
+class RoundRunner(DelayRunner):
+    """A named DelayRunner on a shared Machine; ``slow_calls`` (call index -> ms) slows this runner alone."""
+
+    def __init__(self, name, delay_ms, machine: Machine, slow_calls=None):
+        super().__init__([delay_ms], clock=machine.clock, name=name)
+        self.machine, self.slow_calls = machine, slow_calls or {}
+
+    def _infer(self, feeds):
+        self.machine.log.append(self.source)
+        ms = self.slow_calls.get(self.calls, self.delays_ms[0]) * self.machine.factor
+        self.clock.now += ms / 1e3
+        self.calls += 1
+        return {"logits": self.outputs[0]}
+
+
+def _rounds(runners, machine, **kw):
+    kw = {"height": 8, "width": 8, "warmup": 1, "iters": 6, "rounds": 3, "phase_clock": None, **kw}
+    return bench_rounds(runners, clock=machine.clock, labels=[r.source for r in runners], **kw)
+
+
+def test_rounds_interleave_the_configurations_turn_by_turn():
+    machine = Machine()
+    # A's first call of each turn (calls 2, 5, 8) is slow: it is the untimed lead-in and must not count
+    runners = [RoundRunner("A", 10.0, machine, slow_calls={2: 99.0, 5: 99.0, 8: 99.0}),
+               RoundRunner("B", 5.0, machine), RoundRunner("C", 20.0, machine)]
+    results = _rounds(runners, machine)
+    warm = ["A", "A", "B", "B", "C", "C"]  # each: first call + 1 warmup, one after another
+    assert machine.log == warm + ["A"] * 3 + ["B"] * 3 + ["C"] * 3 + ["A"] * 3 + ["B"] * 3 + ["C"] * 3 \
+        + ["A"] * 3 + ["B"] * 3 + ["C"] * 3  # per turn: one untimed lead-in call, then 2 timed
+    assert [r.round_iters for r in results] == [[2, 2, 2]] * 3 and all(r.iters == 6 for r in results)
+    assert [r.round_medians_ms for r in results] == [pytest.approx([d] * 3) for d in (10.0, 5.0, 20.0)]
+    assert [r.speedup_vs_first for r in results] == pytest.approx([1.0, 2.0, 0.5])
+    assert all(r.not_separable_from == [] for r in results)
+
+
+def test_a_runner_slowed_in_some_rounds_shifts_its_own_range_not_its_neighbours():
+    machine = Machine()
+    # B's calls: 0 first, 1 warmup, then per round a lead-in and 2 timed: round 2's (6, 7) are slowed, B's alone
+    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 20.0, machine, slow_calls={6: 60.0, 7: 60.0})
+    ra, rb = _rounds([a, b], machine)
+    assert ra.round_medians_ms == pytest.approx([10.0, 10.0, 10.0])
+    assert rb.round_medians_ms == pytest.approx([20.0, 60.0, 20.0]) and rb.round_range_ms == pytest.approx((20.0, 60.0))
+    assert rb.speedup_rounds == pytest.approx([0.5, 1 / 6, 0.5]) and rb.speedup_vs_first == pytest.approx(0.5)
+    assert rb.speedup_range == pytest.approx((1 / 6, 0.5))
+    assert ra.not_separable_from == [] and rb.not_separable_from == []  # B slower in every round
+
+
+def test_a_burst_of_the_machine_cancels_out_of_the_per_round_speedup_but_not_out_of_one_block():
+    def burst_in_round(k):  # every call of round k runs 3x slower, whichever configuration it belongs to
+        def on_turn(round_index, rounds, timer):
+            machine.factor = 3.0 if round_index == k else 1.0
+        return on_turn
+
+    machine = Machine()
+    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 5.0, machine)
+    ra, rb = _rounds([a, b], machine, on_turn=burst_in_round(1))
+    assert ra.round_medians_ms == pytest.approx([10.0, 30.0, 10.0]) and rb.round_medians_ms == pytest.approx([5.0, 15.0, 5.0])
+    assert rb.speedup_rounds == pytest.approx([2.0, 2.0, 2.0])  # the burst divides out of every round's ratio
+
+    machine = Machine()  # one block each: the burst lands on A's block alone
+    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 5.0, machine)
+    ra, rb = _rounds([a, b], machine, rounds=1, on_turn=lambda k, n, timer: setattr(
+        machine, "factor", 3.0 if timer.label == "A" else 1.0))
+    assert rb.speedup_vs_first == pytest.approx(6.0) and rb.speedup_range is None
+
+
+def test_rounds_that_disagree_on_the_order_are_not_separable():
+    machine = Machine()
+    # A: 10 / 12 / 10 ms by round. B (11 every round) is slower in rounds 1 and 3, faster in round 2: the run
+    # cannot rank A and B. C (11 / 13 / 11) overlaps A's range too, but every round has A faster: separable.
+    a = RoundRunner("A", 10.0, machine, slow_calls={6: 12.0, 7: 12.0})
+    b = RoundRunner("B", 11.0, machine)
+    c = RoundRunner("C", 11.0, machine, slow_calls={6: 13.0, 7: 13.0})
+    ra, rb, rc = _rounds([a, b, c], machine)
+    assert ra.round_range_ms == pytest.approx((10.0, 12.0)) and rc.round_range_ms == pytest.approx((11.0, 13.0))
+    assert rb.speedup_range == pytest.approx((10 / 11, 12 / 11)) and rc.speedup_range == pytest.approx((10 / 11, 12 / 13))
+    assert ra.not_separable_from == ["B"] and rb.not_separable_from == ["A", "C"] and rc.not_separable_from == ["B"]
+
+
+def test_duration_is_split_over_the_rounds():
+    machine = Machine()
+    a, b = RoundRunner("A", 10.0, machine), RoundRunner("B", 25.0, machine)
+    ra, rb = _rounds([a, b], machine, iters=None, duration=0.1, rounds=2)  # 50 ms a turn
+    assert ra.round_iters == [5, 5] and rb.round_iters == [2, 2]
+
+
+def test_rounds_are_checked_against_the_iterations():
+    from deploy_unet.bench import resolve_rounds
+
+    assert resolve_rounds(None, 50) == 10 and resolve_rounds(None, 3) == 3 and resolve_rounds(None, None) == 10
+    assert resolve_rounds(4, 10) == 4
+    with pytest.raises(ConfigError, match="--rounds 8 needs at least 8 timed iterations"):
+        resolve_rounds(8, 5)
+    with pytest.raises(ConfigError, match="--rounds 0 must be >= 1"):
+        resolve_rounds(0, 5)
+    machine = Machine()
+    results = _rounds([RoundRunner("A", 1.0, machine)], machine, iters=7, rounds=3)
+    assert results[0].round_iters == [3, 2, 2]  # the remainder goes to the first rounds
+
+
+def test_peak_memory_is_each_configurations_own_in_rounds():
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("RSS high-water mark cannot be reset here")
+
+    class Allocating(DelayRunner):
+        def _infer(self, feeds):
+            block = np.ones(64 * 2**20 // 8)  # 64 MiB touched, then freed
+            block.sum()
+            return super()._infer(feeds)
+
+    big, small = Allocating([0.0], sleep=True), DelayRunner([0.0], sleep=True)
+    rbig, rsmall = bench_rounds([big, small], height=8, width=8, warmup=0, iters=2, rounds=2, phase_clock=None)
+    assert rbig.peak_memory_mib > 50 and rsmall.peak_memory_mib < 20
+
+
+def test_bench_records_its_rounds_and_the_wait_policy():
+    paths = thin_artifacts()
+    report = bench([paths["onnx"], paths["pt"]], sizes=[(32, 32)], warmup=1, iters=4, rounds=2, progress=False)
+    assert [r.round_iters for r in report.results] == [[2, 2], [2, 2]]
+    assert report.schedule["rounds"] == 2 and "ONNX Runtime spinning" in report.schedule["wait_policy"]["summary"]
+    data = report.to_dict()
+    assert len(data["results"][1]["speedup_rounds"]) == 2 and data["results"][1]["speedup_range"] is not None

@@ -85,6 +85,8 @@ def test_bench_writes_json_markdown_plot(paths, tmp_path):
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["results"]) == 4
     assert "| thin.pt [torch] | fp32 | 2 | 32x32 |" in (tmp_path / "b.md").read_text()
+    assert all(r["rounds"] == 3 for r in data["results"])  # --iters 3: three rounds of one, interleaved
+    assert "vs first" in result.output and "range" in result.output
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -92,6 +94,7 @@ def test_bench_bad_inputs(paths, tmp_path):
     assert_user_error(invoke("bench", paths["onnx"], "--size", "30x32", "--iters", 1), "height 30 is not divisible by 4")
     assert invoke("bench", paths["onnx"], "--size", "30x30", "--iters", 1, "--warmup", 0, "--pad").exit_code == 0
     assert_user_error(invoke("bench", paths["onnx"], "--iters", 2, "--duration", 1), "--iters and --duration")
+    assert_user_error(invoke("bench", paths["onnx"], "--iters", 3, "--rounds", 5), "--rounds 5 needs at least 5")
     assert_user_error(invoke("bench", paths["onnx"], "--backend", "openvino"), "choose one of")
     assert_user_error(invoke("bench", tmp_path / "model.bin"), "unknown extension")
     assert_user_error(invoke("bench", tmp_path / "missing.pt"), "does not exist")

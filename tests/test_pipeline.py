@@ -67,6 +67,11 @@ def test_pipeline_report_folder_parses(pipeline_run):
     markdown = (out / "report.md").read_text()
     for heading in ("## Validation against", "## Latency", "## Where the time went", "![latency](latency.png)"):
         assert heading in markdown
+    # Timed in interleaved rounds (--iters 3: 3 rounds of 1), each speedup with its per-round data
+    bench = report["bench"]
+    assert bench["schedule"]["rounds"] == 3 and "wait_policy" in bench["schedule"]
+    assert all(len(r["round_medians_ms"]) == 3 and len(r["speedup_rounds"]) == 3 for r in bench["results"])
+    assert "Timed in 3 interleaved rounds" in markdown
     for png in ("latency.png", "validation.png"):
         with Image.open(out / png) as image:
             image.verify()

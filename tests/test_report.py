@@ -65,3 +65,58 @@ def test_terminal_table_has_a_column_per_candidate(results):
     _, validations = results
     table = validation_table(validations)
     assert len(table.columns) == 3  # metric + two candidates
+
+
+def _rounds_report(medians_by_label):
+    """A BenchReport of configurations with the given per-round medians (ms), ratios as bench computes them."""
+    from deploy_unet.bench import BenchReport, BenchResult, add_ratios
+
+    results = []
+    for label, medians in medians_by_label.items():
+        samples = [m for m in medians for _ in range(2)]
+        results.append(BenchResult(label, label, "fake", "cpu", "fp32", 1, 8, 8, 0, len(samples), 1.0,
+                                   LatencyStats.of(samples), 1.0, None, "rss_peak_delta", samples_ms=samples,
+                                   arch="unet", rounds=len(medians), round_iters=[2] * len(medians),
+                                   round_medians_ms=list(medians)))
+    schedule = {"rounds": 3, "iters_per_round": 2, "wait_policy": {"summary": "idle threads wait passively (test)"}}
+    return BenchReport(add_ratios(results), {"cpu": "test"}, "2026-01-01T00:00:00", schedule)
+
+
+def test_overlapping_ranges_say_not_separable_instead_of_ranking(tmp_path):
+    from rich.console import Console
+
+    from deploy_unet.report import bench_rows, bench_table, plot_latency
+
+    # b's rounds overlap a's (not separable); c is clearly faster in every round
+    report = _rounds_report({"a.onnx": [10.0, 12.0, 11.0], "b.onnx": [11.5, 9.5, 13.0], "c.onnx": [5.0, 6.0, 5.5]})
+    rows = {row[0]: row for row in bench_rows(report)}
+    assert rows["b.onnx"][15] == "not separable" and rows["b.onnx"][6] == "9.50-13.00"
+    assert rows["c.onnx"][15] == "2.00x" and rows["c.onnx"][16] == "2.00-2.00x"
+    assert rows["a.onnx"][15] == "1.00x" and rows["a.onnx"][16] == "-"
+
+    md = render_markdown(report)
+    assert "| not separable |" in md
+    assert "Not separable on this run: a.onnx and b.onnx" in md and "c.onnx and" not in md
+    assert "3 interleaved rounds" in md and "Idle threads wait passively (test)." in md
+
+    console = Console(width=200, record=True)
+    console.print(bench_table(report))
+    text = console.export_text()
+    assert "not separable" in text and "Not separable on this run: a.onnx and b.onnx" in text
+
+    data = json.loads(write_json(tmp_path / "r.json", report.to_dict()).read_text())
+    b = data["results"][1]
+    assert b["round_medians_ms"] == [11.5, 9.5, 13.0] and b["not_separable_from"] == ["a.onnx"]
+    assert b["speedup_rounds"] == pytest.approx([10 / 11.5, 12 / 9.5, 11 / 13]) and b["round_range_ms"] == [9.5, 13.0]
+    assert plot_latency(report, tmp_path / "l.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_summary_shows_the_speedup_range_or_not_separable(results):
+    from deploy_unet.report import summary_rows
+
+    _, validations = results
+    report = _rounds_report({"model.pt": [10.0, 12.0, 11.0], "model.onnx": [5.0, 6.0, 5.5],
+                             "model.int8.onnx": [11.0, 10.5, 12.5]})
+    rows = {row[0]: row for row in summary_rows(validations, report)}
+    assert rows["model.onnx"][-1] == "2.00x (2.00-2.00x)"
+    assert rows["model.int8.onnx"][-1].startswith("not separable (")

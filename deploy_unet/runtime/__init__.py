@@ -111,7 +111,7 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
 
         providers = options.get("providers") or ORT_PROVIDERS[backend]
         return OnnxRuntimeRunner(path, providers=list(providers), threads=options.get("threads"), pad=pad,
-                                 output=options.get("output") or "logits")
+                                 output=options.get("output") or "logits", spinning=options.get("spinning"))
 
     try:  # tensorrt: imported only when asked for, it needs TensorRT and CUDA
         from deploy_unet.runtime.tensorrt_runner import TensorRTRunner
@@ -120,7 +120,7 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
             f"running {path.name} needs TensorRT ({exc}); install the extra with "
             "`pip install deploy-unet[tensorrt]` on a machine with an NVIDIA GPU"
         ) from None
-    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32", *TORCH_ONLY_OPTIONS)
+    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32", "spinning", *TORCH_ONLY_OPTIONS)
     trt_options = {k: v for k, v in options.items() if k not in ignored and v is not None}
     return TensorRTRunner(path, pad=pad, **trt_options)
 

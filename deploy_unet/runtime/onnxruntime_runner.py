@@ -9,6 +9,7 @@ import numpy as np
 
 from deploy_unet.errors import ArtifactError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props
+from deploy_unet.runtime import wait_policy
 from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, argmax_mask, check_output_kind
 
 _ORT_DTYPES = {
@@ -35,6 +36,7 @@ class OnnxRuntimeRunner(Runner):
         divisor: int | None = None,
         disabled_optimizers: list[str] | None = None,
         output: str = "logits",
+        spinning: bool | None = None,
     ):
         self.path = Path(path)
         self.output = check_output_kind(output)
@@ -55,6 +57,9 @@ class OnnxRuntimeRunner(Runner):
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self.disabled_optimizers = disabled_optimizers or []
+        # Idle workers spinning steal the cores of the backend timed or validated next (runtime/wait_policy.py);
+        # None: follow the process's policy.
+        self.spinning = spinning
         self.session = None
 
     def _activate(self) -> None:
@@ -71,6 +76,9 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        spin = wait_policy.ort_spinning() if self.spinning is None else self.spinning
+        for key in wait_policy.ORT_SPIN_KEYS:
+            options.add_session_config_entry(key, "1" if spin else "0")
         kwargs = {"disabled_optimizers": self.disabled_optimizers} if self.disabled_optimizers else {}
         try:
             self.session = ort.InferenceSession(
