@@ -16,6 +16,7 @@ is installed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 
 import onnx
 
@@ -33,9 +34,11 @@ def overflowing_nodes(model: onnx.ModelProto, calib: Calibration, limit: float =
 
 
 def convert_fp16(
-    model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT
+    model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT, keep_fp32: Collection[str] = ()
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Return the fp16 model (IO float32) and the names of the nodes kept in fp32 for range."""
+    """Return the fp16 model (IO float32) and the names of the nodes kept in fp32 for range.
+
+    ``keep_fp32``: further node names to keep in fp32 (``--exclude``, or the auto-fallback search)."""
     try:
         from onnxconverter_common import float16
     except ImportError:
@@ -53,7 +56,7 @@ def convert_fp16(
         converted = float16.convert_float_to_float16(
             model,
             keep_io_types=True,
-            node_block_list=kept,
+            node_block_list=kept + [n for n in keep_fp32 if n not in kept],
             max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
             min_positive_val=1e-7,
         )
