@@ -220,6 +220,7 @@ def search(
                           + (" -- passes, no fallback needed" if initial.passed else ""))
             steps: list[Step] = []
             ranking: list[tuple[str, float]] = []
+            needed: dict[str, str] = {}  # node -> what restoring it to low precision did (the prune pass)
             best = initial
             if not initial.passed and groups:
                 ranking = _rank(rank, model, calib, precision, target, evaluator, measure, groups, current,
@@ -258,6 +259,9 @@ def search(
                         report, _, summary = measure(trial)
                         g = by_node[node]
                         reporter.tick(f"restore {node}")
+                        if not report.passed:
+                            needed[node] = (f"back in {precision} the gate fails: "
+                                            + ", ".join(c.describe() for c in report.checks if not c.passed))
                         if report.passed:
                             current, best = trial, report
                             steps.append(Step(len(steps) + 1, "restore", node, g.op, g.layer,
@@ -275,6 +279,8 @@ def search(
     for node in sorted(current, key=lambda n: order.get(n, -1)):
         if node in exclude:
             kept[node] = exclude[node]
+        elif node in needed:
+            kept[node] = f"auto-fallback: {needed[node]}"
         else:
             step = next((s for s in steps if s.node == node and s.action == "revert"), None)
             kept[node] = (f"auto-fallback step {step.number}: {', '.join(step.checks)}" if step

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError
@@ -130,10 +131,71 @@ class GateReport:
         }
 
 
-def _logits(path: str | os.PathLike, images: np.ndarray, batch: int, threads: int | None):
-    """Logits batches from an ONNX file on ORT CPU (overlap tiles when the net's output is smaller)."""
+def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """An fp32 model that rounds every fp16 tensor of ``model`` to fp16, as an fp16 engine stores it.
+
+    ONNX Runtime's CPU provider has few fp16 kernels: its InsertCastTransformer runs each chain of fp16
+    nodes in fp32 with casts only at the ends, so intermediate tensors are never rounded to fp16 and an
+    fp16 file looks better on a CPU than on a GPU (a tensor at 2048 + x keeps 1 bit below the units in
+    fp16, all of them here). This copy computes each node in fp32 and follows every output that is fp16
+    in ``model`` with Cast(fp16) -> Cast(fp32), which ORT keeps (the pair loses precision). fp16 weights
+    become fp32 holding the same, already rounded, values. Returns None when the model has no fp16
+    tensor or fp16 graph IO (run as it is).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    graph = model.graph
+    if any(v.type.tensor_type.elem_type == F16 for v in [*graph.input, *graph.output]):
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return None
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    if F16 not in types.values():
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for t in g.initializer:
+        if t.data_type == F16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    nodes = []
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F16:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+            if node.op_type == "Cast" and a.name == "to" and a.i == F16:
+                a.i = F32  # the rounding is done by the pair below
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            if name and types.get(name) == F16:
+                raw = f"{name}__fp32"
+                node.output[k] = raw
+                nodes += [helper.make_node("Cast", [raw], [f"{name}__fp16"], name=f"{name}__round", to=F16),
+                          helper.make_node("Cast", [f"{name}__fp16"], [name], name=f"{name}__back", to=F32)]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return out
+
+
+def _logits(path: str | os.PathLike, images: np.ndarray, batch: int, threads: int | None, emulate: bool = True):
+    """Logits batches from an ONNX file on ORT CPU (overlap tiles when the net's output is smaller); a
+    file with fp16 tensors runs with their rounding emulated (``emulate_fp16_storage``)."""
+    import tempfile
+
     from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
+    emulated = emulate_fp16_storage(onnx.load(path)) if emulate else None
+    if emulated is not None:
+        with tempfile.TemporaryDirectory(prefix="deploy-unet-fp16emu-") as tmp:
+            copy = os.path.join(tmp, os.path.basename(path))
+            onnx.save(emulated, copy)
+            yield from _logits(copy, images, batch, threads, emulate=False)
+        return
     runner = OnnxRuntimeRunner(path, threads=threads, disabled_optimizers=DISABLED_OPTIMIZERS)
     if runner.info is not None and runner.info.border:
         runner.enable_tiling()  # a valid-convolution net: full-size masks, comparable with the ground truth
