@@ -47,13 +47,19 @@ CALIB, EVAL, CHECK = (f"synthetic:seed={s},size={SIZE}x{SIZE}" for s in (1, 2, 4
 GATE = dict(min_mask_agreement=99.0, max_dice_drop=0.005)
 TRAIN = dict(steps=800, batch=8, size=48, lr=3e-3)
 NETS = {
-    "unet-nobn": {"kind": "reference", "options": dict(depth=3, base_channels=16, up_mode="transpose", norm="none")},
+    "unet-nobn": {"kind": "reference", "arch": "unet",
+                  "options": dict(depth=3, base_channels=16, up_mode="transpose", norm="none")},
+    "fcn8s-nobn": {"kind": "reference", "arch": "fcn8s", "train": {"size": 64},
+                   "options": dict(width_mult=0.25, fc_channels=512, norm="none", dropout=0.1)},
     "monai-unet": {"kind": "monai", "class": "UNet", "divisor": 8,
                    "kwargs": dict(spatial_dims=2, in_channels=3, out_channels=4, channels=(16, 32, 64, 128),
                                   strides=(2, 2, 2), num_res_units=1)},
     "monai-attentionunet": {"kind": "monai", "class": "AttentionUnet", "divisor": 8,
                             "kwargs": dict(spatial_dims=2, in_channels=3, out_channels=4, channels=(8, 16, 32, 64),
                                            strides=(2, 2, 2))},
+    "monai-flexunet-effb0": {"kind": "monai", "class": "FlexibleUNet", "divisor": 32, "train": {"size": 64},
+                             "kwargs": dict(in_channels=3, out_channels=4, backbone="efficientnet-b0",
+                                            pretrained=False, spatial_dims=2, decoder_channels=(64, 32, 16, 16, 8))},
     "unet-shipped": {"kind": "shipped", "path": ROOT / "models" / "unet_synthetic.pt"},
 }
 
@@ -62,7 +68,7 @@ def make_net(spec: dict):
     if spec["kind"] == "reference":
         from deploy_unet.nets import create_net
 
-        return create_net("unet", in_channels=3, num_classes=4, **spec["options"])
+        return create_net(spec["arch"], in_channels=3, num_classes=4, **spec["options"])
     import monai.networks.nets as monai_nets
 
     return getattr(monai_nets, spec["class"])(**spec["kwargs"])
@@ -79,12 +85,13 @@ def train(name: str, spec: dict) -> Path:
         return path
     torch.manual_seed(0)
     net = make_net(spec)
-    mean, std = training_normalization(TRAIN["size"], 4)
+    cfg = {**TRAIN, **spec.get("train", {})}
+    mean, std = training_normalization(cfg["size"], 4)
     print(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters)", flush=True)
-    seconds = fit(net, mean, std, **TRAIN, num_classes=4, log=lambda m: print(f"  {name}: {m}", flush=True))
+    seconds = fit(net, mean, std, **cfg, num_classes=4, log=lambda m: print(f"  {name}: {m}", flush=True))
     heldout = evaluate(net, mean, std, 4, 32, 256)
     save_checkpoint(path, net, mean=mean, std=std, extra={
-        "training": {**TRAIN, "seconds": round(seconds, 1), "data": f"synthetic:seed=0,size={TRAIN['size']}",
+        "training": {**cfg, "seconds": round(seconds, 1), "data": f"synthetic:seed=0,size={cfg['size']}",
                      "heldout_mean_dice": heldout["mean_dice"]},
         "bench_net": name})
     print(f"  {name}: held-out Dice {heldout['mean_dice']:.4f} after {seconds / 60:.1f} min", flush=True)
@@ -187,7 +194,8 @@ def render(rows: list[dict], meta: dict) -> str:
         "of 40 runs after 5 warm-up, the three files interleaved round-robin in one run.", "",
         f"    {meta['command']}", "",
         "Nets, trained for this benchmark on `synthetic:seed=0` crops "
-        f"({TRAIN['steps']} steps x batch {TRAIN['batch']}, {TRAIN['size']}x{TRAIN['size']}, one thread); the shipped "
+        f"({TRAIN['steps']} steps x batch {TRAIN['batch']}, {TRAIN['size']}x{TRAIN['size']} crops (64x64 for the "
+        "EfficientNet, divisor 32), one thread); the shipped "
         "reference UNet (BatchNorm, 1600 steps) is the control:", "",
         "| net | what | parameters in ONNX (conv layers) | training | held-out Dice (fp32, 256x256) |",
         "|---|---|---|---|---|",
@@ -235,8 +243,12 @@ def render(rows: list[dict], meta: dict) -> str:
 
 DESCRIPTION = {
     "unet-nobn": "reference UNet, `--norm none`, depth 3, 16 channels, ConvTranspose up",
+    "fcn8s-nobn": "reference FCN-8s, `--norm none`, width 0.25, fc 512 (x0.25): coarse logits fused and upsampled x8 "
+                  "by a ConvTranspose",
     "monai-unet": "MONAI `UNet` (16..128 ch, 1 residual unit, InstanceNorm, PReLU)",
     "monai-attentionunet": "MONAI `AttentionUnet` (8..64 ch, attention gates)",
+    "monai-flexunet-effb0": "MONAI `FlexibleUNet`, EfficientNet-B0 encoder (depthwise convs, SiLU as x*sigmoid, "
+                            "squeeze-excitation), no pretrained weights",
     "unet-shipped": "shipped `models/unet_synthetic.pt` (BatchNorm, depth 4)",
 }
 

@@ -84,12 +84,13 @@ def training_normalization(size: int, num_classes: int) -> tuple[list[float], li
 
 
 def fit(net, mean, std, *, steps: int, batch: int = 8, size: int = 96, lr: float = 3e-3, num_classes: int = 4,
-        log=print) -> float:
+        noise: float | None = None, log=print) -> float:
     """Train ``net`` (any segmentation nn.Module) on fresh synthetic scenes; returns the wall seconds.
 
     The loop ``main`` runs for the reference nets, reusable for other nets (benchmarks/mixed_precision.py
-    trains MONAI nets with it)."""
-    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size)
+    trains MONAI nets with it). ``noise``: the scenes' pixel noise (default: the generator's, 0.06)."""
+    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size,
+                         **({"noise": noise} if noise is not None else {}))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()

@@ -453,3 +453,37 @@ def test_fp16_keeps_fp32_outputs_when_the_head_stays_fp32(tmp_path):
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     out = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert out.dtype == np.float32 and out.shape == ref.shape
+
+
+def test_pipeline_auto_fallback_makes_int8_meet_its_gates(tmp_path):
+    """The outlier net through the main job: its int8 file needs a fallback, gets it, and validates."""
+    import torch
+
+    from deploy_unet.checkpoint import save_checkpoint
+    from deploy_unet.nets import create_net
+
+    torch.manual_seed(0)
+    net = create_net("unet", num_classes=3, depth=2, base_channels=8).eval()
+    with torch.no_grad():
+        net.head.weight.normal_(0.0, 1.0)
+        bn, conv2 = net.up[-1].block[1], net.up[-1].block[3]
+        bn.weight[0] *= 1024.0
+        bn.bias[0] *= 1024.0
+        conv2.weight[:, 0] /= 1024.0
+    ckpt = tmp_path / "outlier.pt"
+    save_checkpoint(ckpt, net, mean=[0.5] * 3, std=[0.25] * 3)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [
+        "pipeline", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64", "--width", "64",
+        "--precisions", "fp32,int8", "--int8-targets", "tensorrt", "--calib-samples", "8", "--eval-samples", "4",
+        "--iters", "2", "--no-engines", "--auto-fallback",
+    ])
+    assert result.exit_code == 0, result.output  # every gate, the int8 file's included, holds on seed=2
+    report = json.loads((out / "report.json").read_text())
+    searched = report["pipeline"]["auto_fallback"]["unet.int8.onnx"]
+    assert searched["passed"] is True and searched["kept"]
+    assert any(f" {op} " in c for c in searched["gate_before"] for op in "<>")  # a failed check: plain int8 fails
+    meta = json.loads(read_model_info(out / "unet.int8.onnx").extra["kept_higher_precision"])
+    assert [k["node"] for k in meta["layers"]] == [k["node"] for k in searched["kept"]]
+    md = (out / "report.md").read_text()
+    assert "Layers kept in higher precision (auto-fallback)" in md and searched["kept"][0]["node"] in md
