@@ -39,7 +39,6 @@ from deploy_unet.machine import machine_info  # noqa: E402
 from deploy_unet.metadata import read_model_info  # noqa: E402
 from deploy_unet.nets.loading import build_net  # noqa: E402
 from deploy_unet.precision import gate, quantize  # noqa: E402
-from deploy_unet.precision.fallback import plot_trials  # noqa: E402
 
 SCRATCH = ROOT / "benchmarks" / "scratch" / "mixed_precision"
 SIZE = 128
@@ -60,8 +59,33 @@ NETS = {
     "monai-flexunet-effb0": {"kind": "monai", "class": "FlexibleUNet", "divisor": 32, "train": {"size": 64},
                              "kwargs": dict(in_channels=3, out_channels=4, backbone="efficientnet-b0",
                                             pretrained=False, spatial_dims=2, decoder_channels=(64, 32, 16, 16, 8))},
+    "unet-hotpixels": {"kind": "reference", "arch": "unet", "hot_pixels": True,
+                       "options": dict(depth=3, base_channels=16, up_mode="transpose", norm="batch")},
     "unet-shipped": {"kind": "shipped", "path": ROOT / "models" / "unet_synthetic.pt"},
 }
+# Hot pixels (specular highlights, sensor defects, metal in CT): this share of pixels, in all channels, at this
+# many times the scenes' full brightness. In training, calibration and evaluation data alike.
+HOT_SHARE, HOT_VALUE = 0.002, 50.0
+
+
+def hot_pixels(images: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([7, seed])
+    out = images.copy()
+    n, _, h, w = out.shape
+    hot = rng.random((n, h, w)) < HOT_SHARE
+    out[np.broadcast_to(hot[:, None], out.shape)] = HOT_VALUE
+    return out
+
+
+def hot_source(seed: int, n: int) -> str:
+    """``synthetic:seed=S,size=SIZE`` scenes with hot pixels, as an .npz source (images, masks) in SCRATCH."""
+    from deploy_unet.data import SyntheticSpec, synthetic_batch
+
+    path = SCRATCH / f"hot_seed{seed}_{SIZE}px_{n}.npz"
+    if not path.is_file():
+        images, masks = synthetic_batch(SyntheticSpec(seed=seed, height=SIZE, width=SIZE), 0, n, 4)
+        np.savez(path, images=hot_pixels(images, 10**6 + seed), masks=masks)
+    return str(path)
 
 
 def make_net(spec: dict):
@@ -88,8 +112,10 @@ def train(name: str, spec: dict) -> Path:
     cfg = {**TRAIN, **spec.get("train", {})}
     mean, std = training_normalization(cfg["size"], 4)
     print(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters)", flush=True)
-    seconds = fit(net, mean, std, **cfg, num_classes=4, log=lambda m: print(f"  {name}: {m}", flush=True))
-    heldout = evaluate(net, mean, std, 4, 32, 256)
+    transform = (lambda images, step: hot_pixels(images, step)) if spec.get("hot_pixels") else None
+    seconds = fit(net, mean, std, **cfg, num_classes=4, transform=transform,
+                  log=lambda m: print(f"  {name}: {m}", flush=True))
+    heldout = evaluate(net, mean, std, 4, 32, 256)  # clean scenes
     save_checkpoint(path, net, mean=mean, std=std, extra={
         "training": {**cfg, "seconds": round(seconds, 1), "data": f"synthetic:seed=0,size={cfg['size']}",
                      "heldout_mean_dice": heldout["mean_dice"]},
@@ -141,9 +167,14 @@ def check(fp32: Path, candidate: Path, samples, num_classes: int) -> dict:
 def measure(name: str, spec: dict, ckpt: Path, out: Path, args) -> dict:
     fp32, training = export(name, spec, ckpt, out)
     info = read_model_info(fp32)
-    unseen = load_samples(CHECK, info, args.eval_samples)
-    cache = out / f"{name}.calib.json"
-    common = dict(calib=CALIB, calib_samples=args.calib_samples, calib_cache=cache, eval_source=EVAL,
+    calib, evaluation, unseen_source = CALIB, EVAL, CHECK
+    if spec.get("hot_pixels"):
+        calib, evaluation, unseen_source = (hot_source(s, n) for s, n in
+                                            ((1, args.calib_samples), (2, args.eval_samples), (4, args.eval_samples)))
+    unseen = load_samples(unseen_source, info, args.eval_samples)
+    cache = out / f"{name}.calib.json"  # one calibration per run, shared by both placements and searches
+    cache.unlink(missing_ok=True)
+    common = dict(calib=calib, calib_samples=args.calib_samples, calib_cache=cache, eval_source=evaluation,
                   eval_samples=args.eval_samples, progress=False, threads=args.threads, **GATE)
     row = {"net": name, "kind": spec["kind"], "training": training, "placements": {}}
     files = {"fp32": fp32}
@@ -158,6 +189,7 @@ def measure(name: str, spec: dict, ckpt: Path, out: Path, args) -> dict:
             f = auto.fallback
             entry[f"auto_{rank}"] = {
                 **_gate(auto.gate), "kept": f.kept, "summary": f.summary, "line": f.summary_line(),
+                "kept_layers": {g.node: f"{g.layer} ({g.op})" for g in f.groups if g.node in f.kept},
                 "evaluations": f.evaluations, "full_evaluations": f.full_evaluations,
                 "subset_evaluations": f.subset_evaluations, "seconds": round(f.seconds, 1),
                 "groups": len(f.groups), "steps": lines,
@@ -169,10 +201,73 @@ def measure(name: str, spec: dict, ckpt: Path, out: Path, args) -> dict:
                 files[f"int8 {target} auto"] = auto.path
         files[f"int8 {target}"] = plain.path
         row["placements"][target] = entry
-    x = load_samples(EVAL, info, 1).images
+    row["sweep"] = sweep(fp32, info, calib, evaluation, cache, args, out / f"{name}.sweep.onnx")
+    x = load_samples(evaluation, info, 1).images
     lat_files = {k: v for k, v in files.items() if k in ("fp32", "int8 onnxruntime", "int8 onnxruntime auto")}
     row["latency_ms"] = latencies_ms(lat_files, x, args.threads)
     return row
+
+
+def sweep(fp32: Path, info, calib: str, evaluation: str, cache: Path, args, scratch: Path) -> list[dict]:
+    """Accuracy against the share of int8 conv layers (tensorrt placement, fp16 fallback): groups reverted k at
+    a time in order of the local error each adds (one layer-wise pass over 4 evaluation scenes), k = 0 .. all."""
+    import onnx
+
+    from deploy_unet.precision import calibration, mixed
+    from deploy_unet.precision.layerwise import compare_layers
+
+    model = mixed.name_nodes(onnx.load(fp32))
+    calib_result, _ = calibration.calibrate(model, info, calib, args.calib_samples, cache=cache, progress=False)
+    samples = load_samples(evaluation, info, args.eval_samples)
+    evaluator = gate.GateEvaluator(fp32, samples, info.num_classes,
+                                   gate.GateSpec(GATE["max_dice_drop"], GATE["min_mask_agreement"]), args.threads)
+    groups = mixed.groups_for(model, "int8", "tensorrt")
+    plain, _ = mixed.build(model, calib_result, "int8", "tensorrt")
+    onnx.save(plain, scratch)
+    (layers,) = compare_layers(fp32, [scratch], (samples.images[i : i + 1] for i in range(4)), threads=args.threads)
+    noise = {x.node: x.local_rel_l2 or 0.0 for x in layers.layers}
+    order = sorted(groups, key=lambda g: -noise.get(g.node, 0.0))
+    ks = sorted({0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, len(order)} & set(range(len(order) + 1)))
+    points = []
+    for k in ks:
+        kept = {g.node for g in order[:k]}
+        built, _ = mixed.build(model, calib_result, "int8", "tensorrt", kept, "fp16")
+        onnx.save(built, scratch)
+        r = evaluator.evaluate(scratch)
+        summary = mixed.precision_summary(built, "int8", "tensorrt", kept)
+        points.append({"kept": k, "share_int8": summary["conv_layers_low_precision"] / summary["conv_layers"],
+                       "mask_agreement": 100 * r.mask_agreement, "dice_drop": r.dice_drop})
+    scratch.unlink(missing_ok=True)
+    return points
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    for k, r in enumerate(rows):
+        xs = [p["share_int8"] for p in r["sweep"]]
+        a = r["placements"]["tensorrt"]["auto_revert"]
+        share = a["summary"]["conv_layers_low_precision"] / a["summary"]["conv_layers"]
+        for ax, key, value in ((axes[0], "mask_agreement", a["mask_agreement"]), (axes[1], "dice_drop", a["dice_drop"])):
+            ax.plot(xs, [p[key] for p in r["sweep"]], "o-", color=f"C{k}", ms=3, lw=1.2, label=r["net"])
+            ax.plot([share], [value], "*", color=f"C{k}", ms=13, mec="black")
+    axes[0].axhline(GATE["min_mask_agreement"], color="gray", ls="--", lw=1)
+    axes[1].axhline(GATE["max_dice_drop"], color="gray", ls="--", lw=1)
+    axes[0].set_ylabel("mask agreement with fp32 (%)")
+    axes[1].set_ylabel("Dice drop vs ground truth")
+    axes[1].set_yscale("symlog", linthresh=1e-3)
+    for ax in axes:
+        ax.set_xlabel("share of conv layers in int8 (the rest fp16)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Layers reverted to fp16 in order of local error (lines); the auto-fallback result (stars); gate (dashed)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _gate(r) -> dict:
@@ -197,14 +292,14 @@ def render(rows: list[dict], meta: dict) -> str:
         f"({TRAIN['steps']} steps x batch {TRAIN['batch']}, {TRAIN['size']}x{TRAIN['size']} crops (64x64 for the "
         "EfficientNet, divisor 32), one thread); the shipped "
         "reference UNet (BatchNorm, 1600 steps) is the control:", "",
-        "| net | what | parameters in ONNX (conv layers) | training | held-out Dice (fp32, 256x256) |",
+        "| net | what | conv layers | training | held-out Dice (fp32, 256x256, clean scenes) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         t = r["training"]
         conv = r["placements"]["tensorrt"]["auto_revert"]["summary"]["conv_layers"]
-        lines.append(f"| {r['net']} | {DESCRIPTION[r['net']]} | {conv} conv layers | "
-                     f"{t.get('steps', '?')} steps, {t.get('seconds', 0) / 60:.1f} min | "
+        took = f"{t['seconds'] / 60:.1f} min" if "seconds" in t else "its model card"
+        lines.append(f"| {r['net']} | {DESCRIPTION[r['net']]} | {conv} | {t.get('steps', '?')} steps, {took} | "
                      f"{t.get('heldout_mean_dice', float('nan')):.4f} |")
     lines += ["", "## Plain int8 vs auto-fallback", "",
               "| net | placement | file | mask agreement % | Dice drop | gate | conv layers int8 | kept in higher precision | "
@@ -220,7 +315,7 @@ def render(rows: list[dict], meta: dict) -> str:
                 a = e.get(f"auto_{rank}")
                 if a is None:
                     continue
-                kept = ", ".join(f"`{k}`" for k in a["kept"]) or "none"
+                kept = ", ".join(f"`{k}` {a['kept_layers'].get(k, '')}" for k in a["kept"]) or "none"
                 fb = "fp16" if target == "tensorrt" else "fp32"
                 lines.append(
                     f"| {r['net']} | {target} | auto-fallback ({rank}) | {a['mask_agreement']:.2f} | {a['dice_drop']:+.4f} | "
@@ -233,9 +328,17 @@ def render(rows: list[dict], meta: dict) -> str:
         lat = r["latency_ms"]
         f32, plain, auto = lat["fp32"], lat["int8 onnxruntime"], lat["int8 onnxruntime auto"]
         lines.append(f"| {r['net']} | {f32:.2f} | {plain:.2f} | {auto:.2f} | {plain / f32:.2f}x | {auto / f32:.2f}x |")
-    lines += ["", "![accuracy vs share of int8 conv layers](mixed_precision.png)", "",
-              "Every point is one configuration the search measured on all evaluation scenes (tensorrt placement, "
-              "`--rank revert`), the star its result.", "", "## Search steps (tensorrt placement, --rank revert)", ""]
+    lines += ["", "## Accuracy against the share of int8 layers", "",
+              "![accuracy vs share of int8 conv layers](mixed_precision.png)", "",
+              "TensorRT placement, groups reverted to fp16 k at a time in order of the local error each adds "
+              "(`validate --per-layer` on 4 evaluation scenes), measured on the gate's scenes; stars: the "
+              "auto-fallback result (`--rank revert`).", "",
+              "| net | " + " | ".join(f"k={k}" for k in (0, 1, 2, 4, 8)) + " | all |", "|---|" + "---|" * 6]
+    for r in rows:
+        pts = {p["kept"]: p for p in r["sweep"]}
+        cells = [f"{pts[k]['mask_agreement']:.2f}" if k in pts else "-" for k in (0, 1, 2, 4, 8)]
+        lines.append(f"| {r['net']} | " + " | ".join(cells) + f" | {r['sweep'][-1]['mask_agreement']:.2f} |")
+    lines += ["", "(mask agreement %, k groups reverted)", "", "## Search steps (tensorrt placement, --rank revert)", ""]
     for r in rows:
         lines += [f"**{r['net']}**", "", "```"] + r["placements"]["tensorrt"]["auto_revert"]["steps"] + ["```", ""]
     return "\n".join(lines) + "\n"
@@ -249,6 +352,8 @@ DESCRIPTION = {
     "monai-attentionunet": "MONAI `AttentionUnet` (8..64 ch, attention gates)",
     "monai-flexunet-effb0": "MONAI `FlexibleUNet`, EfficientNet-B0 encoder (depthwise convs, SiLU as x*sigmoid, "
                             "squeeze-excitation), no pretrained weights",
+    "unet-hotpixels": f"reference UNet (BatchNorm, depth 3, 16 channels) trained and evaluated on scenes with hot pixels "
+                      f"({100 * HOT_SHARE:g} % of pixels at {HOT_VALUE:g}x full brightness: highlights, sensor defects)",
     "unet-shipped": "shipped `models/unet_synthetic.pt` (BatchNorm, depth 4)",
 }
 
@@ -283,10 +388,10 @@ def main() -> None:
     for name in args.nets:
         print(f"measuring {name}", flush=True)
         rows.append(measure(name, NETS[name], ckpts[name], out, args))
-    results = {r["net"]: r["placements"]["tensorrt"].pop("_result") for r in rows}
     for r in rows:
-        r["placements"]["onnxruntime"].pop("_result", None)
-    plot_trials(ROOT / "benchmarks" / "mixed_precision.png", results)
+        for entry in r["placements"].values():
+            entry.pop("_result", None)
+    plot(ROOT / "benchmarks" / "mixed_precision.png", rows)
     meta = {
         "date": datetime.date.today().isoformat(), "machine": machine_info(args.threads),
         "load_before": " ".join(load_before), "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),

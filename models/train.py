@@ -84,11 +84,12 @@ def training_normalization(size: int, num_classes: int) -> tuple[list[float], li
 
 
 def fit(net, mean, std, *, steps: int, batch: int = 8, size: int = 96, lr: float = 3e-3, num_classes: int = 4,
-        noise: float | None = None, log=print) -> float:
+        noise: float | None = None, transform=None, log=print) -> float:
     """Train ``net`` (any segmentation nn.Module) on fresh synthetic scenes; returns the wall seconds.
 
     The loop ``main`` runs for the reference nets, reusable for other nets (benchmarks/mixed_precision.py
-    trains MONAI nets with it). ``noise``: the scenes' pixel noise (default: the generator's, 0.06)."""
+    trains MONAI nets with it). ``noise``: the scenes' pixel noise (default: the generator's, 0.06);
+    ``transform(images, step)``: applied to each batch of [0, 1] images before normalization."""
     spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size,
                          **({"noise": noise} if noise is not None else {}))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -98,6 +99,8 @@ def fit(net, mean, std, *, steps: int, batch: int = 8, size: int = 96, lr: float
     log_every = max(1, steps // 30)
     for step in range(steps):
         images, masks = synthetic_batch(spec, step * batch, batch, num_classes)
+        if transform is not None:
+            images = transform(images, step)
         x = torch.from_numpy(normalize(images, mean, std))
         y = torch.from_numpy(masks)
         loss = segmentation_loss(net, x, y, num_classes)

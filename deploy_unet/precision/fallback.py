@@ -332,37 +332,3 @@ def _rank(method, model, calib, precision, target, evaluator, measure, groups, c
         reporter.tick("ranking by local error")
     order = sorted(range(len(groups)), key=lambda i: (-noise.get(groups[i].node, 0.0), i))
     return [(groups[i].node, noise.get(groups[i].node, 0.0)) for i in order]
-
-
-def plot_trials(path: str | os.PathLike, results: dict[str, FallbackResult], metric: str = "mask_agreement") -> None:
-    """Accuracy against the share of conv layers in low precision, one series per search."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from deploy_unet.fileio import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    for k, (label, result) in enumerate(results.items()):
-        pts = sorted({(t.low_precision_convs / max(t.conv_layers, 1), getattr(t, metric)) for t in result.trials})
-        if not pts:
-            continue
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, "o", color=f"C{k}", alpha=0.45, ms=4)
-        final = result.summary
-        share = final["conv_layers_low_precision"] / max(final["conv_layers"], 1)
-        value = 100 * result.final.mask_agreement if metric == "mask_agreement" else getattr(result.final, metric)
-        ax.plot([share], [value], "*", color=f"C{k}", ms=14, mec="black", label=f"{label} (result)")
-    limit = next(iter(results.values())).final.gate.min_mask_agreement if results else None
-    if metric == "mask_agreement" and limit is not None:
-        ax.axhline(limit, color="gray", ls="--", lw=1, label=f"gate {limit:g}%")
-    ax.set_xlabel("share of conv layers in int8")
-    ax.set_ylabel("mask agreement with fp32 (%)" if metric == "mask_agreement" else metric)
-    ax.set_title("Accuracy vs share of int8 layers (every configuration the search measured)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
