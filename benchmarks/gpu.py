@@ -112,13 +112,14 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
+    from deploy_unet import shipped
     from deploy_unet.nets.loading import load_net
 
     gpu = torch.cuda.get_device_name(0)
     peak = fp16_peak(gpu)
     rows = []
     for arch in args.archs:
-        net = load_net(checkpoint=ROOT / "models" / f"{arch}_synthetic.pt").net.cuda().eval()
+        net = load_net(checkpoint=shipped.checkpoint(arch)).net.cuda().eval()
         for batch in args.batches:
             x = torch.randn(batch, 3, args.size, args.size, device="cuda")
             with torch.inference_mode():
@@ -147,6 +148,7 @@ def run(args) -> dict:
 
 def runner_rows(args, arch: str, batch: int, bare: dict) -> list[dict]:
     """deploy-unet's torch runner in each mode, timed by bench_runner (what `deploy-unet bench` does)."""
+    from deploy_unet import shipped
     from deploy_unet.bench import bench_runner
     from deploy_unet.runtime import open_runner
 
@@ -154,7 +156,7 @@ def runner_rows(args, arch: str, batch: int, bare: dict) -> list[dict]:
     for mode, options in RUNNER_MODES.items():
         if mode not in bare:
             continue
-        with open_runner(ROOT / "models" / f"{arch}_synthetic.pt", device="cuda", **options) as runner:
+        with open_runner(shipped.checkpoint(arch), device="cuda", **options) as runner:
             r = bench_runner(runner, batch=batch, height=args.size, width=args.size, warmup=args.warmup,
                              iters=args.iters, keep_samples=False)
         compute = r.phases_ms["compute"]

@@ -31,6 +31,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from deploy_unet import shipped  # noqa: E402
 from deploy_unet.export import export_onnx  # noqa: E402
 from deploy_unet.fileio import write_text_atomic  # noqa: E402
 from deploy_unet.machine import cpu_info, machine_info  # noqa: E402
@@ -103,7 +104,7 @@ def interleaved_latency(configs: dict[str, ort.InferenceSession], x: np.ndarray,
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(HERE.parent / "models" / "unet_synthetic.pt"))
+    p.add_argument("--checkpoint", default=str(shipped.checkpoint("unet")))
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--profile-runs", type=int, default=10)

@@ -30,6 +30,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+from deploy_unet import shipped
 from deploy_unet.checkpoint import load_checkpoint
 from deploy_unet.data import load_samples
 from deploy_unet.export import export_onnx
@@ -122,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         tmp = Path(tmp)
         for ckpt_name in args.models:
-            ckpt = load_checkpoint(ckpt_name if Path(ckpt_name).is_file() else ROOT / "models" / ckpt_name)
+            ckpt = load_checkpoint(ckpt_name if Path(ckpt_name).is_file() else shipped.models_dir() / ckpt_name)
             net = build_net(None, {}, ckpt).net
             fp32 = tmp / f"{ckpt.arch}.onnx"
             export_onnx(net, fp32, height=256, width=256, mean=ckpt.mean, std=ckpt.std, arch=ckpt.arch,

@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.precision_cpu import latencies_ms, placement
-from deploy_unet import metrics
+from deploy_unet import metrics, shipped
 from deploy_unet.data import load_samples
 from deploy_unet.export import export_onnx
 from deploy_unet.inspection import inspect_onnx
@@ -57,8 +57,8 @@ def main() -> None:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--eval-samples", type=int, default=32)
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--unetpp", type=Path, default=ROOT / "models" / "unetpp_synthetic.pt")
-    p.add_argument("--unet", type=Path, default=ROOT / "models" / "unet_synthetic.pt")
+    p.add_argument("--unetpp", type=Path, default=shipped.checkpoint("unetpp"))
+    p.add_argument("--unet", type=Path, default=shipped.checkpoint("unet"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     depth = load_net(checkpoint=args.unetpp).net.depth

@@ -438,3 +438,9 @@ def _label(runner: Runner, artifact: str = "") -> str:
     name = os.path.basename(artifact or _source(runner))
     tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
     return f"{name} [{backend_label(runner)}]{tiles}"
+
+
+# ``deploy_unet.bench(artifacts, ...)`` is this stage's entry point.
+from deploy_unet import _make_callable  # noqa: E402
+
+_make_callable(__name__, bench)

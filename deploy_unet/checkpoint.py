@@ -31,6 +31,21 @@ class Checkpoint:
     std: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class: ``extra["class_names"]`` when the checkpoint records them; for a net trained on
+        the synthetic scenes (``extra.training.data`` synthetic), their class names; else none."""
+        names = self.extra.get("class_names")
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            return list(names)
+        training = self.extra.get("training") or {}
+        classes = (self.net_config or {}).get("num_classes")
+        if str(training.get("data", "")).startswith("synthetic") and isinstance(classes, int):
+            from deploy_unet.data import CLASS_NAMES
+
+            return list(CLASS_NAMES[:classes]) if classes <= len(CLASS_NAMES) else []
+        return []
+
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)

@@ -7,23 +7,39 @@ and works without any of them.
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
 
 import click
 
 from deploy_unet import __version__
 from deploy_unet.errors import DeployUnetError
 from deploy_unet.report_console import make_console
+from deploy_unet.shipped import REFERENCE_CHECKPOINTS
+
+
+def debug_enabled() -> bool:
+    """``deploy-unet --debug COMMAND`` (or DEPLOY_UNET_DEBUG=1): tracebacks, and failing ONNX files kept."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    flag = bool(root is not None and (root.obj or {}).get("debug"))
+    return flag or os.environ.get("DEPLOY_UNET_DEBUG", "") not in ("", "0")
 
 
 def handle_errors(func):
-    """Turn user errors into one ``error:`` line and their exit code; real bugs keep their traceback."""
+    """Turn user errors into one ``error:`` line and their exit code; real bugs keep their traceback.
+
+    With ``--debug`` the line is preceded by the full traceback, the underlying tool's error included.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except DeployUnetError as exc:
+            if debug_enabled():
+                traceback.print_exception(exc, file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -35,8 +51,13 @@ def handle_errors(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="deploy-unet")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help="On an error, print the full traceback and keep a failing stage's ONNX as NAME.failed-<stage>.onnx "
+                   "(also DEPLOY_UNET_DEBUG=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Take UNet/FCN segmentation nets from PyTorch to ONNX and TensorRT, and prove nothing was lost."""
+    ctx.obj = {**(ctx.obj or {}), "debug": debug}
 
 
 # --- export and inspect (foundation) ----------------------------------------------------------------
@@ -60,7 +81,11 @@ def _net_options(**given) -> dict:
 @click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s", "fcn16s", "fcn32s"]), default=None,
               help="Reference net (default: the checkpoint's arch, else unet); must agree with a deploy-unet checkpoint.")
 @click.option("--model", "model_spec", metavar="PKG.MODULE:CALLABLE", default=None,
-              help="Your own nn.Module factory instead of --arch; needs --divisor.")
+              help="Your own nn.Module class or factory instead of --arch (e.g. segmentation_models_pytorch:Unet); "
+                   "needs --divisor unless the net has a .divisor.")
+@click.option("--model-arg", "model_arg_items", multiple=True, metavar="KEY=VALUE",
+              help="Keyword argument for the --model callable (repeatable; Python/JSON literals, else a string), "
+                   "e.g. --model-arg encoder_name=resnet18 --model-arg encoder_weights=None --model-arg classes=4.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="state_dict (bare, or under 'state_dict'/'model'); a deploy-unet checkpoint also sets arch and "
                    "options, which the options you pass override field by field.")
@@ -95,16 +120,18 @@ def _net_options(**given) -> dict:
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim.")
 @click.option("--pad-in-graph", is_flag=True,
               help="The graph reflect-pads H, W up to the divisor and crops the logits back: any size works.")
+@click.option("--class-names", default=None, metavar="A,B,C",
+              help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
 @handle_errors
-def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
+def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
            norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
-           tolerance, simplify, pad_in_graph, output):
+           tolerance, simplify, pad_in_graph, class_names, output):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
     from deploy_unet.export import export_onnx
-    from deploy_unet.nets.loading import load_net
+    from deploy_unet.nets.loading import load_net, parse_model_args
 
     console = Console(stderr=True)
     if prune is not None and heads == "mean":
@@ -116,7 +143,8 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
                            fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
                       divisor=divisor, in_channels=in_channels,
-                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                      model_args=parse_model_args(model_arg_items))
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
     if checkpoint is None:
@@ -128,7 +156,10 @@ def export(arch, model_spec, checkpoint, strict, divisor, in_channels, num_class
             mean=loaded.mean, std=loaded.std, arch=loaded.arch, net_config=loaded.net_config,
             divisor=loaded.divisor, in_channels=loaded.in_channels,
             checkpoint_sha256=loaded.checkpoint.sha256 if loaded.checkpoint else None,
-            simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph, log=lambda msg: status.update(msg),
+            simplify=simplify, tolerance=tolerance, pad_in_graph=pad_in_graph,
+            class_names=(class_names.split(",") if class_names is not None
+                         else loaded.checkpoint.class_names if loaded.checkpoint else None),
+            log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
@@ -207,9 +238,9 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
     result = run_quantize(
         model, precision, target=target, calib=calib, calib_samples=calib_samples, method=method,
         calib_cache=calib_cache, eval_source=None if no_eval else eval_source, eval_samples=eval_samples,
-        max_dice_drop=max_dice_drop, output=output, min_mask_agreement=min_mask_agreement, max_rel_l2=max_rel_l2,
-        auto_fallback=auto_fallback, fallback_precision=fallback_precision, exclude=exclude,
-        exclude_op_types=exclude_op_type, rank=rank,
+        max_dice_drop=max_dice_drop, output=output, keep_failed=debug_enabled(),
+        min_mask_agreement=min_mask_agreement, max_rel_l2=max_rel_l2, auto_fallback=auto_fallback,
+        fallback_precision=fallback_precision, exclude=exclude, exclude_op_types=exclude_op_type, rank=rank,
     )
     how = "cached ranges" if result.from_cache else "calibrated"
     where = f", target {result.target}" if precision == "int8" else ""
@@ -302,6 +333,9 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @_speed_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
+@click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
+              help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
+                   "disagreement) to DIR, and the worst checkerboard map when its score exceeds the reference's.")
 @click.option("--per-layer", is_flag=True,
               help="Also compare every intermediate tensor with the fp32 ONNX --reference (ONNX Runtime CPU): SQNR, "
                    "rel L2, the local error each layer's own precision adds; a table of the worst, JSON of all, a PNG.")
@@ -313,15 +347,15 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 @handle_errors
 def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path, per_layer, layers_json, layers_plot, top):
+                     compile_mode, json_path, gallery_dir, per_layer, layers_json, layers_plot, top):
     """Compare each CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
-    from deploy_unet.report import gate_table, validation_table, write_json
+    from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts, validate_artifacts_many
 
     options = dict(data=data, samples=samples, ref_backend=ref_backend, checkpoint=checkpoint, pad=pad,
                    gates=parse_gates(gate_specs), device=device, allow_tf32=allow_tf32,
                    candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
-                   tile=tile, tile_size=_tile_size(tile_size))
+                   tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0)
     if per_layer:
         _check_per_layer(candidates, reference, tile)
     if len(candidates) == 1:
@@ -333,6 +367,9 @@ def validate_command(candidates, reference, data, samples, backend, ref_backend,
     console.print(validation_table(reports))
     for report in reports:
         console.print(gate_table(report))
+    if gallery_dir:
+        for _, path in write_galleries(gallery_dir, reports):
+            console.print(f"wrote {path}")
     if json_path:
         write_json(json_path, reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
         console.print(f"wrote {json_path}")
@@ -428,8 +465,68 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 
+@cli.command("predict")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for NAME.mask.png, NAME.overlay.png (NAME.probs.npy) and predictions.json.")
+@click.option("--backend", default=None, help=f"{_BACKEND_HELP}.")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights for --backend torch on an .onnx file (its metadata names the net).")
+@click.option("--batch", default=1, show_default=True, help="Images per run; images of one size run together.")
+@click.option("--resize", "resize_text", default=None, metavar="HxW",
+              help="Resize every image to this valid size and the masks back (nearest) [default: pad to the "
+                   "divisor and crop back].")
+@click.option("--tile", is_flag=True, help="Overlap-tile inference, any image size (for --padding valid nets).")
+@click.option("--tile-size", default=None, metavar="N|HxW",
+              help="Tile input size, a valid one [default: the export size in the metadata].")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="What the runner returns: the logits, or only the argmax mask (computed on the GPU by the CUDA "
+                   "runners).")
+@click.option("--save-probs", is_flag=True, help="Also write NAME.probs.npy: (C, H, W) float16 class probabilities.")
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write NAME.overlay.png.")
+@click.option("--threads", default=None, type=int, help="Intra-op threads (torch and ONNX Runtime).")
+@click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
+@_speed_options
+@handle_errors
+def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
+                    output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
+                    cuda_graph, compile_mode):
+    """Run ARTIFACT (.pt, .onnx, .engine) on INPUTS (image files, folders, .npy) and write a mask per image.
+
+    Masks come out at each image's own size: indexed PNGs (pixel = class id, with a palette), overlays with a
+    legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
+    skipped; the run then exits 1 after writing the others.
+    """
+    from pathlib import Path
+
+    from deploy_unet.data import parse_size
+    from deploy_unet.predict import predict
+
+    console = make_console()
+    report = predict(
+        artifact, inputs, output_dir, backend=backend, device=device, checkpoint=checkpoint, batch=batch,
+        resize=parse_size(resize_text) if resize_text else None, tile=tile, tile_size=_tile_size(tile_size),
+        output=output_kind, save_probs=save_probs, overlays=overlays, threads=threads,
+        runner_options={"allow_tf32": allow_tf32 or None,
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+        warn=lambda message: click.echo(f"warning: {message}", err=True),
+    )
+    data = report.to_dict()
+    rate = data["inference_images_per_second"]
+    console.print(f"predicted {len(report.images)} image(s) with {report.backend} ({report.precision}, fit "
+                  f"{report.fit}): {report.images_per_second:.1f} images/s over {report.loop_seconds:.2f} s of reading "
+                  "to writing" + (f", {rate:.1f} images/s in inference alone" if rate else "")
+                  + f"; {report.seconds:.2f} s in all")
+    console.print("time: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in report.stages.as_dict().items()))
+    console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
+                  f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    report.raise_for_skipped()
+
+
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s"]), default=None,
+@click.option("--arch", type=click.Choice(sorted(REFERENCE_CHECKPOINTS)), default=None,
               help="Which shipped reference checkpoint to use [default: unet]; with --checkpoint it must agree "
                    "with the arch the checkpoint records.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -562,6 +659,111 @@ def doctor_command(as_json):
 
     report = run_doctor()
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+# --- serving: Triton model repositories and `serve` (deploy_unet/serving/) ------------------------------
+
+
+@cli.command("triton-repo")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default="model_repository",
+              show_default=True, help="The repository folder (new, or replaced with --force).")
+@click.option("--name", "names", multiple=True, help="Model name per artifact, in order [default: each file's stem].")
+@click.option("--accelerator", type=click.Choice(["none", "tensorrt"]), default="none", show_default=True,
+              help="ONNX files: ONNX Runtime's TensorRT execution provider (precision from the graph, engine and "
+                   "timing caches on).")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="instance_group kind of each model.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Instances per model.")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's profile max batch; 8 for ONNX with a dynamic batch].")
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others of its shape.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Leave dynamic_batching out (each request runs alone).")
+@click.option("--ensemble", is_flag=True,
+              help="Also write NAME_preprocess, NAME_postprocess (python backend) and NAME_ensemble: image in, mask out.")
+@click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@handle_errors
+def triton_repo_command(artifacts, output_dir, names, accelerator, kind, instances, max_batch, max_queue_delay_us,
+                        no_dynamic_batching, ensemble, no_warmup, force):
+    """Write a Triton Inference Server model repository for ONNX files and TensorRT engines."""
+    from deploy_unet.serving.repository import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(accelerator=accelerator, instances=instances, kind=kind, max_batch=max_batch,
+                                dynamic_batching=not no_dynamic_batching, max_queue_delay_us=max_queue_delay_us,
+                                ensemble=ensemble, warmup=not no_warmup)
+    repo = write_repository(list(artifacts), output_dir, options, names=list(names) or None, force=force)
+    for model in repo.models:
+        click.echo(f"  {model.name}: {model.platform}, max_batch_size {model.max_batch_size}"
+                   + (f"; {model.hw_rule}" if model.hw_rule else ""))
+    checked = "parsed with Triton's model_config schema" if repo.parsed_with_triton_schema else \
+        "not parsed (install tritonclient to check configs against Triton's schema)"
+    click.echo(f"wrote {repo.path}/ ({len(repo.models)} models, README.md); configs {checked}")
+
+
+def _hw(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from deploy_unet.data import parse_size
+
+    return parse_size(text)
+
+
+@cli.command("serve")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--backend", default=None, help=f"Runner: {_BACKEND_HELP}.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights for --backend torch on an .onnx file.")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto | cpu | cuda.")
+@click.option("--threads", type=int, default=None, help="CPU threads per instance [default: the CPUs / instances].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--model-name", default=None, help="Triton model name [default: the artifact's stem].")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's profile max batch, else 8].")
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others of its shape.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (no dynamic batcher).")
+@click.option("--instances", type=int, default=None,
+              help="Model instances, one runner each, run in parallel [default: one per usable CPU with 1 thread each "
+                   "for a CPU runner, else 1].")
+@click.option("--input", "input_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
+              help="tensor: the model's normalized float32 NCHW (contract enforced); image: uint8 N x H x W x C "
+                   "of any size, preprocessed from the metadata and cropped back.")
+@click.option("--output", "output_kind", type=click.Choice(["logits", "mask"]), default="logits", show_default=True,
+              help="logits, or the argmax mask (uint8, computed where the runner runs).")
+@click.option("--max-size", default=None, metavar="HxW",
+              help="Largest request H x W [default: an engine's profile max, else 2048x2048].")
+@click.option("--exit-timeout", type=int, default=5, show_default=True,
+              help="Seconds Triton waits for in-flight requests and open connections at shutdown.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
+@handle_errors
+def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
+                  model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
+                  output_kind, max_size, exit_timeout, log_file):
+    """Serve ARTIFACT (.pt, .onnx, .engine) with the project's runner on a real Triton server (PyTriton)."""
+    from deploy_unet.serving.server import ServeOptions, serve_until_signal
+
+    options = ServeOptions(
+        artifact=artifact, backend=backend, device=device, checkpoint=checkpoint, threads=threads, host=host,
+        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, model_name=model_name,
+        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, dynamic_batching=not no_dynamic_batching,
+        instances=instances, input_kind=input_kind, output=output_kind, max_size=_hw(max_size),
+        exit_timeout_s=exit_timeout, log_file=log_file,
+    )
+
+    def ready(service):
+        stages = service.model.stages.as_dict()
+        click.echo("start-up: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages.items()), err=True)
+        click.echo(service.ready_line(), err=True)
+
+    signum = serve_until_signal(options, on_ready=ready, log=lambda message: click.echo(message, err=True))
+    click.echo(f"stopped ({'signal ' + str(signum) if signum else 'server exited'}); Triton and its workspace are gone",
+               err=True)
 
 
 def main() -> None:

@@ -16,6 +16,11 @@ Sources (strings, as the CLI takes them):
 - a ``.npy`` file (images only) or ``.npz`` with ``images`` (and optionally ``masks``); images NCHW or
   NHWC, uint8 (scaled by 1/255) or float in [0, 1].
 
+Every source is checked where it is read, so each data-reading command (quantize ``--calib``/``--eval``,
+validate ``--data``, pipeline) refuses bad data in one line naming the source and the sample index:
+NaN or Inf values, an image file that cannot be decoded, an array of the wrong rank or dtype. The
+synthetic generator cannot produce any of these.
+
 Preprocessing comes from the model's metadata (``ModelInfo``): channel count, ``mean``/``std``
 normalization, and the divisor the spatial size must respect (resize to a valid size, or pad).
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy_unet.errors import ArtifactError, ConfigError
+from deploy_unet.errors import ArtifactError, ConfigError, DataError, first_line
 from deploy_unet.shapes import Padding, is_valid, nearest_valid, pad_to_multiple
 
 CLASS_NAMES = ("background", "ellipse", "polygon", "thin")
@@ -276,8 +281,6 @@ def check_distinct_sources(calib: str | Source, evaluation: str | Source) -> Non
 
 
 def _read_folder(path: Path, masks: Path | None, n: int | None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    from PIL import Image
-
     image_dir = path / "images" if (path / "images").is_dir() else path
     if masks is None and (path / "masks").is_dir() and image_dir != path:
         masks = path / "masks"
@@ -286,9 +289,8 @@ def _read_folder(path: Path, masks: Path | None, n: int | None) -> tuple[list[np
         raise ArtifactError(f"folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     files = files[:n] if n else files
     images, labels = [], [] if masks is not None else None
-    for file in files:
-        with Image.open(file) as im:
-            arr = np.asarray(im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB"))
+    for index, file in enumerate(files):
+        arr = _decode(file, index, image_dir, lambda im: im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB"))
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         images.append(arr.astype(np.float32) / 255.0)
         if masks is not None:
@@ -296,14 +298,48 @@ def _read_folder(path: Path, masks: Path | None, n: int | None) -> tuple[list[np
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
                 raise ArtifactError(f"no mask for {file.name} in {masks} (expected {file.stem}.png)")
-            with Image.open(found) as im:
-                label = np.asarray(im)
+            label = _decode(found, index, masks, lambda im: im)
             if label.ndim != 2:
                 raise ArtifactError(f"mask {found} has {label.ndim} dims; masks are single-channel class indices")
             if label.shape != arr.shape[1:]:
                 raise ArtifactError(f"mask {found} is {label.shape}, its image is {arr.shape[1:]}; they must match")
             labels.append(label.astype(np.int64))
     return images, labels
+
+
+def _decode(file: Path, index: int, folder: Path, convert) -> np.ndarray:
+    """One image file as an array; a file Pillow cannot decode is one DataError line naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as im:
+            return np.asarray(convert(im))
+    except Exception as exc:  # UnidentifiedImageError, a truncated file's OSError, a decoder's ValueError
+        raise DataError(
+            f"{file}: sample {index} of {folder} cannot be decoded as an image ({first_line(exc)}); "
+            "replace or remove that file"
+        ) from None
+
+
+def check_finite(images: np.ndarray, source: str, what: str = "sample") -> None:
+    """Refuse NaN or Inf in any sample: one line naming the source, the first bad sample and the count."""
+    flat = images.reshape(len(images), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        values = flat[i][~np.isfinite(flat[i])]
+        kinds = " and ".join(k for k, m in (("NaN", np.isnan(values)), ("Inf", np.isinf(values))) if m.any())
+        more = f"; {int(bad.sum()) - 1} more samples too" if bad.sum() > 1 else ""
+        raise DataError(
+            f"{source}: {what} {i} holds {kinds} ({values.size} of {flat.shape[1]} values){more}; "
+            "clean the data or drop that sample"
+        )
+
+
+def _check_dtype(array: np.ndarray, path: Path, what: str) -> None:
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        expected = "uint8 (0..255) or float in [0, 1]" if what == "images" else "integer class indices"
+        raise DataError(f"{path}: {what} have dtype {array.dtype}; expected {expected}")
 
 
 def _read_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -324,26 +360,36 @@ def _read_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | Non
                 raise ArtifactError(f"{path} holds {keys}; name the image array 'images' (and masks 'masks')")
     else:
         images = loaded
+    _check_dtype(images, path, "images")
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
-        raise ArtifactError(f"{path}: images have shape {images.shape}; expected NCHW or NHWC (or one HWC/CHW)")
+        raise DataError(f"{path}: images have shape {images.shape} (rank {images.ndim}); expected NCHW or NHWC "
+                        "(rank 4), or one HWC/CHW image (rank 3)")
     if images.shape[1] not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if images.shape[1] == 4:
         images = images[:, :3]  # drop alpha
     if np.issubdtype(images.dtype, np.integer):
         images = images.astype(np.float32) / 255.0
-    images = images.astype(np.float32)
-    if masks is not None:
-        masks = masks.astype(np.int64)
-        if masks.ndim == 2:
-            masks = masks[None]
-        if masks.shape != (images.shape[0], *images.shape[2:]):
-            raise ArtifactError(f"{path}: masks {masks.shape} do not match images {images.shape} (want N,H,W)")
     if n:
         images = images[:n]
         masks = masks[:n] if masks is not None else None
+    check_finite(images, os.fspath(path))  # before the float32 cast: float64 beyond fp32's range shows as Inf too
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused just below
+        images = images.astype(np.float32)
+    check_finite(images, os.fspath(path))
+    if masks is not None:
+        _check_dtype(masks, path, "masks")
+        if masks.ndim == 2:
+            masks = masks[None]
+        if np.issubdtype(masks.dtype, np.floating):
+            check_finite(masks, f"{path} masks", "mask")
+            if not np.array_equal(masks, np.round(masks)):
+                raise DataError(f"{path}: masks hold non-integer values; masks are class indices (0, 1, ...)")
+        masks = masks.astype(np.int64)
+        if masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ArtifactError(f"{path}: masks {masks.shape} do not match images {images.shape} (want N,H,W)")
     return images, masks
 
 
@@ -465,6 +511,7 @@ def load_samples(
             images, padding = pad_to_multiple(images, divisor)
             notes.append(f"padded {h}x{w} -> {images.shape[2]}x{images.shape[3]} (divisor {divisor})")
     raw = images.astype(np.float32, copy=False)
+    check_finite(raw, src.text)  # every source, whatever its reader checked
     return Samples(
         images=normalize(raw, mean, std), masks=labels, source=src.text, raw=raw, padding=padding, notes=notes
     )

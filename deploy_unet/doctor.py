@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from deploy_unet import shipped
 from deploy_unet.engine.device import (
     SUPPORTED_TRT_MAJORS,
     TENSORRT_INSTALL_HINT,
@@ -25,7 +26,7 @@ from deploy_unet.engine.device import (
     import_engine_library,
     runs_on,
 )
-from deploy_unet.errors import MissingDependencyError
+from deploy_unet.errors import ArtifactError, MissingDependencyError
 from deploy_unet.machine import cpu_info
 
 TORCH_CUDA_HINT = "install a CUDA build of torch, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu128`"
@@ -49,6 +50,7 @@ class DoctorReport:
     onnxruntime_providers: list[str]
     cuda: dict[str, Any]
     cpu: dict[str, Any] = field(default_factory=dict)  # machine.CpuInfo.to_json(): model, CPUs, quota, ISA
+    checkpoints: dict[str, Any] = field(default_factory=dict)  # the shipped ones: folder, found, missing, error
     backends: list[Backend] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +114,7 @@ def run_doctor() -> DoctorReport:
         onnxruntime_providers=providers,
         cuda=devices.to_dict(),
         cpu=cpu_info().to_json(),
+        checkpoints=_shipped_checkpoints(),
     )
     gpu = devices.devices[0] if devices.devices else None
     no_gpu = f"no CUDA device: {devices.error}"
@@ -202,6 +205,16 @@ def run_doctor() -> DoctorReport:
     return report
 
 
+def _shipped_checkpoints() -> dict[str, Any]:
+    """Where this install keeps the shipped reference checkpoints (a wheel: site-packages), and which it has."""
+    try:
+        found = shipped.available()
+        return {"dir": str(shipped.models_dir()), "found": {arch: str(path) for arch, path in found.items()},
+                "missing": sorted(set(shipped.REFERENCE_CHECKPOINTS) - set(found)), "error": None}
+    except ArtifactError as exc:
+        return {"dir": None, "found": {}, "missing": sorted(shipped.REFERENCE_CHECKPOINTS), "error": str(exc)}
+
+
 def _torch_compile_verdict(torch, torch_cuda: bool) -> Backend:
     """``--compile``: inductor writes C++ kernels for the CPU (a compiler must be on PATH) and Triton kernels for
     CUDA (the triton package); without them the first compiled call fails deep inside torch."""
@@ -248,6 +261,12 @@ def format_report(report: DoctorReport) -> str:
             text = f"not importable ({report.import_errors[name]})"
         lines.append(f"{name:<14} {text}")
     lines.append(f"{'ORT providers':<14} {', '.join(report.onnxruntime_providers) or '-'}")
+    ck = report.checkpoints
+    if ck:
+        text = f"{', '.join(ck['found']) or 'none'} (in {ck['dir']})" if ck["dir"] else f"none ({ck['error']})"
+        if ck["dir"] and ck["missing"]:
+            text += f"; missing: {', '.join(ck['missing'])}"
+        lines.append(f"{'checkpoints':<14} {text}")
     devices = report.cuda["devices"]
     if devices:
         for d in devices:

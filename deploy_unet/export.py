@@ -7,6 +7,18 @@ exporter is deprecated and needs ``dynamic_axes`` guesses, so it is not used.
 
 The file is verified in ONNX Runtime against PyTorch before it is moved into place: a model that
 fails parity never reaches the output path.
+
+Two traps of ``torch.export`` are avoided, and checked for. It specializes a dynamic dimension whose
+sample size is 0 or 1 (a batch-1 sample gets baked into reshapes while the ONNX input still says
+``batch``), and it gives dimensions with equal sample sizes one symbol ("duck sizing": a square sample
+makes the graph assume H == W). So the sample it traces (``trace_shape``) is not the export shape: every
+dynamic axis is >= 2 and the dynamic axes differ from one another. After export, ONNX Runtime runs the
+file at the traced shape and at shapes that change one dynamic axis at a time (``check_shapes``), so a
+graph that only runs at the traced size of some axis is refused in one line naming that axis.
+
+Every stage (PyTorch forward, torch.onnx.export, onnx.checker, onnxslim, the ONNX Runtime session, the
+parity run) turns a failure into one ``StageError`` line; with ``keep_failed`` the intermediate ONNX
+of a failing stage is written beside the output as ``NAME.failed-<stage>.onnx``.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +40,8 @@ import torch
 from torch import nn
 
 from deploy_unet import __version__
-from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
-from deploy_unet.fileio import atomic_path
+from deploy_unet.errors import ConfigError, GateFailedError, first_line, stage_errors
+from deploy_unet.fileio import atomic_path, onnx_keeper
 from deploy_unet.metadata import PAD_IN_GRAPH_KEY, ModelInfo, write_props
 from deploy_unet.nets.pad_in_graph import PadInGraph
 from deploy_unet.shapes import check_size_pad_in_graph, validate_shape
@@ -41,6 +53,8 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # Symbolic dim names users see in Netron / trtexec --shapes / polygraphy inspect.
 DIM_NAMES = {0: "batch", 2: "height", 3: "width"}
+AXIS_INDEX = {"batch": 0, "height": 2, "width": 3}
+DYNAMIC_AXES = {"all": ("batch", "height", "width"), "batch": ("batch",), "hw": ("height", "width"), "none": ()}
 
 
 @dataclass
@@ -50,10 +64,11 @@ class ExportResult:
     parity: dict[str, float] = field(default_factory=dict)  # "BxCxHxW" -> max abs error vs PyTorch
     seconds: float = 0.0
     stages: StageTimes = field(default_factory=StageTimes)  # where the time went
+    trace_shape: tuple[int, ...] = ()  # the sample torch.export traced (not the export shape; see trace_shape())
 
 
 def export_onnx(
-    net: nn.Module,
+    net: nn.Module | str | os.PathLike,
     output: str | os.PathLike,
     *,
     height: int = 256,
@@ -72,13 +87,33 @@ def export_onnx(
     verify: bool = True,
     tolerance: float = 1e-4,
     pad_in_graph: bool = False,
+    class_names: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    keep_failed: bool = False,
+    trace: tuple[int, int, int, int] | None = None,
 ) -> ExportResult:
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
 
+    ``keep_failed`` (``--debug``): a stage that fails after the ONNX exists leaves it as
+    ``NAME.failed-<stage>.onnx`` beside ``output``. ``trace`` overrides the traced sample shape
+    (tests use it to reproduce the exporter's traps on purpose).
+
+    ``net``: an ``nn.Module``, or the path of a deploy-unet checkpoint, which supplies the net, its
+    normalization, arch, config, class names and hash (arguments given here still win).
     ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
     and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
+    ``class_names``: one name per class, stored in the metadata (legends of ``predict``, reports).
     """
+    if not isinstance(net, nn.Module):
+        from deploy_unet.nets.loading import load_net
+
+        loaded = load_net(checkpoint=net)
+        net = loaded.net
+        mean, std = mean or loaded.mean, std or loaded.std
+        arch, net_config = arch or loaded.arch, net_config if net_config is not None else loaded.net_config
+        checkpoint_sha256 = checkpoint_sha256 or (loaded.checkpoint.sha256 if loaded.checkpoint else None)
+        class_names = class_names if class_names is not None else (
+            loaded.checkpoint.class_names if loaded.checkpoint else None)
     log = log or (lambda _msg: None)
     start = time.perf_counter()
     times = StageTimes()
@@ -108,29 +143,43 @@ def export_onnx(
     else:  # e.g. a valid-convolution UNet: sizes divisor*k + remainder, output smaller than input
         contract.validate((height, width), pad_hint="choose a valid --height/--width")
 
-    sample = torch.from_numpy(_sample(batch, in_channels, height, width, seed=0))
-    with torch.no_grad(), times.stage("PyTorch forward (sample)"):
-        try:
-            reference = net(sample)
-        except Exception as exc:
-            raise ConfigError(
-                f"the net fails on a {batch}x{in_channels}x{height}x{width} sample "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); check --in-channels and the size"
-            ) from None
-    if not isinstance(reference, torch.Tensor) or reference.dim() != 4:
+    model_name = arch
+    step = contract.divisor if contract is not None else int(divisor)
+    export_shape = (batch, in_channels, height, width)
+    traced = tuple(trace) if trace is not None else trace_shape(export_shape, dynamic, step)
+    shapes = check_shapes(traced, export_shape, dynamic, step, pad_in_graph=pad_in_graph)
+
+    # PyTorch first, at every shape the parity check will use: a net that cannot take another size on an
+    # axis is told so here, in one line, before the (slow) export.
+    references: dict[tuple[int, ...], np.ndarray] = {}
+    with torch.no_grad(), times.stage("PyTorch forward (samples)"):
+        for shape, axis in [(export_shape, None)] + [s for s in shapes if s[0] != export_shape]:
+            references[shape] = _torch_forward(net, shape, export_shape, axis, dynamic)
+    reference = references[export_shape]
+    if not isinstance(reference, np.ndarray) or reference.ndim != 4:
         raise ConfigError("the net must return one NCHW tensor of logits")
     num_classes = int(reference.shape[1])
+    names = [str(n).strip() for n in (class_names or [])]
+    if names and (len(names) != num_classes or not all(names)):
+        raise ConfigError(f"--class-names gives {len(names)} name(s) ({', '.join(names)}) for a net with "
+                          f"{num_classes} classes; give exactly one non-empty name per class, comma-separated")
 
-    log("exporting with torch.onnx.export(dynamo=True)")
-    with times.stage("torch.onnx.export (dynamo)"):
-        model = _torch_export(net, sample, dynamic, opset)
-        _name_dims(model, dynamic, same_size=contract is None or contract.border == 0)
+    def keeper(model: onnx.ModelProto | None):
+        """With keep_failed, a failing stage leaves ``model`` as ``NAME.failed-<stage>.onnx``."""
+        return onnx_keeper(model, output) if keep_failed else None
+
+    log(f"exporting with torch.onnx.export(dynamo=True), sample {_key(traced)}")
+    with times.stage("torch.onnx.export (dynamo)"), stage_errors("torch.onnx.export", model_name):
+        model = _torch_export(net, torch.from_numpy(_sample(*traced, seed=0)), dynamic, opset)
+    _check_dynamic_inputs(model, dynamic, traced, keeper(model))
+    _name_dims(model, dynamic, same_size=contract is None or contract.border == 0)
     log("checking (onnx.checker, full shape inference)")
-    with times.stage("onnx.checker + shape inference"):
+    with times.stage("onnx.checker + shape inference"), stage_errors("onnx.checker", model_name, keeper(model)):
         model = _check(model)
     if simplify:
         log("simplifying (onnxslim)")
-        with times.stage("onnxslim"):
+        with times.stage("onnxslim"), stage_errors("onnxslim", model_name, keeper(model),
+                                                   hint="re-run with --no-simplify"):
             model = _simplify(model)
 
     info = ModelInfo(
@@ -144,7 +193,8 @@ def export_onnx(
         mean=list(mean) if mean else [],
         std=list(std) if std else [],
         precision="fp32",
-        export_shape=[batch, in_channels, height, width],
+        export_shape=list(export_shape),
+        class_names=names,
         **(ModelInfo.contract_fields(contract, getattr(net, "padding", "same")) if contract is not None else {}),
         extra={
             "exporter": "torch.onnx.export(dynamo=True)",
@@ -152,6 +202,7 @@ def export_onnx(
             "onnx_version": onnx.__version__,
             "deploy_unet_version": __version__,
             "dynamic": dynamic,
+            "trace_shape": _key(traced),
             "opset": str(opset),
             "checkpoint_sha256": checkpoint_sha256 or "",
             PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
@@ -167,8 +218,106 @@ def export_onnx(
         if verify:
             log("verifying in ONNX Runtime against PyTorch")
             with times.stage("parity check (ORT vs PyTorch)"):
-                parity = _verify(net, tmp, info, dynamic, tolerance)
-    return ExportResult(Path(output), info, parity, time.perf_counter() - start, times)
+                parity = _verify(net, tmp, shapes, references, traced, dynamic, tolerance, model_name, keeper(model))
+    return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced)
+
+
+def trace_shape(export_shape: tuple[int, int, int, int], dynamic: str, step: int) -> tuple[int, int, int, int]:
+    """The sample torch.export traces: the export shape, moved off its traps on the dynamic axes.
+
+    A dynamic axis of size 0 or 1 is specialized (batch 1 -> 2); dynamic axes of equal size share one
+    symbol, so each one is moved up by ``step`` (the divisor: sizes stay valid) until it differs from
+    the dynamic axes before it (a 256x256 export traces 2x3x256x272 with divisor 16).
+    """
+    shape = list(export_shape)
+    taken: list[int] = []
+    for axis in DYNAMIC_AXES[dynamic]:
+        i = AXIS_INDEX[axis]
+        if axis == "batch" and shape[i] < 2:
+            shape[i] = 2
+        while shape[i] < 2 or shape[i] in taken:
+            shape[i] += 1 if axis == "batch" else step
+        taken.append(shape[i])
+    return tuple(shape)
+
+
+def check_shapes(
+    traced: tuple[int, int, int, int],
+    export_shape: tuple[int, int, int, int],
+    dynamic: str,
+    step: int,
+    pad_in_graph: bool = False,
+) -> list[tuple[tuple[int, ...], str | None]]:
+    """Shapes the parity check runs, each with the one axis it changes from ``traced`` (None: several/none).
+
+    The traced shape first; then one shape per dynamic axis with only that axis changed (batch 1, the
+    size a 0/1 specialization would have baked; H and W one step up); then the export shape if it is
+    not among them; with pad-in-graph a size off the divisor.
+    """
+    shapes: list[tuple[tuple[int, ...], str | None]] = [(traced, None)]
+    for axis in DYNAMIC_AXES[dynamic]:
+        i = AXIS_INDEX[axis]
+        changed = list(traced)
+        changed[i] = (1 if traced[i] != 1 else 2) if axis == "batch" else traced[i] + step
+        shapes.append((tuple(changed), axis))
+    if all(shape != export_shape for shape, _ in shapes):
+        shapes.append((export_shape, None))
+    b, c, h, w = traced
+    if pad_in_graph and "height" in DYNAMIC_AXES[dynamic] and step > 1:
+        # Off the divisor on both sides, by different pads: the in-graph Pad and Slice are exercised.
+        shapes.append(((b, c, h + 1, w + step - 1), None))
+    return shapes
+
+
+def _key(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _fix_for(axis: str, dynamic: str) -> str:
+    """What to pass instead, for an axis the net or the graph cannot vary."""
+    if axis == "batch":
+        keep = "hw" if dynamic == "all" else "none"
+        return f"export with --dynamic {keep} and --batch N for the batch you run"
+    keep = "batch" if dynamic == "all" else "none"
+    return f"export with --dynamic {keep} and --height/--width set to the size you run"
+
+
+def _torch_forward(net: nn.Module, shape, export_shape, axis: str | None, dynamic: str) -> np.ndarray:
+    """The net's logits at ``shape``; a failure is one line, naming the axis that changed if one did."""
+    try:
+        out = net(torch.from_numpy(_sample(*shape, seed=_seed(shape))))
+    except Exception as exc:
+        b, c, h, w = shape
+        if shape == tuple(export_shape):
+            raise ConfigError(
+                f"the net fails on a {b}x{c}x{h}x{w} sample ({first_line(exc)}); check --in-channels and the size"
+            ) from exc
+        changed = axis or _failing_axes(net, shape, export_shape)
+        raise ConfigError(
+            f"the net runs at {_key(export_shape)} but not at {_key(shape)} ({changed} changed: {first_line(exc)}); "
+            f"it does not take a dynamic {changed}: {_fix_for(changed.split()[0], dynamic)}"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the net returned {type(out).__name__}; it must return one NCHW tensor of logits")
+    return out.detach().numpy()
+
+
+def _failing_axes(net: nn.Module, shape, export_shape) -> str:
+    """Which of the axes ``shape`` changes from the export shape the net fails on, each changed alone."""
+    changed = [n for n, i in AXIS_INDEX.items() if shape[i] != export_shape[i]]
+    failing = []
+    for axis in changed:
+        probe = list(export_shape)
+        probe[AXIS_INDEX[axis]] = shape[AXIS_INDEX[axis]]
+        try:
+            net(torch.from_numpy(_sample(*probe, seed=0)))
+        except Exception:
+            failing.append(axis)
+    return " and ".join(failing or changed)
+
+
+def _seed(shape) -> int:
+    return sum(int(v) * 7 ** i for i, v in enumerate(shape)) % (2**31)
 
 
 def _sample(batch: int, channels: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -177,33 +326,37 @@ def _sample(batch: int, channels: int, height: int, width: int, seed: int) -> np
 
 def _torch_export(net: nn.Module, sample: torch.Tensor, dynamic: str, opset: int) -> onnx.ModelProto:
     auto = torch.export.Dim.AUTO
-    dims = {
-        "all": {0: auto, 2: auto, 3: auto},
-        "batch": {0: auto},
-        "hw": {2: auto, 3: auto},
-        "none": {},
-    }[dynamic]
+    dims = {AXIS_INDEX[axis]: auto for axis in DYNAMIC_AXES[dynamic]}
     arg_name = _first_arg_name(net)
     with _quiet_exporter(), tempfile_dir() as folder:
         path = Path(folder) / "model.onnx"
-        try:
-            torch.onnx.export(
-                net,
-                (sample,),
-                os.fspath(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes={arg_name: dims} if dims else None,
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-        except Exception as exc:
-            raise ArtifactError(
-                f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            ) from None
+        torch.onnx.export(
+            net,
+            (sample,),
+            os.fspath(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={arg_name: dims} if dims else None,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
         return onnx.load(os.fspath(path))
+
+
+def _check_dynamic_inputs(model: onnx.ModelProto, dynamic: str, traced, keep) -> None:
+    """An axis asked to be dynamic that came out static: torch.export specialized it (the net's code
+    fixed it: a size read as a Python int, a fixed positional embedding, ...). Refuse it by name."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis in DYNAMIC_AXES[dynamic]:
+        dim = dims[AXIS_INDEX[axis]]
+        if not dim.dim_param and dim.HasField("dim_value"):
+            kept = keep("dynamic axes") if keep is not None else None
+            raise ConfigError(
+                f"torch.export fixed the {axis} to {dim.dim_value} (traced at {_key(traced)}): the net's code "
+                f"does not let it vary; {_fix_for(axis, dynamic)}" + (f" (the ONNX is kept as {kept})" if kept else "")
+            )
 
 
 def _first_arg_name(net: nn.Module) -> str:
@@ -266,11 +419,8 @@ def _name_dims(model: onnx.ModelProto, dynamic: str, same_size: bool = True) -> 
 
 
 def _check(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        onnx.checker.check_model(model, full_check=True)
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise ArtifactError(f"the exported ONNX does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
 
 
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -279,51 +429,65 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     with _quiet_exporter():
         slim = onnxslim.slim(model)
     if slim is None:
-        raise ArtifactError("onnxslim returned no model; re-run with --no-simplify")
+        raise RuntimeError("onnxslim returned no model")
     onnx.checker.check_model(slim)
     return slim
 
 
-def _verify(net: nn.Module, path: Path, info: ModelInfo, dynamic: str, tolerance: float) -> dict[str, float]:
-    """Run the file in ONNX Runtime at the export size and a second valid size; compare with PyTorch.
+def known_cause(net: nn.Module, axis: str) -> str:
+    """A pattern known to fix a size in the exported graph, found in the net's modules, as a clause."""
+    if axis == "batch":
+        return ""
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = module.output_size
+            if size not in (1, (1, 1)):
+                return (f" ({name}: {type(module).__name__}(output_size={size}); ONNX has no adaptive pooling and the "
+                        "exporter's decomposition fixes its input size, microsoft/onnxscript#1646)")
+    return ""
 
-    Gate: max abs error <= tolerance * max(1, max |reference|) — absolute for unit-scale logits,
-    relative for nets whose logits are large.
+
+def _verify(net: nn.Module, path: Path, shapes, references, traced, dynamic: str, tolerance: float,
+            model_name: str, keep) -> dict[str, float]:
+    """Run the file in ONNX Runtime at each of ``shapes`` and compare with PyTorch's ``references``.
+
+    Gate: max abs error <= tolerance * max(1, max |reference|) -- absolute for unit-scale logits,
+    relative for nets whose logits are large. A shape that changes one axis from the traced one and
+    fails (ONNX Runtime error, wrong output shape, or numbers off) while the traced shape passed means
+    the graph is specialized on that axis: a ConfigError that names it and the fix.
     """
     import onnxruntime as ort
 
-    b, c, h, w = info.export_shape
-    d = info.divisor
-    shapes = [(b, c, h, w)]
-    second = (
-        b + 2 if dynamic in ("all", "batch") else b,
-        c,
-        h + d if dynamic in ("all", "hw") else h,
-        w + 2 * d if dynamic in ("all", "hw") else w,
-    )
-    if second != shapes[0]:
-        shapes.append(second)
-    if info.pad_in_graph and dynamic in ("all", "hw") and d > 1:
-        # Off the divisor on both sides, by different pads: the in-graph Pad and Slice are exercised.
-        shapes.append((b, c, h + 1, w + d - 1))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 4  # a failing run is reported below, in one line; ORT's own log would repeat it
+    with stage_errors("ONNX Runtime session", model_name, keep):
+        session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     parity = {}
-    for i, shape in enumerate(shapes):
-        x = _sample(*shape, seed=i + 1)
-        with torch.no_grad():
-            ref = net(torch.from_numpy(x)).numpy()
-        got = session.run(None, {INPUT_NAME: x})[0]
-        if got.shape != ref.shape:
-            raise GateFailedError(f"ONNX output shape {got.shape} != PyTorch {ref.shape} at input {shape}")
-        err = float(np.abs(got - ref).max())
-        key = "x".join(map(str, shape))
-        parity[key] = err
+    for shape, axis in shapes:
+        key = _key(shape)
+        ref = references[shape]
+        problem = None
+        try:
+            got = session.run(None, {INPUT_NAME: _sample(*shape, seed=_seed(shape))})[0]
+        except Exception as exc:
+            got, problem = None, f"ONNX Runtime fails ({first_line(exc)})"
+        if got is not None and got.shape != ref.shape:
+            problem = f"the ONNX output is {_key(got.shape)}, PyTorch's {_key(ref.shape)}"
+        err = float(np.abs(got - ref).max()) if problem is None else float("nan")
         limit = tolerance * max(1.0, float(np.abs(ref).max()))
-        if not err <= limit:
-            raise GateFailedError(
-                f"ONNX Runtime differs from PyTorch at input {key}: max abs error {err:.3g} > {limit:.3g} "
-                "(--tolerance); the file was not written"
+        if problem is None and not err <= limit:
+            problem = f"max abs error {err:.3g} > {limit:.3g} (--tolerance)"
+        if problem is None:
+            parity[key] = err
+            continue
+        kept = keep("parity") if keep is not None else None
+        where = f" (the ONNX is kept as {kept})" if kept else "; the file was not written"
+        if axis is not None:
+            value = traced[AXIS_INDEX[axis]]
+            raise ConfigError(
+                f"the exported graph only runs at the traced {axis} {value}: at input {key} (only the {axis} "
+                f"changed from the traced {_key(traced)}) {problem}; torch.export baked {axis} {value} into the "
+                f"graph{known_cause(net, axis)}; {_fix_for(axis, dynamic)}{where}"
             )
+        raise GateFailedError(f"ONNX Runtime differs from PyTorch at input {key}: {problem}{where}")
     return parity

@@ -48,3 +48,33 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def failed_path(output: str | os.PathLike, stage: str) -> Path:
+    """``out/net.onnx`` + ``"onnx.checker"`` -> ``out/net.failed-onnx-checker.onnx`` (a name that says so)."""
+    import re
+
+    target = Path(output)
+    stem = target.name[: -len(".onnx")] if target.name.endswith(".onnx") else target.name
+    slug = re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
+    return target.with_name(f"{stem}.failed-{slug}.onnx")
+
+
+def onnx_keeper(model, output: str | os.PathLike):
+    """A ``keep(stage)`` for ``errors.stage_errors``: writes ``model`` (an onnx.ModelProto or a file path) as
+    ``failed_path(output, stage)`` and returns that path; does nothing without a model."""
+
+    def keep(stage: str) -> str | None:
+        if model is None:
+            return None
+        path = failed_path(output, stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, (str, os.PathLike)):
+            write_bytes_atomic(path, Path(model).read_bytes())
+        else:
+            import onnx
+
+            onnx.save(model, os.fspath(path))
+        return os.fspath(path)
+
+    return keep

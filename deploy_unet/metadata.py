@@ -16,7 +16,7 @@ import onnx
 from deploy_unet.errors import ArtifactError
 
 # Keys whose values are JSON in the ONNX file.
-_JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape"}
+_JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape", "class_names"}
 _INT_KEYS = {"divisor", "in_channels", "num_classes", "size_remainder", "border", "output_offset", "min_size"}
 # export --pad-in-graph: "reflect" when the graph pads H, W up to the divisor itself and crops back
 # (the caller feeds any size), "none" (or absent, files from before) when the caller must.
@@ -44,6 +44,8 @@ class ModelInfo:
     border: int = 0
     output_offset: int = 0
     min_size: int = 0
+    # One name per class id (``export --class-names``), for legends and reports; empty: ids only.
+    class_names: list[str] = field(default_factory=list)
     # Anything else (exporter, versions, checkpoint hash, quantization settings) as plain strings.
     extra: dict[str, str] = field(default_factory=dict)
 

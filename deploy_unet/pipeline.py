@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy_unet.errors import ArtifactError, GateFailedError
+from deploy_unet.shipped import checkpoint as default_checkpoint
 from deploy_unet.timing import StageTimes
 
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "unetpp": "unetpp_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"
@@ -75,18 +74,6 @@ class PipelineResult:
     bench: Any = None  # bench.BenchReport
 
 
-def default_checkpoint(arch: str) -> Path:
-    name = REFERENCE_CHECKPOINTS.get(arch)
-    path = REPO_MODELS / name if name else None
-    if path is None or not path.is_file():
-        shipped = ", ".join(sorted(REFERENCE_CHECKPOINTS))
-        raise ArtifactError(
-            f"no shipped reference checkpoint for --arch {arch} (shipped: {shipped}, in {REPO_MODELS}); "
-            "pass --checkpoint FILE"
-        )
-    return path
-
-
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
     import torch
 
@@ -104,7 +91,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     from deploy_unet.export import export_onnx
     from deploy_unet.nets.loading import load_net
     from deploy_unet.precision import quantize
-    from deploy_unet.report import write_report
+    from deploy_unet.report import GALLERY_SAMPLES, write_report
     from deploy_unet.validate import validate_artifacts_many
 
     out = Path(config.output_dir)
@@ -131,7 +118,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         fp32 = out / f"{stem}.onnx"
         exported = export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
                                arch=loaded.arch, net_config=loaded.net_config,
-                               checkpoint_sha256=loaded.checkpoint.sha256)
+                               checkpoint_sha256=loaded.checkpoint.sha256, class_names=loaded.checkpoint.class_names)
         times.extend(exported.stages, "export")
         onnx_artifacts = [Artifact("ONNX fp32", fp32, "fp32")]
 
@@ -166,7 +153,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
         validations = validate_artifacts_many(
             [(a.path, a.backend) for a in candidates], checkpoint, data=EVAL_SOURCE, samples=config.eval_samples,
-            progress=False, threads=threads,
+            progress=False, threads=threads, gallery=GALLERY_SAMPLES,
         )
         times.add("reference (PyTorch) inference", validations[0].reference_seconds, "validate")
         for artifact, report in zip(candidates, validations):

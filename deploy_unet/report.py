@@ -209,14 +209,42 @@ def _md_table(columns: Sequence[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+GALLERY_SAMPLES = 4  # worst samples per candidate in a gallery
+
+
+def write_galleries(folder: str | os.PathLike, validations: Sequence[ValidationReport]) -> list[tuple[str, Path]]:
+    """Per candidate that kept samples (``gallery=k``): ``NAME.gallery.png`` (worst mask agreement first:
+    image | reference mask | candidate mask | disagreement) and, when its checkerboard score exceeds the
+    reference's, ``NAME.checkerboard.png`` (the worst map). Returns [(caption, path)] in that order."""
+    from deploy_unet.visualize import checkerboard_image, gallery_image, save_png
+
+    written: list[tuple[str, Path]] = []
+    for v in validations:
+        if not v.gallery:
+            continue
+        name = os.path.basename(v.candidate)
+        heading = (f"{name} ({v.candidate_backend}, {v.precision}) vs {os.path.basename(v.reference)} "
+                   f"({v.reference_backend}): {len(v.gallery)} lowest mask agreement of {v.num_samples} sample(s)")
+        path = save_png(gallery_image(v.gallery, heading), Path(folder) / f"{name}.gallery.png")
+        written.append((f"{name} ({v.precision}): lowest mask agreement first", path))
+        if v.checkerboard_worse:
+            board = v.checkerboard_map
+            path = save_png(checkerboard_image(board, f"{name}: the logit map whose checkerboard score exceeds "
+                                               "the reference's most"), Path(folder) / f"{name}.checkerboard.png")
+            written.append((f"{name}: checkerboard score above the reference's (worst map: {board.name}, class "
+                            f"{board.class_id}, {board.candidate_score:.4f} vs {board.reference_score:.4f})", path))
+    return written
+
+
 def render_markdown(
     bench: BenchReport | None = None,
     validations: Sequence[ValidationReport] = (),
     title: str = "deploy-unet report",
     plots: dict[str, str] | None = None,
     preamble: str = "",
+    galleries: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Markdown with a validation table, gate failures, a latency table and links to the plots."""
+    """Markdown with a validation table, gate failures, the galleries, a latency table and links to the plots."""
     parts = [f"# {title}", ""] + ([preamble, ""] if preamble else [])
     if validations:
         parts += [f"## Validation against {validations[0].reference} ({validations[0].reference_backend})", "",
@@ -227,6 +255,12 @@ def render_markdown(
         gates = {v.precision: {g.metric: g.threshold for g in v.gates} for v in validations}
         parts += [""] + [f"- {p} gates: " + ", ".join(f"{k} {'<=' if GATE_METRICS[k] == 'max' else '>='} {t:g}"
                                                       for k, t in g.items()) for p, g in gates.items()] + [""]
+    if galleries:
+        parts += ["## What the masks look like", "",
+                  "Per candidate, the samples where its masks agree least with the reference's: image | reference "
+                  "mask | candidate mask | disagreement (red).", ""]
+        for caption, path in galleries:
+            parts += [f"**{caption}**", "", f"![{caption}]({path})", ""]
     if bench is not None:
         parts += ["## Latency", "", _md_table(BENCH_COLUMNS, bench_rows(bench)), ""]
         phases = phase_rows(bench)
@@ -344,9 +378,16 @@ def write_report(
     if validations:
         written["validation_png"] = plot_validation(validations, out / "validation.png")
         plots["per-class Dice"] = "validation.png"
+    galleries = write_galleries(out / "gallery", validations)
+    if galleries:
+        written["gallery"] = out / "gallery"
     data = report_dict(bench, validations)
     if extra:
         data.update(extra)
+    if galleries:
+        data["gallery"] = [os.fspath(p.relative_to(out)) for _, p in galleries]
     written["json"] = write_json(out / "report.json", data)
-    written["markdown"] = write_markdown(out / "report.md", render_markdown(bench, validations, title, plots, preamble))
+    markdown = render_markdown(bench, validations, title, plots, preamble,
+                               [(caption, os.fspath(p.relative_to(out))) for caption, p in galleries])
+    written["markdown"] = write_markdown(out / "report.md", markdown)
     return written

@@ -33,6 +33,7 @@ class Sample:
     image: np.ndarray
     mask: np.ndarray | None = None
     name: str = ""
+    raw: np.ndarray | None = None  # the same images before normalization, in [0, 1] (for the gallery)
 
 
 # metric -> "max" (an error: must stay at or below the gate) or "min" (a score: must stay at or above).
@@ -159,6 +160,10 @@ class ValidationReport:
     gates: list[GateResult] = field(default_factory=list)
     candidate_seconds: float = 0.0  # wall time in the candidate's infer (the reference's is shared)
     reference_seconds: float = 0.0
+    # With ``gallery=k``: the k samples of lowest mask agreement (worst first) and the logit map whose
+    # checkerboard score exceeds the reference's most (visualize.GallerySample / CheckerboardMap).
+    gallery: list = field(default_factory=list, repr=False)
+    checkerboard_map: Any = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -178,8 +183,27 @@ class ValidationReport:
                 + "; loosen with --gate METRIC=VALUE if this is expected"
             )
 
+    @property
+    def checkerboard_worse(self) -> bool:
+        """The candidate's checkerboard score exceeds the reference's (the gallery then shows the worst map)."""
+        out = next((o for o in self.outputs if o.candidate_checkerboard is not None), None)
+        return bool(out and self.checkerboard_map is not None
+                    and out.candidate_checkerboard > out.reference_checkerboard)
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        gallery, board = self.gallery, self.checkerboard_map
+        self.gallery, self.checkerboard_map = [], None  # arrays: summarized below, not dumped
+        try:
+            data = asdict(self)
+        finally:
+            self.gallery, self.checkerboard_map = gallery, board
+        data.pop("gallery")
+        data.pop("checkerboard_map")
+        if gallery:
+            data["worst_samples"] = [{"sample": g.name, "mask_agreement": g.mask_agreement} for g in gallery]
+        if board is not None:
+            data["checkerboard_worst_map"] = {"sample": board.name, "class": board.class_id,
+                                              "candidate": board.candidate_score, "reference": board.reference_score}
         data["passed"] = self.passed
         return json_safe(data)
 
@@ -224,12 +248,15 @@ class _OutputAccumulator:
         self.sum_sq_ref += float(np.dot(r, r))
         self.sum_sq_cand += float(np.dot(c, c))
         self.dot += float(np.dot(c, r))
+        self.last_scores = None
         if cand.ndim == 4:
             scores = [metrics.checkerboard_scores(a) for a in (cand, ref)]
             if not np.isnan(scores[1]).any():  # maps smaller than 2x2 have no score
                 self.checkerboard_sums = [s + float(v.sum()) for s, v in zip(self.checkerboard_sums, scores)]
                 self.checkerboard_maps += scores[1].size
+                self.last_scores = scores
         cand_mask, ref_mask = to_mask(cand), to_mask(ref)
+        self.last_masks = (cand_mask, ref_mask)  # read by _GalleryKeeper right after, then replaced
         self.agree += int(np.count_nonzero(cand_mask == ref_mask))
         self.pixels += cand_mask.size
         self.cm_vs_ref += metrics.confusion_matrix(cand_mask, ref_mask, self.num_classes)
@@ -273,6 +300,58 @@ class _OutputAccumulator:
         )
 
 
+class _GalleryKeeper:
+    """While streaming: the ``k`` images of lowest mask agreement (their picture and both masks) and the one
+    logit map whose checkerboard score exceeds the reference's most. Memory: k images and two maps."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.worst: list[tuple[float, int, Any]] = []  # (agreement, arrival, GallerySample), sorted
+        self.arrivals = 0
+        self.board = None
+        self.board_excess = 0.0
+
+    def add(self, sample: Any, cand: np.ndarray, ref: np.ndarray, acc: _OutputAccumulator) -> None:
+        from deploy_unet.visualize import CheckerboardMap, GallerySample
+
+        cand_mask, ref_mask = acc.last_masks
+        shown = _display_images(sample)
+        n = cand_mask.shape[0]
+        for j in range(n):
+            agreement = 100.0 * float(np.mean(cand_mask[j] == ref_mask[j]))
+            self.arrivals += 1
+            if len(self.worst) == self.k and agreement >= self.worst[-1][0]:
+                continue
+            name = sample.name + (f"#{j}" if n > 1 else "") if sample.name else f"sample {self.arrivals - 1}"
+            entry = GallerySample(name, agreement, np.array(shown[j], np.float32),
+                                  ref_mask[j].astype(np.int32), cand_mask[j].astype(np.int32))
+            self.worst = sorted([*self.worst, (agreement, self.arrivals, entry)], key=lambda t: t[:2])[: self.k]
+        if acc.last_scores is not None:
+            cand_scores, ref_scores = acc.last_scores
+            excess = cand_scores - ref_scores
+            i, c = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            if excess[i, c] > self.board_excess:
+                self.board_excess = float(excess[i, c])
+                name = sample.name + (f"#{i}" if n > 1 else "") if sample.name else f"sample {self.arrivals - n + i}"
+                self.board = CheckerboardMap(name, int(c), float(cand_scores[i, c]), float(ref_scores[i, c]),
+                                             np.array(cand[i, c], np.float32), np.array(ref[i, c], np.float32))
+
+    @property
+    def samples(self) -> list:
+        return [entry for _, _, entry in self.worst]
+
+
+def _display_images(sample: Any) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] for pictures: the raw images when known, else each normalized image min-max scaled."""
+    raw = getattr(sample, "raw", None)
+    if raw is not None:
+        return np.asarray(raw, np.float32)
+    image = np.asarray(sample.image, np.float32)
+    low = image.min(axis=(1, 2, 3), keepdims=True)
+    span = image.max(axis=(1, 2, 3), keepdims=True) - low
+    return (image - low) / np.where(span > 0, span, 1.0)
+
+
 def to_mask(logits: np.ndarray) -> np.ndarray:
     """Class map from NCHW logits: argmax over channels; one channel means binary (logit > 0)."""
     if logits.ndim != 4:
@@ -293,15 +372,17 @@ def validate(
     candidate_name: str | None = None,
     reference_name: str | None = None,
     on_sample: Callable[[int], None] | None = None,
+    gallery: int = 0,
 ) -> ValidationReport:
     """Run both runners on the same samples and compare; gates override the precision's defaults.
 
     Runners are activated here if they are not already. ``precision`` defaults to the candidate's
-    metadata (``runner.info.precision``), else fp32. ``on_sample(i)`` reports progress.
+    metadata (``runner.info.precision``), else fp32. ``on_sample(i)`` reports progress. ``gallery=k`` keeps
+    the k samples of lowest mask agreement for pictures (``report.gallery``).
     """
     return validate_many(
         [candidate], reference, samples, gates, precisions=[precision], num_classes=num_classes,
-        candidate_names=[candidate_name], reference_name=reference_name, on_sample=on_sample,
+        candidate_names=[candidate_name], reference_name=reference_name, on_sample=on_sample, gallery=gallery,
     )[0]
 
 
@@ -316,6 +397,7 @@ def validate_many(
     candidate_names: Sequence[str | None] | None = None,
     reference_name: str | None = None,
     on_sample: Callable[[int], None] | None = None,
+    gallery: int = 0,
 ) -> list[ValidationReport]:
     """``validate`` for several candidates against one reference, which runs once per sample.
 
@@ -333,6 +415,7 @@ def validate_many(
     cand_inputs = [_single_input(c) for c in candidates]
     pairs = [_pair_outputs(c, reference) for c in candidates]
     accumulators: list[dict[str, _OutputAccumulator]] = [{} for _ in candidates]
+    keepers = [_GalleryKeeper(gallery) if gallery > 0 else None for _ in candidates]
     seconds = [0.0] * n
     ref_seconds = 0.0
     count = 0
@@ -357,6 +440,8 @@ def validate_many(
                         accumulators[k][cand_name] = _OutputAccumulator(cand_name, classes)
                     fits = mask is not None and c.ndim == 4 and c.shape[-2:] == np.shape(mask)[-2:]
                     accumulators[k][cand_name].add(c, r, mask if fits else None)
+                    if keepers[k] is not None and c.ndim == 4 and cand_name == pairs[k][0][0]:
+                        keepers[k].add(sample, c, r, accumulators[k][cand_name])
             count += 1
             if on_sample:
                 on_sample(i)
@@ -377,6 +462,8 @@ def validate_many(
             gates=_apply_gates(active_gates[k], outputs),
             candidate_seconds=seconds[k],
             reference_seconds=ref_seconds,
+            gallery=keepers[k].samples if keepers[k] else [],
+            checkerboard_map=keepers[k].board if keepers[k] else None,
         ))
     return reports
 
@@ -496,6 +583,7 @@ def validate_artifacts(
     tile: bool = False,
     tile_size: int | tuple[int, int] | None = None,
     candidate_options: dict[str, Any] | None = None,
+    gallery: int = 0,
 ) -> ValidationReport:
     """Open both artifacts (``open_runner``), load ``samples`` inputs from ``data`` (default: the
     synthetic scenes) prepared for the candidate's metadata, and ``validate``. Does not raise on a
@@ -503,11 +591,13 @@ def validate_artifacts(
     (``runtime/tiling.py``) on the images at their own size and give full-size outputs.
 
     Torch runners run true fp32 (TF32 off) unless ``allow_tf32``, which also loosens the fp32 logit gates
-    to :data:`TF32_FP32_GATES` (explicit ``gates`` still win)."""
+    to :data:`TF32_FP32_GATES` (explicit ``gates`` still win). ``gallery=k`` keeps the k samples of lowest mask
+    agreement for pictures (``report.gallery``; ``report.write_galleries`` draws them)."""
     return validate_artifacts_many(
         [(candidate, backend)], reference, data=data, samples=samples, batch=batch, ref_backend=ref_backend,
         checkpoint=checkpoint, pad=pad, gates=gates, precisions=[precision], device=device, progress=progress,
         threads=threads, allow_tf32=allow_tf32, tile=tile, tile_size=tile_size, candidate_options=candidate_options,
+        gallery=gallery,
     )[0]
 
 
@@ -530,6 +620,7 @@ def validate_artifacts_many(
     tile: bool = False,
     tile_size: int | tuple[int, int] | None = None,
     candidate_options: dict[str, Any] | None = None,
+    gallery: int = 0,
 ) -> list[ValidationReport]:
     """Validate several ``(artifact, backend)`` candidates of one net against one reference on the same
     inputs; the reference runs once per sample (``validate_many``). ``candidate_options`` (the runner speed
@@ -558,7 +649,7 @@ def validate_artifacts_many(
             return validate_many(
                 runners, ref_runner, batches, per_candidate, precisions=resolved,
                 candidate_names=[os.fspath(path) for path, _ in candidates], reference_name=os.fspath(reference),
-                on_sample=tick,
+                on_sample=tick, gallery=gallery,
             )
 
 
@@ -605,7 +696,8 @@ def load_validation_samples(source: str, info, n: int, *, batch: int = 1, pad: b
     loaded = load_samples(source, info, n, **kwargs)
     images, masks = loaded.images, loaded.masks
     return [
-        Sample(images[i:i + batch], None if masks is None else masks[i:i + batch], name=f"{source}[{i}]")
+        Sample(images[i:i + batch], None if masks is None else masks[i:i + batch], name=f"{source}[{i}]",
+               raw=loaded.raw[i:i + batch])
         for i in range(0, len(images), batch)
     ]
 
@@ -621,3 +713,9 @@ def _progress(enabled: bool, description: str, total: int):
                   transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda _i: bar.advance(task)
+
+
+# ``deploy_unet.validate(candidate, reference, ...)`` is this stage's artifact-level entry point.
+from deploy_unet import _make_callable  # noqa: E402
+
+_make_callable(__name__, validate_artifacts)

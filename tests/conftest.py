@@ -57,3 +57,18 @@ def smooth_images(n: int, channels: int, height: int, width: int, seed: int = 0)
     x = rng.standard_normal((n, channels, height // 4 + 1, width // 4 + 1)).astype(np.float32)
     x = np.repeat(np.repeat(x, 4, axis=2), 4, axis=3)[:, :, :height, :width]
     return (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32)
+
+
+ZOO_SKIP = ("zoo suite (third-party nets, minutes): run `python -m pytest -m zoo` in a venv with "
+            "deploy-unet[zoo] installed over a torch that matches torchvision (.ci/run does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The zoo suite runs only when asked for by marker (`-m zoo`), so the main suite stays fast even
+    where monai or smp happen to be installed."""
+    if "zoo" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason=ZOO_SKIP)
+    for item in items:
+        if item.get_closest_marker("zoo") is not None:
+            item.add_marker(skip)

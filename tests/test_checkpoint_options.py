@@ -1,13 +1,12 @@
 """How --arch / net options combine with --checkpoint: one rule (nets.loading.build_net) for every command."""
 
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
 
+from deploy_unet import shipped
 from deploy_unet.checkpoint import load_checkpoint, save_checkpoint
 from deploy_unet.cli import cli
 from deploy_unet.errors import ConfigError
@@ -16,7 +15,7 @@ from deploy_unet.nets.loading import load_net
 from deploy_unet.runtime.torch_runner import TorchRunner
 from tests.conftest import smooth_images, thin_net
 
-SHIPPED_UNET = Path(__file__).resolve().parent.parent / "models" / "unet_synthetic.pt"
+SHIPPED_UNET = shipped.checkpoint("unet")
 
 
 def invoke(*args):

@@ -23,7 +23,7 @@ from deploy_unet.engine.manifest import write_manifest
 from deploy_unet.shapes import Padding, crop_back, pad_to_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("unet_preprocess", "unet_postprocess", "unet_manifest")
+TOOLS = ("unet_preprocess", "unet_postprocess", "unet_manifest", "unet_convert")
 
 pytestmark = pytest.mark.slow  # the first test pays for the cmake build (~15 s on 2 cores)
 
@@ -230,3 +230,139 @@ def test_manifest_reader_reads_the_valid_contract(cpp_tools, tmp_path):
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     assert (values["size_remainder"], values["border"], values["min_size"]) == ("12", "184", "188")
     assert int(values["max_batch"]) == manifest.inputs[0]["max"][0]
+
+
+# -- PNG / JPEG (libpng, libjpeg) and the same mask as `deploy-unet predict` ------------------------------
+
+
+def _formats(build: Path) -> set[str]:
+    return set(run_tool(build, "unet_convert", "--formats").stdout.split())
+
+
+@pytest.fixture(scope="session")
+def codec_tools(cpp_tools) -> Path:
+    missing = {"png", "jpeg"} - _formats(cpp_tools)
+    if missing:
+        pytest.skip(f"this C++ build has no {' or '.join(sorted(missing))} support (apt install libpng-dev "
+                    "libjpeg-dev, then re-run cmake)")
+    return cpp_tools
+
+
+def _user_images(folder: Path) -> dict[str, Path]:
+    """What users have: odd-size RGB PNG, grey, RGBA, palette with transparency, 16-bit grey and RGB, JPEG."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:45, 0:61]
+    smooth = np.stack([(xx * 4) % 256, (yy * 5) % 256, ((xx + yy) * 3) % 256], axis=2)
+    rgb = np.clip(smooth + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
+    paths = {}
+    for name, image in (("rgb.png", Image.fromarray(rgb)), ("grey.png", Image.fromarray(rgb).convert("L")),
+                        ("rgba.png", Image.fromarray(np.dstack([rgb, rgb[..., 0]]))),
+                        ("grey16.png", Image.fromarray(rgb[..., 1].astype(np.uint16) * 251)),
+                        ("photo.jpg", Image.fromarray(rgb)), ("greyphoto.jpg", Image.fromarray(rgb).convert("L"))):
+        paths[name] = folder / name
+        image.save(paths[name], **({"quality": 90} if name.endswith(".jpg") else {}))
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3
+    palette.save(folder / "palette.png", transparency=3)
+    paths["palette.png"] = folder / "palette.png"
+    # 16-bit RGB: Pillow keeps each sample's high byte; so does the C++ reader
+    raw16 = rgb.astype(">u2") * 257 + rng.integers(0, 200, rgb.shape).astype(">u2")
+    _write_png16_rgb(folder / "rgb16.png", raw16)
+    paths["rgb16.png"] = folder / "rgb16.png"
+    return paths
+
+
+def _write_png16_rgb(path: Path, samples: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one): signature, IHDR, one IDAT, IEND."""
+    import struct
+    import zlib
+
+    h, w, _ = samples.shape
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_png_and_jpeg_decode_as_pillow_does(codec_tools, tmp_path):
+    """unet_convert decodes each file and writes it losslessly as PNG; Pillow reads both: same pixels."""
+    from deploy_unet.predict import read_image
+
+    for name, path in _user_images(tmp_path).items():
+        out = tmp_path / f"{name}.out.png"
+        proc = run_tool(codec_tools, "unet_convert", path, out)
+        assert proc.returncode == 0, proc.stderr
+        ours, theirs = np.asarray(Image.open(out)), read_image(path)
+        if theirs.dtype == np.uint16:
+            ours = ours.astype(np.uint16)
+        assert ours.shape == theirs.shape, name
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+
+
+def test_preprocessing_is_bitwise_python_processing(codec_tools, tmp_path):
+    """C++ to_model_input + pad == deploy_unet.processing.preprocess, for every kind of user image."""
+    from deploy_unet.predict import read_image
+    from deploy_unet.processing import Preprocessing, preprocess
+    from deploy_unet.shapes import ShapeContract
+
+    for channels in (3, 1):
+        mean, std = [0.485, 0.456, 0.406][:channels], [0.229, 0.224, 0.225][:channels]
+        spec = Preprocessing(channels, mean=tuple(mean), std=tuple(std), contract=ShapeContract(16))
+        for name, path in _user_images(tmp_path).items():
+            out = tmp_path / "x.npy"
+            proc = run_tool(codec_tools, "unet_preprocess", path, out, "--in-channels", channels,
+                            "--mean", ",".join(map(repr, mean)), "--std", ",".join(map(repr, std)), "--divisor", 16)
+            assert proc.returncode == 0, proc.stderr
+            np.testing.assert_array_equal(np.load(out), preprocess(read_image(path), spec).array,
+                                          err_msg=f"{name} -> {channels} channel(s)")
+
+
+def test_cpp_mask_equals_python_predict_mask(codec_tools, tmp_path):
+    """The same image through C++ (decode, preprocess) -> ONNX Runtime -> C++ (crop, argmax, indexed PNG) and
+    through `deploy-unet predict`: the same mask file contents, the same palette."""
+    from deploy_unet.metadata import read_model_info
+    from deploy_unet.predict import predict
+
+    model = make_onnx(tmp_path / "m.onnx", num_classes=5, divisor=16)
+    info = read_model_info(model)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (tmp_path / "in").mkdir()
+    images = _user_images(tmp_path / "in")
+    predict(model, list(images.values()), tmp_path / "py", progress=False)
+    for name, path in images.items():
+        x = tmp_path / "x.npy"
+        assert run_tool(codec_tools, "unet_preprocess", path, x, "--in-channels", 3, "--mean",
+                        ",".join(map(repr, info.mean)), "--std", ",".join(map(repr, info.std)),
+                        "--divisor", 16).returncode == 0
+        np.save(tmp_path / "logits.npy", session.run(None, {"input": np.load(x)})[0])
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        cpp_mask = tmp_path / "cpp.mask.png"
+        proc = run_tool(codec_tools, "unet_postprocess", tmp_path / "logits.npy", cpp_mask, "--height", h, "--width", w)
+        assert proc.returncode == 0, proc.stderr
+        ours, theirs = Image.open(cpp_mask), Image.open(tmp_path / "py" / f"{Path(name).stem}.mask.png")
+        assert ours.mode == theirs.mode == "P" and ours.getpalette() == theirs.getpalette()
+        assert len(np.unique(np.asarray(theirs))) > 1, name  # a mask with something in it
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=name)
+
+
+def test_a_build_without_libpng_says_so_and_reads_ppm_only(tmp_path):
+    """-DDEPLOY_UNET_WITH_PNG=OFF -DDEPLOY_UNET_WITH_JPEG=OFF stands for a machine without the -dev packages."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path / "build"
+    configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-DDEPLOY_UNET_WITH_TENSORRT=OFF",
+                                "-DDEPLOY_UNET_WITH_PNG=OFF", "-DDEPLOY_UNET_WITH_JPEG=OFF"],
+                               capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stderr
+    assert "PNG support NOT built" in configure.stdout and "JPEG support NOT built" in configure.stdout
+    assert "deploy-unet image formats: PGM/PPM\n" in configure.stdout
+    built = subprocess.run(["cmake", "--build", str(build), "-j", "2", "--target", "unet_convert"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert _formats(build) == {"pnm"}
+    png = write_image(tmp_path / "in.png", 4, 5, 3, seed=1)
+    proc = run_tool(build, "unet_convert", png, tmp_path / "out.ppm")
+    assert proc.returncode == 2 and "PNG support was not built" in proc.stderr and "libpng-dev" in proc.stderr
+    ppm = write_image(tmp_path / "in.ppm", 4, 5, 3, seed=1)
+    assert run_tool(build, "unet_convert", ppm, tmp_path / "out.ppm").returncode == 0

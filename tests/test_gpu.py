@@ -7,7 +7,6 @@ Skipped, with the reason, where torch has no CUDA device: none of this has run o
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +17,14 @@ pytestmark = [pytest.mark.gpu]
 if torch.version.cuda is None or not torch.cuda.is_available():
     pytest.skip(f"no CUDA device for torch {torch.__version__}", allow_module_level=True)
 
+from deploy_unet import shipped  # noqa: E402
 from deploy_unet.bench import bench_runner  # noqa: E402
 from deploy_unet.doctor import run_doctor  # noqa: E402
 from deploy_unet.runtime import open_runner  # noqa: E402
 from deploy_unet.runtime.torch_runner import tf32_flags  # noqa: E402
 from deploy_unet.validate import validate_artifacts  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-UNET = ROOT / "models" / "unet_synthetic.pt"
+UNET = shipped.checkpoint("unet")
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,16 @@ def test_pipeline_report_folder_parses(pipeline_run):
             assert image.format == "PNG"
 
 
+def test_pipeline_report_shows_the_gallery(pipeline_run):
+    _, out = pipeline_run
+    text = (out / "report.md").read_text()
+    assert "## What the masks look like" in text
+    for name in ("unet.onnx", "unet.fp16.onnx", "unet.int8.onnx", "unet.int8.ort.onnx"):
+        assert f"](gallery/{name}.gallery.png)" in text
+        with Image.open(out / "gallery" / f"{name}.gallery.png") as picture:
+            assert picture.width >= 4 * 64  # image | reference | candidate | disagreement, 64 px samples
+
+
 def test_pipeline_records_where_the_time_went(pipeline_run):
     result, out = pipeline_run
     stages = json.loads((out / "report.json").read_text())["pipeline"]["stage_seconds"]

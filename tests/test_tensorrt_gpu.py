@@ -6,7 +6,6 @@ has run on the development machines, which have no GPU and cannot install Tensor
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 from pathlib import Path
 
@@ -32,18 +31,17 @@ from deploy_unet.engine.manifest import read_manifest  # noqa: E402
 from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
 from deploy_unet.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _fp32_onnx(tmp_path: Path) -> Path:
-    """The reference checkpoint's ONNX when one ships in models/, else a thin UNet exported here."""
+    """The first shipped reference checkpoint's ONNX (by arch name) when this install has one, else a thin UNet."""
+    from deploy_unet import shipped
     from deploy_unet.export import export_onnx
 
-    checkpoints = sorted(glob.glob(str(ROOT / "models" / "*.pt")))
+    checkpoints = shipped.available()
     if checkpoints:
         from deploy_unet.nets.loading import load_net  # the foundation's loader
 
-        loaded = load_net(checkpoint=checkpoints[0])
+        loaded = load_net(checkpoint=next(iter(checkpoints.values())))
         return export_onnx(loaded.net, tmp_path / "ref.onnx", height=128, width=128, mean=loaded.mean,
                            std=loaded.std, arch=loaded.arch).path
     from deploy_unet.nets import create_net

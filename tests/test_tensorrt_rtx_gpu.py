@@ -8,7 +8,6 @@ Skipped, with the reason, without TensorRT-RTX or a CUDA device: none of this ha
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,11 +33,11 @@ _devices = cuda_devices()
 if not _devices.devices:
     pytest.skip(f"no CUDA device ({_devices.error})", allow_module_level=True)
 
+from deploy_unet import shipped  # noqa: E402
 from deploy_unet.engine.build import build_engine, plan_build  # noqa: E402
 from deploy_unet.engine.manifest import read_manifest  # noqa: E402
 from deploy_unet.errors import ArtifactError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 GPU = _devices.devices[0]
 RUNS_HERE = runs_on(TENSORRT_RTX.runs_on, GPU.compute_capability)
 GATES = {"fp32": (1e-3, 0.999), "fp16": (5e-2, 0.99), "int8": (None, 0.95)}  # max-abs logits, mask agreement
@@ -52,7 +51,7 @@ def onnx_files(request, tmp_path_factory):
 
     arch = request.param
     tmp = tmp_path_factory.mktemp(arch)
-    loaded = load_net(checkpoint=ROOT / "models" / f"{arch}_synthetic.pt")
+    loaded = load_net(checkpoint=shipped.checkpoint(arch))
     fp32 = tmp / f"{arch}.onnx"
     export_onnx(loaded.net, fp32, height=256, width=256, mean=loaded.mean, std=loaded.std, arch=loaded.arch,
                 net_config=loaded.net_config, checkpoint_sha256=loaded.checkpoint.sha256)

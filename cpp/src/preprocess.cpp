@@ -33,6 +33,51 @@ Tensor normalize(const Image& image, const std::vector<float>& mean, const std::
     return t;
 }
 
+Tensor to_model_input(const Image& image, int in_channels, const std::vector<float>& mean,
+                      const std::vector<float>& stddev) {
+    int c = image.channels;
+    if (c < 1 || c > 4) throw std::runtime_error("image has " + std::to_string(c) + " channels; expected 1 to 4");
+    for (const auto* values : {&mean, &stddev})
+        if (!values->empty() && values->size() != 1 && static_cast<int>(values->size()) != in_channels)
+            throw std::runtime_error("mean/std have " + std::to_string(values->size()) + " values for " +
+                                     std::to_string(in_channels) + " channels");
+    const bool deep = image.bit_depth == 16;
+    const std::size_t plane = static_cast<std::size_t>(image.height) * image.width;
+    if ((deep ? image.pixels16.size() : image.pixels.size()) != plane * c)
+        throw std::runtime_error("image buffer does not match its size");
+    int used = c;  // the colour channels read: alpha (channel 2 of grey + alpha, 4 of RGBA) is dropped
+    if (c == 2) used = 1;
+    if (c == 4 && in_channels != 4) used = 3;
+    if (!(used == in_channels || used == 1 || (used == 3 && in_channels == 1)))
+        throw std::runtime_error("image has " + std::to_string(c) + " channels but the model takes " +
+                                 std::to_string(in_channels) + "; give grey, RGB or RGBA images");
+    const float scale = deep ? 65535.0f : 255.0f;
+    const auto sample = [&](std::size_t p, int ch) {
+        const std::size_t i = p * c + ch;
+        return static_cast<float>(deep ? image.pixels16[i] : image.pixels[i]) / scale;
+    };
+    Tensor t;
+    t.shape = {1, in_channels, image.height, image.width};
+    t.data.resize(static_cast<std::size_t>(t.numel()));
+    for (int ch = 0; ch < in_channels; ++ch) {
+        const float m = mean.empty() ? 0.0f : mean[mean.size() == 1 ? 0 : ch];
+        const float s = stddev.empty() ? 1.0f : stddev[stddev.size() == 1 ? 0 : ch];
+        for (std::size_t p = 0; p < plane; ++p) {
+            float x;
+            if (used == in_channels) {
+                x = sample(p, ch);
+            } else if (used == 1) {
+                x = sample(p, 0);
+            } else {  // RGB -> grey, left to right as NumPy evaluates it
+                x = 0.299f * sample(p, 0) + 0.587f * sample(p, 1);
+                x = x + 0.114f * sample(p, 2);
+            }
+            t.data[ch * plane + p] = (mean.empty() && stddev.empty()) ? x : (x - m) / s;
+        }
+    }
+    return t;
+}
+
 std::int64_t source_index(std::int64_t i, std::int64_t n, PadMode mode) {
     if (i < n) return i;
     switch (mode) {
@@ -205,6 +250,10 @@ Image argmax_mask(const Tensor& logits) {
     mask.channels = 1;
     mask.pixels.assign(static_cast<std::size_t>(h * w), 0);
     const std::int64_t plane = h * w;
+    if (k == 1) {
+        for (std::int64_t p = 0; p < plane; ++p) mask.pixels[p] = logits.data[p] > 0.0f ? 1 : 0;
+        return mask;
+    }
     for (std::int64_t p = 0; p < plane; ++p) {
         float best = logits.data[p];
         std::int64_t best_k = 0;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include "deploy_unet/image.h"
 #include "deploy_unet/json.h"
@@ -89,6 +90,87 @@ static void test_files_round_trip(const std::string& dir) {
     CHECK(threw);
 }
 
+static Image make_image(int width, int height, int channels, int bit_depth) {
+    Image img;
+    img.width = width;
+    img.height = height;
+    img.channels = channels;
+    img.bit_depth = bit_depth;
+    const int n = width * height * channels;
+    for (int i = 0; i < n; ++i) {
+        if (bit_depth == 16) img.pixels16.push_back(static_cast<std::uint16_t>((i * 4099 + 7) % 65536));
+        else img.pixels.push_back(static_cast<std::uint8_t>((i * 37 + 11) % 256));
+    }
+    return img;
+}
+
+static void test_png_round_trip(const std::string& dir) {
+    if (!png_supported()) {
+        std::cout << "PNG round trip skipped: this build has no libpng\n";
+        return;
+    }
+    for (const auto& [channels, depth] : {std::pair<int, int>{1, 8}, {2, 8}, {3, 8}, {4, 8}, {1, 16}}) {
+        const Image img = make_image(7, 5, channels, depth);
+        const std::string path = dir + "/rt_" + std::to_string(channels) + "_" + std::to_string(depth) + ".png";
+        write_png(path, img);
+        const Image back = read_image(path);  // by content, not by name
+        CHECK(back.width == 7 && back.height == 5 && back.channels == channels && back.bit_depth == depth);
+        CHECK(back.pixels == img.pixels && back.pixels16 == img.pixels16);
+    }
+    // An indexed mask: the ids come back as they were, and the palette expands them to the VOC colours.
+    Image mask = make_image(6, 4, 1, 8);
+    for (auto& v : mask.pixels) v = static_cast<std::uint8_t>(v % 21);
+    write_mask_png(dir + "/mask.png", mask);
+    CHECK(read_png(dir + "/mask.png", /*palette_indices=*/true).pixels == mask.pixels);
+    const Image colours = read_image(dir + "/mask.png");
+    const auto palette = voc_palette();
+    CHECK(colours.channels == 3);
+    for (std::size_t p = 0; p < mask.pixels.size(); ++p)
+        for (int ch = 0; ch < 3; ++ch) CHECK(colours.pixels[3 * p + ch] == palette[3 * mask.pixels[p] + ch]);
+    CHECK(palette[3 * 15] == 192 && palette[3 * 15 + 1] == 128 && palette[3 * 15 + 2] == 128);  // VOC "person"
+    bool threw = false;
+    try {
+        read_image(dir + "/rt.npy");  // not an image at all
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
+static void test_channel_rules() {
+    Image grey = make_image(3, 2, 1, 8);
+    const Tensor rgb = to_model_input(grey, 3, {}, {});
+    CHECK((rgb.shape == std::vector<std::int64_t>{1, 3, 2, 3}));
+    for (int p = 0; p < 6; ++p) CHECK(rgb.data[p] == rgb.data[6 + p] && rgb.data[p] == rgb.data[12 + p]);
+    CHECK(rgb.data[1] == grey.pixels[1] / 255.0f);
+    Image rgba = make_image(2, 2, 4, 8);
+    Image rgb_only = rgba;
+    rgb_only.channels = 3;
+    rgb_only.pixels.clear();
+    for (std::size_t p = 0; p < 4; ++p)
+        for (int ch = 0; ch < 3; ++ch) rgb_only.pixels.push_back(rgba.pixels[4 * p + ch]);
+    CHECK(to_model_input(rgba, 3, {0.5f}, {0.25f}).data == to_model_input(rgb_only, 3, {0.5f}, {0.25f}).data);
+    const Tensor luma = to_model_input(rgb_only, 1, {}, {});
+    const float expected = 0.299f * (rgb_only.pixels[0] / 255.0f) + 0.587f * (rgb_only.pixels[1] / 255.0f) +
+                           0.114f * (rgb_only.pixels[2] / 255.0f);
+    CHECK(std::fabs(luma.data[0] - expected) < 1e-7f);
+    Image deep = make_image(2, 1, 1, 16);
+    deep.pixels16 = {65535, 257};
+    const Tensor d = to_model_input(deep, 1, {}, {});
+    CHECK(d.data[0] == 1.0f && std::fabs(d.data[1] - 1.0f / 255.0f) < 1e-7f);  // 257 / 65535 = 1 / 255
+    bool threw = false;
+    try {
+        to_model_input(rgb_only, 4, {}, {});  // RGB for a 4-channel net: refused, not guessed
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+    Tensor binary;
+    binary.shape = {1, 1, 1, 3};
+    binary.data = {-1.0f, 0.0f, 2.0f};
+    CHECK(argmax_mask(binary).pixels == (std::vector<std::uint8_t>{0, 0, 1}));  // one channel: logit > 0
+}
+
 static void test_json() {
     const Json doc = Json::parse(
         R"({"format": "deploy-unet-engine-manifest/1", "model": {"divisor": 16, "mean": [0.485, 0.456, 0.406],)"
@@ -159,10 +241,21 @@ static void test_tile_stitching_with_a_crop_net() {
 
 int main(int argc, char** argv) {
     const std::string dir = argc > 1 ? argv[1] : ".";
+    if (argc > 2 && std::string(argv[2]) == "png") {  // ctest "png_round_trip": only this part, skipped without libpng
+        if (!png_supported()) {
+            std::cout << "skipped: this build has no libpng (apt install libpng-dev, re-run cmake)\n";
+            return 77;
+        }
+        test_png_round_trip(dir);
+        std::cout << (failures ? "PNG round trip failed\n" : "PNG round trip passed\n");
+        return failures ? 1 : 0;
+    }
     test_reflect_matches_numpy_rule();
     test_pad_and_crop();
     test_normalize_and_argmax();
     test_files_round_trip(dir);
+    test_png_round_trip(dir);
+    test_channel_rules();
     test_json();
     test_tile_geometry();
     test_tile_stitching_with_a_crop_net();

@@ -1,7 +1,9 @@
-// unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] [--pad-mode reflect] [--tile 1 [--tile-size HxW]]
-// Reads MODEL.engine.json (written by `deploy-unet build-engine`) for the input/output names, divisor and
-// normalization; normalizes, pads to the divisor (not for a pad-in-graph engine), runs TensorRT, crops, argmaxes,
-// writes a PGM mask.
+// unet_infer MODEL.engine IMAGE MASK.png|pgm [--device N] [--pad-mode reflect] [--tile 1 [--tile-size HxW]]
+// IMAGE: PNG, JPEG (when built with libpng/libjpeg) or PGM/PPM; 8 or 16 bit, grey, RGB or RGBA, adapted to the
+// model's channels as deploy_unet/processing.py does. Reads MODEL.engine.json (written by `deploy-unet
+// build-engine`) for the input/output names, divisor and normalization; normalizes, pads to the divisor (not for
+// a pad-in-graph engine), runs TensorRT, crops, argmaxes, writes the mask: an indexed PNG (pixel = class id, VOC
+// palette, as `deploy-unet predict`) or a PGM.
 // --tile 1: overlap-tile inference (a valid-convolution UNet, whose output is smaller than its input):
 // mirror-pad, run tiles of a valid size (default: the export size) in batches, stitch a full-size mask.
 #include <iostream>
@@ -17,18 +19,14 @@ int main(int argc, char** argv) {
     try {
         deploy_unet_tools::Args args(argc, argv);
         if (args.positional.size() != 3) {
-            std::cerr << "usage: unet_infer MODEL.engine IMAGE.pgm|ppm MASK.pgm [--device N] "
+            std::cerr << "usage: unet_infer MODEL.engine IMAGE MASK.png|pgm [--device N] "
                          "[--pad-mode reflect|edge|constant] [--tile 1 [--tile-size HxW]]\n";
             return 2;
         }
         const std::string engine_path = args.positional[0];
         const EngineModelInfo info = read_engine_model_info(engine_path + ".json");
-        const Image image = read_pnm(args.positional[1]);
-        if (image.channels != info.in_channels)
-            throw std::runtime_error(args.positional[1] + " has " + std::to_string(image.channels) +
-                                     " channels; the model takes " + std::to_string(info.in_channels) +
-                                     " (use a " + (info.in_channels == 1 ? "PGM" : "PPM") + " image)");
-        const Tensor x = normalize(image, info.mean, info.stddev);
+        const Image image = read_image(args.positional[1]);
+        const Tensor x = to_model_input(image, info.in_channels, info.mean, info.stddev);
         const bool tile = args.get("tile", "0") != "0";
         if (info.border > 0 && !tile)
             throw std::runtime_error("the engine's output is " + std::to_string(info.border) +
@@ -65,7 +63,7 @@ int main(int argc, char** argv) {
             logits = crop(engine.run(info.input_name, padded, info.output_name), image.height, image.width);
         }
         const Image mask = argmax_mask(logits);
-        write_pnm(args.positional[2], mask);
+        write_image(args.positional[2], mask, /*mask=*/true);
         std::cout << "wrote " << args.positional[2] << " (" << mask.width << "x" << mask.height << ", "
                   << info.num_classes << " classes)\n";
     } catch (const std::exception& e) {

@@ -1,5 +1,7 @@
-// unet_preprocess IMAGE.pgm|ppm OUT.npy [--mean a,b,c] [--std a,b,c] [--divisor N] [--pad-mode reflect]
+// unet_preprocess IMAGE OUT.npy [--in-channels C] [--mean a,b,c] [--std a,b,c] [--divisor N] [--pad-mode reflect]
 //                 [--tile-size HxW --border B --divisor D]
+// IMAGE: PNG, JPEG (when built with libpng/libjpeg) or PGM/PPM. --in-channels: the model's channel count
+// (default: the image's colour channels); grey/RGB/RGBA are adapted to it as deploy_unet/processing.py does.
 // Normalizes and pads exactly as unet_infer does before TensorRT, and writes the 1xCxHxW float32 tensor,
 // so the Python tests can compare it with deploy_unet's own preprocessing. With --tile-size it instead
 // writes the mirror-padded image unet_infer --tile cuts its tiles from, and prints the tile geometry
@@ -16,13 +18,15 @@ int main(int argc, char** argv) {
     try {
         deploy_unet_tools::Args args(argc, argv);
         if (args.positional.size() != 2) {
-            std::cerr << "usage: unet_preprocess IMAGE.pgm|ppm OUT.npy [--mean a,b,c] [--std a,b,c] [--divisor N] "
-                         "[--pad-mode reflect|edge|constant] [--tile-size HxW --border B --divisor D]\n";
+            std::cerr << "usage: unet_preprocess IMAGE OUT.npy [--in-channels C] [--mean a,b,c] [--std a,b,c] "
+                         "[--divisor N] [--pad-mode reflect|edge|constant] [--tile-size HxW --border B --divisor D]\n";
             return 2;
         }
-        const Image image = read_pnm(args.positional[0]);
-        Tensor x = normalize(image, deploy_unet_tools::parse_floats(args.get("mean", "")),
-                             deploy_unet_tools::parse_floats(args.get("std", "")));
+        const Image image = read_image(args.positional[0]);
+        const int colour = image.channels == 2 ? 1 : image.channels == 4 ? 3 : image.channels;
+        Tensor x = to_model_input(image, std::stoi(args.get("in-channels", std::to_string(colour))),
+                                  deploy_unet_tools::parse_floats(args.get("mean", "")),
+                                  deploy_unet_tools::parse_floats(args.get("std", "")));
         const std::string tile = args.get("tile-size", "");
         if (!tile.empty()) {
             const auto xpos = tile.find('x');

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -553,18 +554,27 @@ def _tensor_entry(tensor, profile: Profile | None = None) -> dict:
 
 
 def build_engine(
-    plan: BuildPlan,
+    plan: BuildPlan | str | os.PathLike,
+    output: str | os.PathLike | None = None,
     *,
     device: int = 0,
     log: Callable[[str], None] = lambda message: None,
     verbose: bool = False,
     layer_info_path: str | os.PathLike | None = None,
+    **plan_options: Any,
 ) -> BuildResult:
     """Build and atomically write the engine and its manifest. Checks for a CUDA device first.
 
+    ``plan``: a ``BuildPlan`` (``plan_build``), or the path of a deploy-unet ONNX, planned here with ``output``
+    and ``plan_options`` (``plan_build``'s: ``min_shape``, ``opt_shape``, ``max_shape``, ``timing_cache``,
+    ``workspace_mib``, ``opt_level``, ``hardware_compat``, ``version_compatible``, ``refit``, ``engine_lib``).
     The builder's layer table (which precision each fused layer runs in) is summarized in the manifest and, with
     ``layer_info_path``, written there verbatim; it comes from the build log, so it needs no GPU the engine runs
     on."""
+    if not isinstance(plan, BuildPlan):
+        plan = plan_build(plan, output, **plan_options)
+    elif output is not None or plan_options:
+        raise ConfigError("build_engine got a BuildPlan and plan options; put the options into plan_build instead")
     gpu: GpuInfo = require_cuda_device(device, plan.engine_lib)
     library, trt = import_engine_library(plan.engine_lib)
     check_library_options(library, plan.hardware_compat, plan.version_compatible)

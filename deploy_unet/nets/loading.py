@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from deploy_unet.checkpoint import Checkpoint, load_checkpoint, load_weights, weight_fit
-from deploy_unet.errors import ConfigError
+from deploy_unet.errors import ConfigError, first_line
 from deploy_unet.nets.registry import create_net, net_options
 
 DEFAULT_ARCH = "unet"
@@ -128,8 +128,40 @@ def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
     return [0.5] * in_channels, [0.5] * in_channels
 
 
-def import_model(spec: str) -> nn.Module:
-    """``package.module:callable`` -> an nn.Module (the callable is a class or factory taking no args)."""
+def parse_model_args(items) -> dict[str, Any]:
+    """``--model-arg key=value`` items -> keyword arguments for the ``--model`` callable.
+
+    Values are Python literals (``4``, ``None``, ``(16, 32)``, ``'instance'``), JSON (``null``, ``true``),
+    or else plain strings (``encoder_name=resnet18``), as smp and MONAI constructors take them.
+    """
+    import ast
+    import json
+
+    kwargs: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--model-arg {item!r} is not KEY=VALUE (e.g. --model-arg encoder_name=resnet18)")
+        if key in kwargs:
+            raise ConfigError(f"--model-arg {key} is given twice")
+        text = text.strip()
+        for parse in (ast.literal_eval, json.loads):
+            try:
+                kwargs[key] = parse(text)
+                break
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+        else:
+            kwargs[key] = text
+    return kwargs
+
+
+def import_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """``package.module:callable`` -> an nn.Module: the callable (a class or factory) called with ``kwargs``."""
+    import inspect
+
+    kwargs = dict(kwargs or {})
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--model {spec!r} is not of the form package.module:callable")
@@ -137,10 +169,26 @@ def import_model(spec: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"--model {spec!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
-    factory = getattr(module, attr, None)
+    factory = module
+    for part in attr.split("."):  # also pkg.module:Class.from_config
+        factory = getattr(factory, part, None)
     if factory is None or not callable(factory):
         raise ConfigError(f"--model {spec!r}: {module_name} has no callable {attr!r}")
-    net = factory()
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        try:
+            takes = ", ".join(p for p in inspect.signature(factory).parameters if p != "self")
+        except (TypeError, ValueError):
+            takes = "?"
+        raise ConfigError(f"--model {spec!r} does not accept these --model-arg values ({exc}); it takes: {takes}") from None
+    except ValueError:  # a builtin without a signature: let the call decide
+        pass
+    try:
+        net = factory(**kwargs)
+    except Exception as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise ConfigError(f"--model {spec!r} failed to build with {given} ({first_line(exc)})") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"--model {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
     return net
@@ -156,23 +204,28 @@ def load_net(
     in_channels: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> LoadedNet:
     options = dict(options or {})
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
     if model is not None:
         if arch is not None:
             raise ConfigError("pass either --arch or --model, not both")
+        net = import_model(model, model_args)
+        divisor = divisor or getattr(net, "divisor", None)  # a net may state its own contract
         if divisor is None:
             raise ConfigError(
-                "--model needs --divisor: the spatial multiple your net requires (2**number_of_poolings)"
+                "--model needs --divisor: the spatial multiple your net requires (2**number_of_poolings: "
+                "32 for an smp encoder of depth 5, 2**len(strides) for a MONAI UNet)"
             )
-        net = import_model(model)
-        arch_name, config = f"custom:{model}", {}
+        arch_name, config = f"custom:{model}", dict(model_args or {})
         channels = in_channels or getattr(net, "in_channels", None) or 3
         if ckpt is not None:
             load_weights(net, ckpt, strict=strict)
         warnings = []
     else:
+        if model_args:
+            raise ConfigError("--model-arg goes with --model; for --arch use its options (--depth, ...)")
         if in_channels is not None:
             options["in_channels"] = in_channels
         built = build_net(arch, options, ckpt, strict=strict)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy_unet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deploy_unet.nets.blocks import SegmentationNet
 
 _NETS: dict[str, Callable[..., Any]] = {}
 
@@ -35,8 +38,10 @@ def net_options(name: str) -> dict[str, Any]:
     }
 
 
-def create_net(name: str, **config: Any):
-    """Build a registered reference net; unknown names or options raise a ConfigError listing valid ones."""
+def create_net(name: str, **config: Any) -> SegmentationNet:
+    """Build a registered reference net (``unet``, ``unetpp``, ``fcn8s``, ``fcn16s``, ``fcn32s``) with its options,
+    e.g. ``create_net("unet", depth=4, base_channels=32, num_classes=3)``; it states its own ``divisor`` and
+    ``shape_contract``. Unknown names or options raise a ConfigError listing the valid ones (``net_options``)."""
     factory = _get(name)
     valid = net_options(name)
     unknown = sorted(set(config) - set(valid))

@@ -2,6 +2,9 @@
 
 ``quantize(...)`` is the one entry the CLI calls: calibrate (or reuse the cache), convert, write the
 file atomically with its metadata, then run the accuracy gate against the fp32 model on held-out data.
+A tool failing inside a stage (ONNX Runtime's calibrator, the fp16 converter, the Q/DQ inserter,
+``quantize_static``, the gate's ONNX Runtime session) is one ``StageError`` line naming the stage and
+the model; with ``keep_failed`` a converted model that then fails is kept as ``NAME.failed-<stage>.onnx``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import onnx
 
-from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
-from deploy_unet.fileio import atomic_path
+from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError, stage_errors
+from deploy_unet.fileio import atomic_path, onnx_keeper
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props, write_props
 from deploy_unet.timing import StageTimes
 
@@ -66,6 +69,7 @@ def quantize(
     output: str | os.PathLike | None = None,
     progress: bool = True,
     threads: int | None = None,
+    keep_failed: bool = False,
     min_mask_agreement: float | None = None,
     max_rel_l2: float | None = None,
     auto_fallback: bool = False,
@@ -75,9 +79,15 @@ def quantize(
     rank: str = "revert",
     log: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
-    """Calibrate, convert, write, gate. ``exclude``/``exclude_op_types`` keep the matching groups in
-    ``fallback_precision`` (fp16 for the tensorrt placement, fp32 for onnxruntime and for fp16 itself);
-    ``auto_fallback`` searches the fewest groups to keep there until the gate holds (``fallback.py``)."""
+    """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
+    (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
+    fp32, overflowing nodes kept fp32) or int8 Q/DQ placed for ``target`` (``tensorrt`` or ``onnxruntime``),
+    written atomically to ``output`` (default ``MODEL.fp16.onnx``, ``MODEL.int8.onnx``, ``MODEL.int8.ort.onnx``).
+    With ``eval_source`` (None: skip) the accuracy gate compares it with fp32 on held-out data (Dice drop, and
+    ``min_mask_agreement``/``max_rel_l2`` when given); it does not raise on a failed gate: call
+    ``check_gate(result)``. ``exclude``/``exclude_op_types`` keep the matching groups in ``fallback_precision``
+    (fp16 for the tensorrt placement, fp32 for onnxruntime and for fp16 itself); ``auto_fallback`` searches
+    the fewest groups to keep there until the gate holds (``fallback.py``)."""
     from deploy_unet.data import check_distinct_sources, load_samples
     from deploy_unet.precision import calibration, gate, mixed
     from deploy_unet.precision.int8 import TARGETS, check_opset
@@ -110,7 +120,8 @@ def quantize(
         raise ConfigError(f"output {out} would overwrite the input model; pass another -o")
 
     times = StageTimes()
-    with times.stage("calibration"):
+    name = os.fspath(model_path)
+    with times.stage("calibration"), stage_errors("calibration (ONNX Runtime)", name):
         calib_result, from_cache = calibration.calibrate(
             model, info, calib, calib_samples, method, calib_cache, progress=progress
         )
@@ -120,11 +131,14 @@ def quantize(
     if exclude or exclude_op_types or auto_fallback:
         model = mixed.name_nodes(model)  # exclusions go by node name (exports name every node already)
         excluded = mixed.resolve_exclusions(mixed.groups_for(model, precision, target), exclude, exclude_op_types)
-    with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")):
+    conversion = {"fp16": "fp16 conversion (onnxconverter-common)", "tensorrt": "Q/DQ insertion (tensorrt placement)",
+                  "onnxruntime": "ORT quantize_static"}[precision if precision == "fp16" else target]
+    with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")), \
+            stage_errors(conversion, name):
         new_model, kept = mixed.build(model, calib_result, precision, target, excluded, fallback_precision)
     searched = None
     if auto_fallback:
-        with times.stage("auto-fallback search"):
+        with times.stage("auto-fallback search"), stage_errors("auto-fallback search", name):
             from deploy_unet.precision.fallback import search
 
             samples = load_samples(eval_source, info, eval_samples)
@@ -167,7 +181,8 @@ def quantize(
         if searched is not None:
             report = searched.final  # measured by the search on this very graph (metadata aside)
         elif eval_source is not None:
-            with times.stage("accuracy gate"):
+            keep = onnx_keeper(candidate, out) if keep_failed else None
+            with times.stage("accuracy gate"), stage_errors("accuracy gate", name, keep):
                 samples = load_samples(eval_source, info, eval_samples)
                 report = gate.evaluate(model_path, candidate, samples, info.num_classes, threads=threads, spec=spec)
         with atomic_path(out) as dst:

@@ -226,6 +226,7 @@ def quantize_for_onnxruntime(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_opset(model)
+    model = unshare_biases(model)
     with tempfile.TemporaryDirectory(prefix="deploy-unet-ortq-") as tmp:
         src, pre, out = (os.path.join(tmp, n) for n in ("model.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(model, src)
@@ -265,6 +266,11 @@ def quantize_for_onnxruntime(
         result = onnx.load(out)
     if exclude:
         _float_inputs(result, model, exclude)
+    # quant_pre_process's symbolic shape inference (auto_merge) can give two sizes that only agree at the
+    # calibration shape one dim_param (SwinUNETR's window-padded maps: 144 and 147 at 288x320); ONNX Runtime's
+    # allocator trusts value_info and then fails to re-use a buffer at other sizes. The shapes are hints only:
+    # drop them, ORT infers its own.
+    del result.graph.value_info[:]
     _strip_unused_domains(result)
     onnx.checker.check_model(result)
     return result
@@ -318,6 +324,49 @@ def _float_inputs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, exclude: Co
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+BIAS_SLOT_OPS = ("Conv", "ConvTranspose", "Gemm", "InstanceNormalization", "LayerNormalization", "BatchNormalization")
+
+
+def unshare_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every Conv/Gemm/normalization node its own bias initializer (input 2), under a unique name.
+
+    quantize_static quantizes a bias with the scales of its node, so a bias shared by several nodes
+    (the torch exporter shares one zeros/ones constant among all GroupNorms, exported as
+    InstanceNormalization) is duplicated by ORT, named ``<name><largest digit suffix + 1>`` after the
+    initializers only; ``val_25`` became ``val_253``, an existing activation, and the graph broke SSA
+    (microsoft/onnxruntime#24705). Copies made here use a suffix no exporter writes.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        if node.op_type in BIAS_SLOT_OPS and len(node.input) > 2 and node.input[2] in inits:
+            users[node.input[2]] += 1
+    if not any(n > 1 for n in users.values()):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    taken = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    taken |= {v.name for v in list(model.graph.input) + list(model.graph.value_info)}
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        name = node.input[2] if node.op_type in BIAS_SLOT_OPS and len(node.input) > 2 else ""
+        if users.get(name, 0) < 2:
+            continue
+        seen[name] += 1
+        if seen[name] == 1:  # the first user keeps the original
+            continue
+        new = f"{name}__bias{seen[name]}"
+        while new in taken:
+            new += "_"
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = new
+        model.graph.initializer.append(copy)
+        taken.add(new)
+        node.input[2] = new
+    return model
 
 
 def _strip_unused_domains(model: onnx.ModelProto) -> None:

@@ -156,6 +156,7 @@ class TorchRunner(Runner):
                 mean=list(ckpt.mean or []) if ckpt else [],
                 std=list(ckpt.std or []) if ckpt else [],
                 extra={"checkpoint_sha256": ckpt.sha256} if ckpt else {},
+                class_names=ckpt.class_names if ckpt else [],
             )
         source = str(ckpt.path) if ckpt else f"{arch} (random init)"
         return cls(net, info=info, source=source, **options)

@@ -19,6 +19,13 @@ PadMode parse_pad_mode(const std::string& name);  // "reflect" | "edge" | "const
 // HWC uint8 image -> 1xCxHxW float32. Empty mean/std mean 0/1; otherwise one value per channel.
 Tensor normalize(const Image& image, const std::vector<float>& mean, const std::vector<float>& stddev);
 
+// Any image (8 or 16 bit; grey, grey + alpha, RGB, RGBA) -> 1 x in_channels x H x W float32, the rules of
+// deploy_unet/processing.py in the same float32 operations: samples / 255 (16 bit: / 65535); alpha dropped;
+// grey -> RGB repeated, RGB -> grey as 0.299 R + 0.587 G + 0.114 B; then (x - mean) / std. Other channel
+// combinations throw. Empty mean/std: none; else one value, or one per model channel.
+Tensor to_model_input(const Image& image, int in_channels, const std::vector<float>& mean,
+                      const std::vector<float>& stddev);
+
 // Index in [0, n) that numpy.pad would read for position i (i >= n) of a padded axis.
 std::int64_t source_index(std::int64_t i, std::int64_t n, PadMode mode);
 
@@ -57,7 +64,8 @@ Tensor mirror_pad(const Tensor& x, std::int64_t top, std::int64_t bottom, std::i
 Tensor tile_infer(const Tensor& x, std::int64_t tile_h, std::int64_t tile_w, std::int64_t border, std::int64_t divisor,
                   std::int64_t max_batch, const std::function<Tensor(const Tensor&)>& net);
 
-// 1xKxHxW logits -> HxW class mask (first maximum wins, as numpy.argmax). K must be <= 256.
+// 1xKxHxW logits -> HxW class mask (first maximum wins, as numpy.argmax). K must be <= 256. One channel is a
+// binary net: class 1 where the logit is > 0 (as deploy_unet.processing.logits_to_mask).
 Image argmax_mask(const Tensor& logits);
 
 }  // namespace deploy_unet

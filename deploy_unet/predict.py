@@ -1,0 +1,494 @@
+"""A deployed model on a user's images: artifact + image files, folders or arrays -> masks and overlays.
+
+A stage beside ``validate`` and ``bench``: it opens the artifact with ``runtime.open_runner`` (any backend
+they take), prepares each image with ``processing`` (the model's own metadata: channels, mean/std, the
+shape contract), runs images of one size together in batches, and brings each mask back to its image's size.
+
+Per image NAME (the file's stem) in the output folder:
+
+- ``NAME.mask.png``: indexed PNG, pixel value = class id, with the VOC palette attached so it is viewable
+  (16-bit greyscale above 256 classes);
+- ``NAME.overlay.png``: the image with the mask blended in and a legend (colour, class id and name, pixel share);
+- ``NAME.probs.npy`` with ``save_probs``: (C, H, W) float16 class probabilities;
+
+and ``predictions.json``: per image its size, per-class pixel fractions and inference time; the artifact,
+backend, precision, fit, class names, machine and per-stage times. Every file is written atomically. An
+image that cannot be read is named in one warning and skipped; the report lists it and
+``raise_for_skipped`` (the CLI: exit 1) fails at the end, after the others were written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError, InputsSkippedError
+from deploy_unet.fileio import atomic_path, write_text_atomic
+from deploy_unet.processing import Preprocessing, postprocess, preprocess, probabilities
+from deploy_unet.timing import StageTimes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy",)
+LOOP_STAGES = ("read images", "preprocess", "inference", "postprocess", "write outputs")
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageInput:
+    """One image to predict: a file, one image of a ``.npy``, or an array passed in memory."""
+
+    name: str  # output stem, unique within a run
+    source: str  # what the user gave (path, path[index], or <array i>)
+    path: Path | None = None
+    index: int | None = None  # position inside an .npy holding several images
+    array: np.ndarray | None = None  # in-memory image
+    size: tuple[int, int] | None = None  # (H, W), read from the header where possible
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as Pillow decodes it: (H, W) or (H, W, C) uint8; uint16 for 16-bit greyscale PNG/TIFF;
+    float32 for floating-point TIFF. Pixels as stored: EXIF orientation is not applied, as in the training
+    readers (``deploy_unet.data``) and the C++ runtime, so a mask lies on the very pixel grid a net was fed.
+    Palette images become RGB (RGBA when they have transparency); CMYK/YCbCr/LAB become RGB; the first frame
+    of a multi-frame file. Raises ``ArtifactError`` with the reason when the file cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _pixels(im)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"cannot read {path} ({reason})") from None
+
+
+def _pixels(im) -> np.ndarray:
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im)
+    if mode == "1":
+        return np.asarray(im.convert("L"))
+    if mode == "P" or mode == "PA":
+        return np.asarray(im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB"))
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":  # 32-bit integer: how Pillow opens some 16-bit PNGs
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer pixels up to {arr.max()} do not fit 16 bits")
+        return arr.astype(np.uint16)
+    if mode == "F":
+        return np.asarray(im, dtype=np.float32)
+    return np.asarray(im.convert("RGB"))
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(H, W) without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return int(h), int(w)
+
+
+def _array_images(array: np.ndarray, source: str) -> np.ndarray:
+    """An .npy as a stack of HWC (or HW) images: NHWC, NCHW (C in 1..4), HW, HWC or CHW."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        if array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 2, 3, 4):
+            array = array.transpose(1, 2, 0)
+        return array[None]
+    if array.ndim == 4:
+        if array.shape[1] in (1, 3, 4) and array.shape[3] not in (1, 2, 3, 4):
+            array = array.transpose(0, 2, 3, 1)
+        return array
+    raise ArtifactError(f"{source} has shape {array.shape}; an .npy of images is HxW, HxWxC or NxHxWxC (or NCHW)")
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike | np.ndarray],
+                   warn: Callable[[str], None] | None = None) -> tuple[list[ImageInput], list[dict[str, str]]]:
+    """Expand files, folders (their image files, sorted; not recursive) and ``.npy`` files into images.
+
+    Returns (images, skipped): a file whose header cannot be read is skipped (named in ``warn``). A path
+    that does not exist, a folder with no images or a file type that is not an image is a usage error.
+    """
+    warn = warn or (lambda _m: None)
+    images: list[ImageInput] = []
+    skipped: list[dict[str, str]] = []
+    used: set[str] = set()
+
+    def unique(stem: str, suffix: str = "") -> str:
+        for candidate in (stem, stem + suffix.replace(".", "_"), *(f"{stem}-{n}" for n in range(2, 10**6))):
+            if candidate and candidate not in used:
+                used.add(candidate)
+                return candidate
+        raise AssertionError("unreachable")
+
+    def add_file(path: Path) -> None:
+        if path.suffix.lower() in ARRAY_SUFFIXES:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                stack = _array_images(array, str(path))
+            except (OSError, ValueError) as exc:
+                _skip(skipped, warn, str(path), f"cannot read {path} as a NumPy image array ({exc})")
+                return
+            except ArtifactError as exc:
+                _skip(skipped, warn, str(path), str(exc))
+                return
+            for i in range(stack.shape[0]):
+                images.append(ImageInput(unique(f"{path.stem}_{i:04d}"), f"{path}[{i}]", path, i,
+                                         size=(int(stack.shape[1]), int(stack.shape[2]))))
+            return
+        try:
+            size = _header_size(path)
+        except Exception as exc:  # any Pillow failure on a header: name it and go on
+            _skip(skipped, warn, str(path), f"cannot read {path} ({str(exc).splitlines()[0] or type(exc).__name__})")
+            return
+        images.append(ImageInput(unique(path.stem, path.suffix), str(path), path, size=size))
+
+    for k, item in enumerate(inputs):
+        if isinstance(item, np.ndarray):
+            stack = _array_images(item, f"<array {k}>") if item.ndim == 4 else item[None]
+            for i, image in enumerate(stack):
+                name = unique(f"image_{len(images):04d}")
+                images.append(ImageInput(name, f"<array {k}>" + (f"[{i}]" if item.ndim == 4 else ""), array=image,
+                                         size=(int(image.shape[0]), int(image.shape[1]))))
+            continue
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + ARRAY_SUFFIXES)
+            if not files:
+                raise ArtifactError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)})")
+            for file in files:
+                add_file(file)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES + ARRAY_SUFFIXES:
+                raise ConfigError(f"input {path} is not an image ({', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)}); "
+                                  "pass image files, folders of them, or .npy arrays")
+            add_file(path)
+        else:
+            raise ArtifactError(f"input {path} does not exist; pass image files, folders or .npy files")
+    return images, skipped
+
+
+def _skip(skipped: list[dict[str, str]], warn: Callable[[str], None], source: str, reason: str) -> None:
+    skipped.append({"source": source, "error": reason})
+    warn(f"skipped {source}: {reason}")
+
+
+def _load(item: ImageInput) -> np.ndarray:
+    if item.array is not None:
+        image = np.asarray(item.array)
+    elif item.index is not None:
+        stack = _array_images(np.load(item.path, mmap_mode="r", allow_pickle=False), str(item.path))
+        image = np.array(stack[item.index])
+    else:
+        return read_image(item.path)
+    # A NaN pixel would reach the runner and fail the whole batch; this image alone is skipped.
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise ArtifactError(f"{item.source} has {bad} NaN or Inf value(s); replace them (np.nan_to_num) or drop "
+                            "this image")
+    return image
+
+
+# --- results --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImagePrediction:
+    name: str
+    source: str
+    height: int
+    width: int
+    class_fractions: dict[str, float]  # "id" or "id name" -> share of the image's pixels
+    inference_ms: float  # this image's share of its batch's inference time
+    batch: int  # how many images shared that batch
+    files: dict[str, str] = field(default_factory=dict)  # mask / overlay / probs -> path
+    mask: np.ndarray | None = field(default=None, repr=False)  # (H, W) class ids, kept when asked
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("mask")
+        data["size"] = [data.pop("height"), data.pop("width")]
+        return data
+
+
+@dataclass
+class PredictionReport:
+    artifact: str
+    backend: str
+    precision: str
+    fit: str
+    output: str  # logits | mask (what came back from the runner)
+    num_classes: int
+    class_names: list[str]
+    images: list[ImagePrediction]
+    skipped: list[dict[str, str]]
+    seconds: float  # wall time of the whole run (runner opening included)
+    loop_seconds: float  # reading to writing, over all images
+    stages: StageTimes
+    machine: dict[str, str]
+    output_dir: str | None = None
+    created: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        """Each image's mask (kept when ``predict`` ran without an output folder, or with ``keep_masks``)."""
+        return [p.mask for p in self.images if p.mask is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        inference = sum(s.seconds for s in self.stages.finished if s.name == "inference")
+        return {
+            "artifact": self.artifact, "backend": self.backend, "precision": self.precision, "fit": self.fit,
+            "output": self.output, "num_classes": self.num_classes, "class_names": self.class_names,
+            "images": [p.to_dict() for p in self.images], "skipped": self.skipped,
+            "count": len(self.images), "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "inference_images_per_second": round(len(self.images) / inference, 3) if inference > 0 else None,
+            "stage_seconds": self.stages.to_list(), "machine": self.machine, "output_dir": self.output_dir,
+            "created": self.created,
+        }
+
+    def raise_for_skipped(self) -> None:
+        """InputsSkippedError (exit 1) naming the skipped inputs; nothing when every image was predicted."""
+        if self.skipped:
+            names = ", ".join(s["source"] for s in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
+            where = f"; the other {len(self.images)} were written to {self.output_dir}" if self.output_dir else ""
+            raise InputsSkippedError(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} inputs could "
+                                     f"not be read and were skipped ({names}){where}")
+
+
+def class_fractions(mask: np.ndarray, num_classes: int, class_names: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=num_classes)
+    total = max(int(counts.sum()), 1)
+    from deploy_unet.visualize import class_label
+
+    return {class_label(i, class_names): round(float(c) / total, 6) for i, c in enumerate(counts)}
+
+
+# --- the stage ------------------------------------------------------------------------------------------
+
+
+def predict(
+    artifact: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike | np.ndarray],
+    output_dir: str | os.PathLike | None = None,
+    *,
+    backend: str | None = None,
+    device: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    batch: int = 1,
+    resize: tuple[int, int] | None = None,
+    tile: bool = False,
+    tile_size: int | tuple[int, int] | None = None,
+    output: str = "logits",
+    save_probs: bool = False,
+    overlays: bool = True,
+    keep_masks: bool | None = None,
+    threads: int | None = None,
+    runner_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> PredictionReport:
+    """Run ``artifact`` (``.pt``, ``.onnx``, ``.engine``) on ``inputs`` and give each image its mask.
+
+    ``inputs``: image files (PNG, JPEG, TIFF, BMP; 8/16-bit; grey, RGB, RGBA), folders of them, ``.npy`` arrays
+    of images, or NumPy images (H x W [x C], uint8/uint16/float in [0, 1]). Preprocessing comes from the
+    model's metadata; images are padded to the divisor and cropped back (default), resized to ``resize``
+    (H, W) and masks resized back with nearest neighbour, or run as overlap tiles (``tile``, for
+    valid-convolution nets). Images of one size run together, ``batch`` at a time.
+
+    With ``output_dir``: writes NAME.mask.png, NAME.overlay.png (``overlays``), NAME.probs.npy (``save_probs``)
+    and predictions.json; without it nothing is written and the masks come back in the report
+    (``report.masks``; ``keep_masks`` overrides). ``output="mask"`` has the runner return only the argmax
+    (computed on the GPU by the CUDA runners). Unreadable images are skipped and listed in ``report.skipped``
+    (call ``report.raise_for_skipped()`` to fail on them); usage errors raise before anything is written.
+    """
+    from deploy_unet.machine import machine_info
+    from deploy_unet.runtime import open_runner, runner_info
+    from deploy_unet.runtime.base import check_output_kind, runner_precision
+
+    started = time.perf_counter()
+    warn = warn or (lambda _m: None)
+    check_output_kind(output)
+    if batch < 1:
+        raise ConfigError(f"--batch {batch} must be >= 1")
+    if resize is not None and tile:
+        raise ConfigError("--resize and --tile both given; tiles already take any image size, pass one of them")
+    if output == "mask" and save_probs:
+        raise ConfigError("--save-probs needs the logits; drop --output mask (or --save-probs)")
+    if output == "mask" and tile:
+        raise ConfigError("--tile stitches logits; drop --output mask with --tile")
+    keep = keep_masks if keep_masks is not None else output_dir is None
+    times = StageTimes()
+    with times.stage("find inputs"):
+        images, skipped = collect_inputs(inputs, warn)
+    if not images and not skipped:
+        raise ConfigError("no inputs given; pass image files, folders or .npy files")
+
+    options = {"device": device, "threads": threads, "checkpoint": checkpoint, "output": output,
+               **(runner_options or {})}
+    tiling = {"tile": True, "tile_size": tile_size} if tile else {}
+    with times.stage("open runner"):
+        runner = open_runner(artifact, backend, **tiling, **options)
+        runner.activate()
+    try:
+        info = runner_info(runner)
+        if info is None:
+            raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor); "
+                                "export it with `deploy-unet export` so predict can prepare images for it")
+        if output == "mask" and info.num_classes == 1:
+            raise ConfigError("a one-channel (binary) net's mask is logit > 0, not the argmax the runners' "
+                              "--output mask computes; drop --output mask")
+        spec = Preprocessing.from_model_info(info, fit="tile" if tile else "resize" if resize else "pad", size=resize)
+        class_names = list(getattr(info, "class_names", None) or [])
+        num_classes = int(info.num_classes)
+        input_name = next(iter(runner.input_spec))
+        out_dir = Path(output_dir) if output_dir is not None else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        spent = dict.fromkeys(LOOP_STAGES, 0.0)
+        results: dict[str, ImagePrediction] = {}
+        loop_start = time.perf_counter()
+        with _progress(progress, f"predict {Path(artifact).name}", len(images)) as tick:
+            for chunk in _batches_by_size(images, batch):
+                t0 = time.perf_counter()
+                arrays, ok = [], []
+                for item in chunk:
+                    try:
+                        arrays.append(_load(item))
+                        ok.append(item)
+                    except (ArtifactError, OSError, ValueError) as exc:
+                        _skip(skipped, warn, item.source, str(exc))
+                        tick(1)
+                t1 = time.perf_counter()
+                spent["read images"] += t1 - t0
+                if not ok:
+                    continue
+                try:
+                    prepared = preprocess(arrays, spec)
+                except DeployUnetError as exc:  # e.g. 5 channels, an int64 image: this input, not the run
+                    for item in ok:
+                        _skip(skipped, warn, item.source, str(exc))
+                        tick(1)
+                    continue
+                t2 = time.perf_counter()
+                outputs = runner.infer({input_name: prepared.array})
+                t3 = time.perf_counter()
+                raw = outputs[runner.output_names[0]]
+                masks = postprocess(raw, prepared.geometry)
+                probs = probabilities(raw, prepared.geometry) if save_probs else None
+                t4 = time.perf_counter()
+                for k, item in enumerate(ok):
+                    mask = masks[k]
+                    entry = ImagePrediction(
+                        name=item.name, source=item.source, height=int(mask.shape[0]), width=int(mask.shape[1]),
+                        class_fractions=class_fractions(mask, num_classes, class_names),
+                        inference_ms=round(1000 * (t3 - t2) / len(ok), 3), batch=len(ok),
+                        mask=mask if keep else None,
+                    )
+                    if out_dir is not None:
+                        entry.files = _write_outputs(out_dir, item.name, arrays[k], mask, num_classes, class_names,
+                                                     overlays, None if probs is None else probs[k])
+                    results[item.name] = entry
+                    tick(1)
+                t5 = time.perf_counter()
+                spent["preprocess"] += t2 - t1
+                spent["inference"] += t3 - t2
+                spent["postprocess"] += t4 - t3
+                spent["write outputs"] += t5 - t4
+        loop_seconds = time.perf_counter() - loop_start
+        for name, seconds in spent.items():
+            times.add(name, seconds)
+        with times.stage("machine info"):
+            machine = machine_info(threads)
+        report = PredictionReport(
+            artifact=os.fspath(artifact), backend=_backend_label(runner), precision=runner_precision(runner),
+            fit=spec.fit, output=output, num_classes=num_classes, class_names=class_names,
+            images=[results[i.name] for i in images if i.name in results], skipped=skipped,
+            seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
+            output_dir=os.fspath(out_dir) if out_dir is not None else None,
+            created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        )
+    finally:
+        runner.deactivate()
+    report.seconds = time.perf_counter() - started
+    if out_dir is not None:
+        write_text_atomic(out_dir / "predictions.json", json.dumps(_json_safe(report.to_dict()), indent=2) + "\n")
+    return report
+
+
+def _backend_label(runner) -> str:
+    from deploy_unet.runtime.base import backend_label
+
+    return backend_label(runner)
+
+
+def _batches_by_size(images: Sequence[ImageInput], batch: int) -> Iterator[list[ImageInput]]:
+    """Images grouped by (H, W) in order of first appearance, each group cut into batches."""
+    groups: dict[tuple[int, int] | None, list[ImageInput]] = {}
+    for item in images:
+        groups.setdefault(item.size, []).append(item)
+    for group in groups.values():
+        for start in range(0, len(group), batch):
+            yield group[start:start + batch]
+
+
+def _write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray, num_classes: int,
+                   class_names: Sequence[str], overlays: bool, probs: np.ndarray | None) -> dict[str, str]:
+    from deploy_unet.visualize import mask_image, overlay_image, save_png
+
+    files = {"mask": os.fspath(save_png(mask_image(mask), out_dir / f"{name}.mask.png"))}
+    if overlays:
+        files["overlay"] = os.fspath(save_png(overlay_image(image, mask, num_classes, class_names),
+                                              out_dir / f"{name}.overlay.png"))
+    if probs is not None:
+        path = out_dir / f"{name}.probs.npy"
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, probs.astype(np.float16))
+        files["probs"] = os.fspath(path)
+    return files
+
+
+def _json_safe(obj: Any) -> Any:
+    from deploy_unet.validate import json_safe
+
+    return json_safe(obj)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        yield lambda _n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+
+# ``deploy_unet.predict(artifact, inputs, output_dir, ...)`` is this stage's entry point.
+from deploy_unet import _make_callable  # noqa: E402
+
+_make_callable(__name__, predict)

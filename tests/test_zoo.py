@@ -1,0 +1,111 @@
+"""The model zoo (tests/zoo_nets.py) through the real CLI, as a user runs it: export on defaults (a square
+64x64 size, all axes dynamic), fp16, int8 in both placements, validate on ONNX Runtime at another size.
+
+Marked ``zoo``: they run with ``python -m pytest -m zoo`` in a venv with ``deploy-unet[zoo]`` (smp needs
+torchvision, hence a torch build that matches it; see .ci/run) and are skipped, with that reason, in the
+main suite. Weights are random (nothing is downloaded), so the int8 mask-agreement gate is lowered: random
+logits have small class margins, and an argmax flips under int8 noise that a trained net's margins absorb;
+the relative-L2 and cosine gates, which do not depend on margins, keep their int8 defaults.
+"""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deploy_unet.cli import cli
+from deploy_unet.errors import ConfigError
+from deploy_unet.metadata import read_model_info
+from tests.zoo_nets import EXPORT_SIZE, NUM_CLASSES, ZOO, by_name
+
+pytestmark = pytest.mark.zoo
+
+CI_NETS = [net for net in ZOO if net.ci]
+RANDOM_WEIGHT_INT8_GATES = ("--gate", "mask_agreement=80")
+CALIB = ("--calib", "synthetic:seed=1", "--calib-samples", "8", "--eval", "synthetic:seed=2", "--eval-samples", "2")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _skip_unavailable(net):
+    if not net.available:
+        pytest.skip(f"{net.name} needs {net.library} (pip install 'deploy-unet[zoo]')")
+
+
+def _fixed_hw(net) -> bool:
+    return "--dynamic" in net.export_options and net.export_options[net.export_options.index("--dynamic") + 1] in (
+        "batch", "none")
+
+
+@pytest.mark.parametrize("net", CI_NETS, ids=[n.name for n in CI_NETS])
+def test_zoo_net_exports_quantizes_and_validates(net, tmp_path):
+    _skip_unavailable(net)
+    out = tmp_path / f"{net.name}.onnx"
+    size = ("--height", EXPORT_SIZE, "--width", EXPORT_SIZE)
+
+    torch.manual_seed(0)
+    result = invoke("export", *net.cli_args(), *size, "-o", out)
+    if net.refused_on_defaults:
+        # On defaults it cannot work: one line saying why and what to do, exit 2, no file.
+        assert result.exit_code == 2, result.output
+        errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in result.output, result.output
+        assert __import__("re").search(net.refused_on_defaults, errors[0]), errors[0]
+        assert not out.exists()
+        torch.manual_seed(0)
+        result = invoke("export", *net.cli_args(), *net.export_options, *size, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_model_info(out)
+    assert info.num_classes == NUM_CLASSES and info.arch == f"custom:{net.model}"
+
+    # Independently of the export's own check: the file against the same net (same seed, same init) at a
+    # shape none of the export's checks used.
+    torch.manual_seed(0)
+    reference_net = net.build().eval()
+    shape = (3, 3, EXPORT_SIZE, EXPORT_SIZE) if _fixed_hw(net) else (3, 3, EXPORT_SIZE + 2 * net.divisor,
+                                                                     EXPORT_SIZE + 3 * net.divisor)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = reference_net(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+    # fp16, int8 for TensorRT, int8 for ONNX Runtime; each validated on ONNX Runtime at another size.
+    data_size = f"{EXPORT_SIZE}x{EXPORT_SIZE}" if _fixed_hw(net) else f"{EXPORT_SIZE + 2 * net.divisor}x{EXPORT_SIZE + net.divisor}"
+    for precision, target, suffix in (("fp16", (), "fp16"), ("int8", (), "int8"),
+                                      ("int8", ("--target", "onnxruntime"), "int8.ort")):
+        quantized = tmp_path / f"{net.name}.{suffix}.onnx"
+        result = invoke("quantize", out, "--precision", precision, *target, *CALIB)
+        assert result.exit_code == 0, result.output
+        assert quantized.is_file()
+        report = tmp_path / f"{suffix}.json"
+        gates = RANDOM_WEIGHT_INT8_GATES if precision == "int8" else ()
+        result = invoke("validate", quantized, "--reference", out, "--data", f"synthetic:seed=3,size={data_size}",
+                        "--samples", 3, *gates, "--json", report)
+        assert result.exit_code == 0, result.output
+        parity = json.loads(report.read_text())["outputs"][0]
+        assert parity["shape"][-2:] == [int(v) for v in data_size.split("x")]
+        assert parity["rel_l2"] <= (1e-2 if precision == "fp16" else 0.15)
+
+
+def test_segformer_traced_at_batch_1_is_refused_by_the_per_axis_check(tmp_path):
+    """The issue's failure, reproduced on purpose: traced at batch 1, torch.export bakes the batch into mit_b0's
+    reshapes while the ONNX input still says ``batch``; the parity check names the axis and writes nothing."""
+    net = by_name("smp-segformer-mit_b0")
+    _skip_unavailable(net)
+    from deploy_unet.export import export_onnx
+
+    out = tmp_path / "segformer.onnx"
+    with pytest.raises(ConfigError) as err:
+        export_onnx(net.build(), out, height=EXPORT_SIZE, width=EXPORT_SIZE + 32, divisor=net.divisor,
+                    trace=(1, 3, EXPORT_SIZE, EXPORT_SIZE + 32))
+    text = str(err.value)
+    assert "the exported graph only runs at the traced batch 1" in text
+    assert "Reshape" in text and "--dynamic hw" in text
+    assert list(tmp_path.iterdir()) == []
