@@ -212,11 +212,28 @@ def inspect_command(file, as_json):
 @click.option("--no-eval", is_flag=True, help="Skip the accuracy gate.")
 @click.option("--max-dice-drop", type=float, default=0.01, show_default=True,
               help="Gate: exit 1 when fp32 Dice - new Dice exceeds this.")
+@click.option("--min-mask-agreement", type=float, default=None, metavar="PCT",
+              help="Gate: also at least PCT percent of pixels with the fp32 model's class, e.g. 99.")
+@click.option("--max-rel-l2", type=float, default=None, help="Gate: also a logit relative L2 vs fp32 of at most this.")
+@click.option("--auto-fallback", is_flag=True,
+              help="If the gate fails, keep the fewest layers in higher precision (ranked by the error each "
+                   "adds, re-measured step by step) until it holds.")
+@click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              help="Precision of layers kept out of int8 [default: fp16 for --target tensorrt, fp32 otherwise].")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_REGEX",
+              help="Keep these layers in higher precision: a node name or module path (up.1.block.0), or a regex "
+                   "matching either whole; repeatable.")
+@click.option("--exclude-op-type", multiple=True, metavar="OP",
+              help="Keep every node of this op type in higher precision, e.g. ConvTranspose; repeatable.")
+@click.option("--rank", type=click.Choice(["revert", "local"]), default="revert", show_default=True,
+              help="Auto-fallback order: revert each group alone on the worst samples (NNCF's way), or the local "
+                   "error each adds from one layer-wise pass (cheaper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (default: MODEL.fp16.onnx, MODEL.int8.onnx, MODEL.int8.ort.onnx).")
 @handle_errors
 def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
-             no_eval, max_dice_drop, output):
+             no_eval, max_dice_drop, min_mask_agreement, max_rel_l2, auto_fallback, fallback_precision, exclude,
+             exclude_op_type, rank, output):
     """Make an fp16 or int8 (explicit Q/DQ) ONNX from an fp32 export, calibrated and accuracy-gated."""
     from deploy_unet.precision import check_gate
     from deploy_unet.precision import quantize as run_quantize
@@ -225,6 +242,8 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
         model, precision, target=target, calib=calib, calib_samples=calib_samples, method=method,
         calib_cache=calib_cache, eval_source=None if no_eval else eval_source, eval_samples=eval_samples,
         max_dice_drop=max_dice_drop, output=output, keep_failed=debug_enabled(),
+        min_mask_agreement=min_mask_agreement, max_rel_l2=max_rel_l2, auto_fallback=auto_fallback,
+        fallback_precision=fallback_precision, exclude=exclude, exclude_op_types=exclude_op_type, rank=rank,
     )
     how = "cached ranges" if result.from_cache else "calibrated"
     where = f", target {result.target}" if precision == "int8" else ""
@@ -232,13 +251,23 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
                f"{result.method} on {result.calib_samples} samples of {result.calib_source})")
     if result.kept_fp32:
         click.echo(f"kept in fp32 (activations beyond the fp16 range): {', '.join(result.kept_fp32)}")
+    if result.kept_higher:
+        higher = "fp32" if precision == "fp16" else (fallback_precision or ("fp16" if target == "tensorrt" else "fp32"))
+        click.echo(f"kept in {higher} ({len(result.kept_higher)}): "
+                   + "; ".join(f"{node} [{why}]" for node, why in result.kept_higher.items()))
     gate = result.gate
     if gate is not None:
         click.echo(f"accuracy on {gate.samples} samples of {gate.source} (vs {gate.reference}): "
                    f"Dice fp32 {gate.fp32['mean_dice']:.4f} -> {gate.candidate['mean_dice']:.4f} "
                    f"(drop {gate.dice_drop:+.4f}, limit {gate.max_dice_drop}), "
                    f"IoU {gate.fp32['mean_iou']:.4f} -> {gate.candidate['mean_iou']:.4f}, "
-                   f"mask agreement {gate.mask_agreement:.4f}")
+                   f"mask agreement {gate.mask_agreement:.4f}"
+                   + (f", rel L2 {gate.rel_l2:.4g}" if gate.rel_l2 is not None else ""))
+    if result.fallback is not None:
+        searched = result.fallback
+        click.echo(f"auto-fallback: {searched.evaluations} evaluations ({searched.full_evaluations} on all "
+                   f"{searched.final.samples} samples) in {searched.seconds:.1f} s")
+        click.echo(searched.summary_line())
     check_gate(result)
 
 
@@ -283,7 +312,7 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 
 
 @cli.command("validate")
-@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False),
               help="Artifact to compare against, usually the PyTorch checkpoint (.pt).")
 @click.option("--data", default=None, help="synthetic[:seed=S,size=HxW] (default), an image folder, or .npy/.npz.")
@@ -310,31 +339,77 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
               help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
                    "disagreement) to DIR, and the worst checkerboard map when its score exceeds the reference's.")
+@click.option("--per-layer", is_flag=True,
+              help="Also compare every intermediate tensor with the fp32 ONNX --reference (ONNX Runtime CPU): SQNR, "
+                   "rel L2, the local error each layer's own precision adds; a table of the worst, JSON of all, a PNG.")
+@click.option("--layers-json", type=click.Path(dir_okay=False), default=None,
+              help="--per-layer JSON [default: CANDIDATE with .layers.json].")
+@click.option("--layers-plot", type=click.Path(dir_okay=False), default=None,
+              help="--per-layer PNG of error along depth [default: CANDIDATE with .layers.png].")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="--per-layer: rows in the table.")
 @handle_errors
-def validate_command(candidate, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
+def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path, gallery_dir):
-    """Compare CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
+                     compile_mode, json_path, gallery_dir, per_layer, layers_json, layers_plot, top):
+    """Compare each CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
-    from deploy_unet.validate import parse_gates, validate_artifacts
+    from deploy_unet.validate import parse_gates, validate_artifacts, validate_artifacts_many
 
-    report = validate_artifacts(
-        candidate, reference, data=data, samples=samples, backend=backend, ref_backend=ref_backend,
-        checkpoint=checkpoint, pad=pad, gates=parse_gates(gate_specs), precision=precision, device=device,
-        allow_tf32=allow_tf32, candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
-        tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0,
-    )
+    options = dict(data=data, samples=samples, ref_backend=ref_backend, checkpoint=checkpoint, pad=pad,
+                   gates=parse_gates(gate_specs), device=device, allow_tf32=allow_tf32,
+                   candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                   tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0)
+    if per_layer:
+        _check_per_layer(candidates, reference, tile)
+    if len(candidates) == 1:
+        reports = [validate_artifacts(candidates[0], reference, backend=backend, precision=precision, **options)]
+    else:
+        reports = validate_artifacts_many([(c, backend) for c in candidates], reference,
+                                          precisions=[precision] * len(candidates), **options)
     console = make_console()
-    console.print(validation_table(report))
-    console.print(gate_table(report))
+    console.print(validation_table(reports))
+    for report in reports:
+        console.print(gate_table(report))
     if gallery_dir:
-        for _, path in write_galleries(gallery_dir, [report]):
+        for _, path in write_galleries(gallery_dir, reports):
             console.print(f"wrote {path}")
     if json_path:
-        write_json(json_path, report.to_dict())
+        write_json(json_path, reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
         console.print(f"wrote {json_path}")
-    report.raise_for_gates()
-    console.print(f"[green]passed[/green] all {report.precision} gates")
+    if per_layer:
+        _per_layer(console, candidates, reference, data, samples, layers_json, layers_plot, top)
+    for report in reports:
+        report.raise_for_gates()
+    console.print(f"[green]passed[/green] all {', '.join(sorted({r.precision for r in reports}))} gates")
+
+
+def _check_per_layer(candidates, reference, tile) -> None:
+    from deploy_unet.errors import ConfigError
+
+    if not str(reference).endswith(".onnx") or not all(str(c).endswith(".onnx") for c in candidates):
+        raise ConfigError("--per-layer compares ONNX files tensor by tensor: pass the fp16/int8 .onnx candidates "
+                          "and --reference the fp32 .onnx they were made from")
+    if tile:
+        raise ConfigError("--per-layer runs whole images, not tiles; drop --tile (use a valid --data size)")
+
+
+def _per_layer(console, candidates, reference, data, samples, layers_json, layers_plot, top) -> None:
+    """The layer-wise comparison of every candidate with the fp32 ONNX reference: table, JSON, PNG."""
+    from pathlib import Path
+
+    from deploy_unet.precision.layerwise import per_layer_artifacts
+    from deploy_unet.report import layer_table
+
+    stem = Path(candidates[0])
+    stem = stem.with_name(stem.name[: -len(".onnx")])
+    json_out = layers_json or f"{stem}.layers.json"
+    plot_out = layers_plot or f"{stem}.layers.png"
+    with console.status("per-layer comparison"):
+        reports = per_layer_artifacts(candidates, reference, data=data or "synthetic", samples=samples,
+                                      json_path=json_out, plot_path=plot_out)
+    for report in reports:
+        console.print(layer_table(report, top))
+    console.print(f"wrote {json_out} and {plot_out}")
 
 
 @cli.command("bench")
@@ -482,9 +557,14 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 @click.option("--engine-lib", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
               help="Engine library: TensorRT, or TensorRT-RTX (RTX/A100-class GPUs, cc 8.0 8.6 8.9 12.x; not H100/H200); "
                    "auto: whichever is installed, TensorRT first.")
+@click.option("--auto-fallback", is_flag=True,
+              help="Make each int8 file meet the int8 gates by keeping the fewest layers in higher precision "
+                   "(searched on synthetic:seed=3, validated on seed=2 as usual).")
+@click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              help="With --auto-fallback: precision of the kept layers [default: fp16 for tensorrt, fp32 for onnxruntime].")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib):
+             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -498,7 +578,8 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
-        engine_lib=None if engine_lib == "auto" else engine_lib,
+        engine_lib=None if engine_lib == "auto" else engine_lib, auto_fallback=auto_fallback,
+        fallback_precision=fallback_precision,
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))

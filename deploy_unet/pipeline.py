@@ -20,6 +20,8 @@ from deploy_unet.timing import StageTimes
 # Calibration and evaluation use different synthetic seeds: a quantizer is never judged on its own data.
 CALIB_SOURCE = "synthetic:seed=1"
 EVAL_SOURCE = "synthetic:seed=2"
+# --auto-fallback picks its layers on a third seed, so the validation on EVAL_SOURCE stays held out.
+FALLBACK_SOURCE = "synthetic:seed=3"
 # Why the TensorRT-placement int8 ONNX is not timed on ONNX Runtime CPU by default (benchmarks/int8_ort_cpu.md).
 TENSORRT_QDQ_ON_CPU = ("TensorRT Q/DQ placement: ONNX Runtime's x86 CPU provider fuses no symmetric-int8 Q/DQ, so it "
                        "runs dequantize + fp32 convolutions, slower than fp32; TensorRT compiles this file")
@@ -44,6 +46,8 @@ class PipelineConfig:
     engine_lib: str | None = None  # tensorrt | tensorrt-rtx; None: whichever is installed, TensorRT first
     threads: int | None = None
     bench_tensorrt_qdq: bool = False  # also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU
+    auto_fallback: bool = False  # int8: keep the fewest layers in higher precision until the int8 gates hold
+    fallback_precision: str | None = None  # fp16 (tensorrt placement default) | fp32
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Artifact:
     note: str = ""
     target: str = ""  # int8 Q/DQ placement: tensorrt | onnxruntime
     runnable: bool = True  # False: built, but this GPU cannot run it (validate and bench skip it)
+    kept_higher: dict[str, str] = field(default_factory=dict)  # node -> why (auto-fallback)
+    fallback: Any = None  # precision.fallback.FallbackResult
 
 
 @dataclass
@@ -123,13 +129,21 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     with timed("precision", "precision: " + ", ".join(_precision_labels(config))):
         cache = out / f"{stem}.calib.json"  # one calibration pass shared by fp16 and both int8 targets
         for precision, target in _quantize_jobs(config):
+            search = config.auto_fallback and precision == "int8"
             q = quantize(fp32, precision, target=target, calib=CALIB_SOURCE, calib_samples=config.calib_samples,
-                         calib_cache=cache, eval_source=None, progress=False, threads=threads)
+                         calib_cache=cache, progress=False, threads=threads,
+                         **(_fallback_options(config, target) if search else {"eval_source": None}))
             label = f"ONNX {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")
             for stage in q.stages.stages:
                 times.add(f"{q.path.name}: {stage.name}", stage.seconds, "precision")
             note = f"{len(q.kept_fp32)} node(s) kept fp32 (fp16 range)" if q.kept_fp32 else ""
-            onnx_artifacts.append(Artifact(label, q.path, precision, note=note, target=target))
+            if q.fallback is not None:
+                note = (f"{len(q.kept_higher)} layer(s) kept in {q.fallback.fallback} (auto-fallback: "
+                        f"{q.fallback.summary['conv_layers_low_precision']} of {q.fallback.summary['conv_layers']} "
+                        "conv layers int8)")
+                log(f"      {q.path.name}: {q.fallback.summary_line()}")
+            onnx_artifacts.append(Artifact(label, q.path, precision, note=note, target=target,
+                                           kept_higher=dict(q.kept_higher), fallback=q.fallback))
 
     engines: list[Artifact] = []
     if config.engines != "off":
@@ -177,6 +191,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "threads": threads,
                 "threads_from": threads_from,
                 "artifacts": [_artifact_entry(a, a in untimed) for a in result.artifacts],
+                "auto_fallback": {a.path.name: a.fallback.metadata() for a in onnx_artifacts if a.fallback},
                 "notes": result.notes,
                 # written inside the report step, so the report's own time is not in these numbers
                 "step_seconds": {s.name: round(s.seconds, 3) for s in times.finished if not s.group},
@@ -187,6 +202,26 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         result.report_files = write_report(out, bench=bench_report, validations=validations,
                                            title=f"deploy-unet pipeline: {stem}", extra=extra, preamble=preamble)
     return result
+
+
+def _fallback_options(config: PipelineConfig, target: str) -> dict[str, Any]:
+    """quantize() options for --auto-fallback: the int8 validation gates (validate.DEFAULT_GATES), as the
+    quantize gate measures them, on data of its own (FALLBACK_SOURCE): mask agreement as is; rel L2 at
+    most sqrt(2 (1 - cosine)), which also keeps the cosine gate (cosine = 1 - rel_l2**2 / 2 for an error
+    orthogonal to the logits); the Dice drop at most the mIoU-drop gate."""
+    import math
+
+    from deploy_unet.validate import DEFAULT_GATES
+
+    gates = DEFAULT_GATES["int8"]
+    return {
+        "eval_source": FALLBACK_SOURCE, "eval_samples": config.eval_samples, "auto_fallback": True,
+        "min_mask_agreement": gates["mask_agreement"],
+        "max_rel_l2": min(gates["rel_l2"], math.sqrt(2 * (1 - gates["cosine"]))),
+        "max_dice_drop": gates["miou_drop"],
+        # fp32 is the only higher precision of the onnxruntime placement (ORT CPU has no fast fp16 conv)
+        "fallback_precision": config.fallback_precision if target == "tensorrt" else None,
+    }
 
 
 def raise_for_gates(result: PipelineResult) -> None:
@@ -299,6 +334,20 @@ def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int)
         size = a.path.stat().st_size / 1e6 if a.path.exists() else float("nan")
         lines.append(f"| {a.label} | `{a.path.name}` | {size:.2f} | {a.note} |")
     lines += [""] + [f"- {note}" for note in result.notes]
+    searched = [a for a in result.artifacts if a.fallback is not None]
+    if searched:
+        lines += ["", "## Layers kept in higher precision (auto-fallback)", "",
+                  f"Each int8 file was searched on `{FALLBACK_SOURCE}` (not the validation data) for the fewest "
+                  "layers to keep out of int8 until the int8 gates hold.", ""]
+        for a in searched:
+            f = a.fallback
+            lines += [f"**{a.path.name}**: {f.summary_line()}; {f.evaluations} evaluations in {f.seconds:.1f} s.", ""]
+            if f.kept:
+                lines += ["| layer (node) | kept in | why |", "| --- | --- | --- |"]
+                lines += [f"| `{node}` | {f.fallback} | {why} |" for node, why in f.kept.items()]
+            else:
+                lines.append("No layer needed: plain int8 meets the gate.")
+            lines.append("")
     lines += ["", "## Where the time went", "", "| stage | seconds | share |", "| --- | --- | --- |"]
     lines += [f"| {name} | {sec} | {share} |" for name, sec, share in result.stages.rows(indent="&emsp;")]
     lines += ["", f"Total {result.stages.total:.1f} s, the report step's own time not included; "

@@ -213,6 +213,28 @@ def validation_table(reports: ValidationReport | Sequence[ValidationReport]):
     return _table(f"validation vs {os.path.basename(ref)}", ["metric", *heads], transposed)
 
 
+def layer_rows(report, top: int = 10) -> list[list[str]]:
+    """The ``top`` layers adding the most error (``precision.layerwise.LayerReport.worst``)."""
+    fp16 = report.precision == "fp16"
+    rows = []
+    for x in report.worst(top):
+        rows.append([str(x.index), x.layer, x.node, x.op, _num(x.local_sqnr_db, 1), _num(x.local_rel_l2, 4),
+                     _num(x.sqnr_db, 1), _num(x.rel_l2, 4),
+                     f"{_num(x.max_abs_ref, 1)}" + (f" ({100 * x.fp16_range_share:.2g}% of fp16)" if fp16 else "")])
+    return rows
+
+
+LAYER_COLUMNS = ("depth", "layer", "node", "op", "local SQNR dB", "local rel L2", "SQNR dB", "rel L2", "max |x|")
+
+
+def layer_table(report, top: int = 10):
+    name = os.path.basename(report.candidate)
+    title = (f"{name}: the {min(top, len(report.layers))} of {len(report.layers)} layers adding the most error "
+             f"(local: this layer's own {report.precision or 'precision'} on fp32 inputs; SQNR/rel L2: accumulated "
+             f"up to it; {report.samples} images)")
+    return _table(title, LAYER_COLUMNS, layer_rows(report, top))
+
+
 def gate_table(report: ValidationReport):
     rows = [[g.metric, g.output, _num(g.value, 6), ("<= " if g.direction == "max" else ">= ") + f"{g.threshold:g}",
              {True: "pass", False: "FAIL", None: "n/a (no ground truth)"}[g.passed]] for g in report.gates]

@@ -74,6 +74,45 @@ def evaluate(net, mean, std, num_classes: int, n: int, size: int) -> dict:
     return result
 
 
+def training_normalization(size: int, num_classes: int) -> tuple[list[float], list[float]]:
+    """Mean/std from training data statistics, rounded (they go in the checkpoint and ONNX metadata)."""
+    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size)
+    probe, _ = synthetic_batch(spec, 10**7, 64, num_classes)
+    mean = [round(float(v), 3) for v in probe.mean(axis=(0, 2, 3))]
+    std = [round(float(v), 3) for v in probe.std(axis=(0, 2, 3))]
+    return mean, std
+
+
+def fit(net, mean, std, *, steps: int, batch: int = 8, size: int = 96, lr: float = 3e-3, num_classes: int = 4,
+        noise: float | None = None, transform=None, log=print) -> float:
+    """Train ``net`` (any segmentation nn.Module) on fresh synthetic scenes; returns the wall seconds.
+
+    The loop ``main`` runs for the reference nets, reusable for other nets (benchmarks/mixed_precision.py
+    trains MONAI nets with it). ``noise``: the scenes' pixel noise (default: the generator's, 0.06);
+    ``transform(images, step)``: applied to each batch of [0, 1] images before normalization."""
+    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size,
+                         **({"noise": noise} if noise is not None else {}))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    net.train()
+    t0 = time.time()
+    log_every = max(1, steps // 30)
+    for step in range(steps):
+        images, masks = synthetic_batch(spec, step * batch, batch, num_classes)
+        if transform is not None:
+            images = transform(images, step)
+        x = torch.from_numpy(normalize(images, mean, std))
+        y = torch.from_numpy(masks)
+        loss = segmentation_loss(net, x, y, num_classes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps - 1:
+            log(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s")
+    return time.time() - t0
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(PRESETS), required=True)
@@ -87,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--up-mode", choices=("transpose", "bilinear", "nearest"), default=None,
                    help="unet only: override the preset's upsampling (benchmarks/upsampling.py)")
+    p.add_argument("--norm", choices=("batch", "none"), default=None,
+                   help="override the preset's normalization (benchmarks/mixed_precision.py trains a net without BatchNorm)")
+    p.add_argument("--depth", type=int, default=None, help="unet/unetpp: override the preset's depth")
+    p.add_argument("--base-channels", type=int, default=None, help="unet/unetpp: override the preset's width")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -98,32 +141,17 @@ def main(argv: list[str] | None = None) -> None:
         if "up_mode" not in preset:
             p.error(f"--up-mode applies to unet, not {args.arch}")
         preset["up_mode"] = args.up_mode
+    for name in ("norm", "depth", "base_channels"):
+        if getattr(args, name) is not None:
+            if name != "norm" and name not in preset:
+                p.error(f"--{name.replace('_', '-')} applies to unet/unetpp, not {args.arch}")
+            preset[name] = getattr(args, name)
     net = create_net(args.arch, in_channels=3, num_classes=args.num_classes, **preset)
     n_params = sum(p.numel() for p in net.parameters())
 
-    spec = SyntheticSpec(seed=TRAIN_SEED, height=args.size, width=args.size)
-    # Normalization from training data statistics, rounded (it goes in the checkpoint and ONNX metadata).
-    probe, _ = synthetic_batch(spec, 10**7, 64, args.num_classes)
-    mean = [round(float(v), 3) for v in probe.mean(axis=(0, 2, 3))]
-    std = [round(float(v), 3) for v in probe.std(axis=(0, 2, 3))]
-
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    net.train()
-    t0 = time.time()
-    log_every = max(1, args.steps // 30)
-    for step in range(args.steps):
-        images, masks = synthetic_batch(spec, step * args.batch, args.batch, args.num_classes)
-        x = torch.from_numpy(normalize(images, mean, std))
-        y = torch.from_numpy(masks)
-        loss = segmentation_loss(net, x, y, args.num_classes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s", flush=True)
-    train_s = time.time() - t0
+    mean, std = training_normalization(args.size, args.num_classes)
+    train_s = fit(net, mean, std, steps=args.steps, batch=args.batch, size=args.size, lr=args.lr,
+                  num_classes=args.num_classes, log=lambda msg: print(msg, flush=True))
 
     result = evaluate(net, mean, std, args.num_classes, args.eval_samples, 256)
     print(json.dumps(result), flush=True)

@@ -9,8 +9,10 @@ the model; with ``keep_failed`` a converted model that then fails is kept as ``N
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class QuantizeResult:
     kept_fp32: list[str] = field(default_factory=list)
     size_bytes: int = 0
     stages: StageTimes = field(default_factory=StageTimes)  # calibration, conversion, gate
+    # Layers kept in higher precision (--exclude, auto-fallback): node -> why; and the search, if it ran.
+    kept_higher: dict[str, str] = field(default_factory=dict)
+    fallback: object | None = None  # fallback.FallbackResult
 
 
 def default_output(model_path: str | os.PathLike, precision: str, target: str) -> Path:
@@ -65,16 +70,27 @@ def quantize(
     progress: bool = True,
     threads: int | None = None,
     keep_failed: bool = False,
+    min_mask_agreement: float | None = None,
+    max_rel_l2: float | None = None,
+    auto_fallback: bool = False,
+    fallback_precision: str | None = None,
+    exclude: Sequence[str] = (),
+    exclude_op_types: Sequence[str] = (),
+    rank: str = "revert",
+    log: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
     (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
     fp32, overflowing nodes kept fp32) or int8 Q/DQ placed for ``target`` (``tensorrt`` or ``onnxruntime``),
     written atomically to ``output`` (default ``MODEL.fp16.onnx``, ``MODEL.int8.onnx``, ``MODEL.int8.ort.onnx``).
-    With ``eval_source`` (None: skip) the accuracy gate compares it with fp32 on held-out data; it does not
-    raise on a failed gate: call ``check_gate(result)``."""
+    With ``eval_source`` (None: skip) the accuracy gate compares it with fp32 on held-out data (Dice drop, and
+    ``min_mask_agreement``/``max_rel_l2`` when given); it does not raise on a failed gate: call
+    ``check_gate(result)``. ``exclude``/``exclude_op_types`` keep the matching groups in ``fallback_precision``
+    (fp16 for the tensorrt placement, fp32 for onnxruntime and for fp16 itself); ``auto_fallback`` searches
+    the fewest groups to keep there until the gate holds (``fallback.py``)."""
     from deploy_unet.data import check_distinct_sources, load_samples
-    from deploy_unet.precision import calibration, gate
-    from deploy_unet.precision.int8 import TARGETS, check_opset, quantize_int8
+    from deploy_unet.precision import calibration, gate, mixed
+    from deploy_unet.precision.int8 import TARGETS, check_opset
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
@@ -84,8 +100,10 @@ def quantize(
         raise ConfigError(
             f"--method {method} applies to int8 only; fp16 keeps nodes fp32 by their observed max |x| (minmax)"
         )
-    if max_dice_drop < 0:
-        raise ConfigError(f"--max-dice-drop {max_dice_drop} must be >= 0")
+    spec = gate.GateSpec(max_dice_drop, min_mask_agreement, max_rel_l2)
+    fallback_precision = _fallback_precision(precision, target, fallback_precision)
+    if auto_fallback and eval_source is None:
+        raise ConfigError("--auto-fallback measures the gate on held-out data; drop --no-eval (or pass --eval SRC)")
     model = load_onnx(model_path)
     props = read_props(model)
     info = ModelInfo.from_props(props, source=os.fspath(model_path))
@@ -109,17 +127,28 @@ def quantize(
         )
     if from_cache:
         times.stages[-1].name = "calibration (from cache)"
-    kept: list[str] = []
+    excluded: dict[str, str] = {}
+    if exclude or exclude_op_types or auto_fallback:
+        model = mixed.name_nodes(model)  # exclusions go by node name (exports name every node already)
+        excluded = mixed.resolve_exclusions(mixed.groups_for(model, precision, target), exclude, exclude_op_types)
     conversion = {"fp16": "fp16 conversion (onnxconverter-common)", "tensorrt": "Q/DQ insertion (tensorrt placement)",
                   "onnxruntime": "ORT quantize_static"}[precision if precision == "fp16" else target]
     with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")), \
             stage_errors(conversion, name):
-        if precision == "fp16":
-            from deploy_unet.precision.fp16 import convert_fp16
+        new_model, kept = mixed.build(model, calib_result, precision, target, excluded, fallback_precision)
+    searched = None
+    if auto_fallback:
+        with times.stage("auto-fallback search"), stage_errors("auto-fallback search", name):
+            from deploy_unet.precision.fallback import search
 
-            new_model, kept = convert_fp16(model, calib_result)
-        else:
-            new_model = quantize_int8(model, calib_result, target)
+            samples = load_samples(eval_source, info, eval_samples)
+            with tempfile.TemporaryDirectory(prefix="deploy-unet-ref-") as tmp:
+                fp32_path = Path(tmp) / "fp32.onnx"
+                onnx.save(model, fp32_path)
+                evaluator = gate.GateEvaluator(fp32_path, samples, info.num_classes, spec, threads)
+            searched = search(model, calib_result, precision, target, evaluator, fallback=fallback_precision,
+                              exclude=excluded, rank=rank, progress=progress, log=log, threads=threads)
+            new_model, excluded = searched.model, {k: v for k, v in searched.kept.items() if k not in kept}
 
     meta = {
         "precision": precision,
@@ -134,6 +163,12 @@ def quantize(
         meta["quant_scheme"] = "int8 symmetric; weights per-channel (Conv axis 0, ConvTranspose axis 1); activations per-tensor"
     if kept:
         meta["fp16_kept_fp32"] = ",".join(kept)
+    if excluded:
+        higher = "fp32" if precision == "fp16" else fallback_precision
+        meta["kept_higher_precision"] = json.dumps(
+            {"precision": higher, "layers": [{"node": n, "why": why} for n, why in excluded.items()]})
+    if searched is not None:
+        meta["auto_fallback"] = json.dumps(searched.metadata())
     del new_model.metadata_props[:]
     write_props(new_model, {**props, **meta})
 
@@ -143,24 +178,61 @@ def quantize(
         candidate = Path(tmp) / "candidate.onnx"
         onnx.save(new_model, candidate)
         report = None
-        if eval_source is not None:
+        if searched is not None:
+            report = searched.final  # measured by the search on this very graph (metadata aside)
+        elif eval_source is not None:
             keep = onnx_keeper(candidate, out) if keep_failed else None
             with times.stage("accuracy gate"), stage_errors("accuracy gate", name, keep):
                 samples = load_samples(eval_source, info, eval_samples)
-                report = gate.evaluate(model_path, candidate, samples, info.num_classes, max_dice_drop, threads)
+                report = gate.evaluate(model_path, candidate, samples, info.num_classes, threads=threads, spec=spec)
         with atomic_path(out) as dst:
             dst.write_bytes(candidate.read_bytes())
     result = QuantizeResult(
         path=out, precision=precision, target=target, method=method, calib_source=calib_result.source,
         calib_samples=calib_result.samples, from_cache=from_cache, gate=report, kept_fp32=kept,
-        size_bytes=out.stat().st_size, stages=times,
+        size_bytes=out.stat().st_size, stages=times, kept_higher=excluded, fallback=searched,
     )
     return result
 
 
+def _fallback_precision(precision: str, target: str, fallback: str | None) -> str:
+    """The precision excluded layers run in: fp16 for TensorRT int8 (default), else fp32."""
+    from deploy_unet.precision.mixed import FALLBACKS
+
+    if fallback is not None and fallback not in FALLBACKS:
+        raise ConfigError(f"--fallback-precision {fallback!r} is not valid; choose one of: {', '.join(FALLBACKS)}")
+    if precision == "fp16":
+        if fallback == "fp16":
+            raise ConfigError("--fallback-precision fp16 with --precision fp16 keeps nothing higher; "
+                              "fp16 falls back to fp32 (drop the option)")
+        return "fp32"
+    if target == "onnxruntime":
+        if fallback == "fp16":
+            raise ConfigError("--fallback-precision fp16 is for the tensorrt placement; ONNX Runtime's CPU "
+                              "provider has no fast fp16 convolutions, so --target onnxruntime keeps layers in fp32")
+        return "fp32"
+    return fallback or "fp16"
+
+
 def check_gate(result: QuantizeResult) -> None:
-    """Raise GateFailedError (exit 1) when the Dice drop is over the limit."""
+    """Raise GateFailedError (exit 1) when the gate (Dice drop, and any other metric asked for) fails."""
     report = result.gate
+    if report is not None and not report.passed and result.fallback is not None:
+        searched = result.fallback
+        raise GateFailedError(
+            f"accuracy gate failed even with auto-fallback: {', '.join(c.describe() for c in report.checks)} "
+            f"with {len(searched.kept)} of {len(searched.groups) + len(searched.range_kept)} groups in "
+            f"{searched.fallback}; written to {result.path} for inspection; "
+            + ("try --fallback-precision fp32, " if searched.fallback == "fp16" else "")
+            + "--method entropy/percentile, or more --calib-samples; `deploy-unet validate FILE --reference "
+            "FP32.onnx --per-layer` shows where the error comes from"
+        )
+    if report is not None and not report.passed and report.dice_drop <= report.max_dice_drop:
+        raise GateFailedError(
+            f"accuracy gate failed: {', '.join(c.describe() for c in report.checks if not c.passed)}; "
+            f"written to {result.path} for inspection; try --auto-fallback to keep the layers that cost it in "
+            "higher precision, or --method entropy/percentile"
+        )
     if report is not None and not report.passed:
         raise GateFailedError(
             f"accuracy gate failed: {result.precision} Dice {report.candidate['mean_dice']:.4f} vs fp32 "

@@ -16,6 +16,7 @@ is installed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 
 import onnx
 
@@ -33,9 +34,11 @@ def overflowing_nodes(model: onnx.ModelProto, calib: Calibration, limit: float =
 
 
 def convert_fp16(
-    model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT
+    model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT, keep_fp32: Collection[str] = ()
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Return the fp16 model (IO float32) and the names of the nodes kept in fp32 for range."""
+    """Return the fp16 model (IO float32) and the names of the nodes kept in fp32 for range.
+
+    ``keep_fp32``: further node names to keep in fp32 (``--exclude``, or the auto-fallback search)."""
     try:
         from onnxconverter_common import float16
     except ImportError:
@@ -53,12 +56,38 @@ def convert_fp16(
         converted = float16.convert_float_to_float16(
             model,
             keep_io_types=True,
-            node_block_list=kept,
+            node_block_list=kept + [n for n in keep_fp32 if n not in kept],
             max_finite_val=FP16_MAX,  # the default (1e4) would clip legitimate weights
             min_positive_val=1e-7,
         )
+    _keep_fp32_io(converted, model)
     # The converter retypes every value_info to fp16, also those between kept fp32 nodes: re-infer them.
     del converted.graph.value_info[:]
     converted = onnx.shape_inference.infer_shapes(converted)
     onnx.checker.check_model(converted)
     return converted, kept
+
+
+def _keep_fp32_io(converted: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Graph outputs that were fp32 stay fp32. With the node producing an output in the block list,
+    onnxconverter-common 1.16 declares that output fp16 and casts the fp32 result down to it (found when
+    the auto-fallback kept the head in fp32): make that Cast an fp32 one again, or add one."""
+    from onnx import TensorProto, helper
+
+    was = {o.name: o.type.tensor_type.elem_type for o in original.graph.output}
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    for out in converted.graph.output:
+        if was.get(out.name) != TensorProto.FLOAT or out.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        node = producers.get(out.name)
+        to = next((a for a in node.attribute if a.name == "to"), None) if node is not None else None
+        if node is not None and node.op_type == "Cast" and to is not None:
+            to.i = TensorProto.FLOAT
+        else:
+            inner = f"{out.name}_fp16"
+            for n in converted.graph.node:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if i == out.name else i for i in n.input]
+            converted.graph.node.append(helper.make_node("Cast", [inner], [out.name], name=f"{out.name}_to_fp32",
+                                                         to=TensorProto.FLOAT))
+        out.type.tensor_type.elem_type = TensorProto.FLOAT

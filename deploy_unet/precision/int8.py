@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -82,9 +83,18 @@ class _UnionFind:
         self.parent[self.find(a)] = self.find(b)
 
 
-def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.ModelProto:
-    """Insert Q/DQ with TensorRT's placement (see module doc). Returns a new model."""
+def quantize_for_tensorrt(
+    model: onnx.ModelProto, calib: Calibration, exclude: Collection[str] = ()
+) -> onnx.ModelProto:
+    """Insert Q/DQ with TensorRT's placement (see module doc). Returns a new model.
+
+    ``exclude``: names of nodes left without Q/DQ (kept in higher precision): an excluded Conv gets neither
+    its input's nor its weight's; an excluded Concat none on any of its inputs and no shared scale; an
+    excluded pool none on its input. Scales are shared only among the Concats still quantized, so every
+    Concat is all int8 on one scale or not quantized at all.
+    """
     check_opset(model)
+    exclude = frozenset(exclude)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -95,6 +105,8 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     shape_tensors = _non_float_tensor_names(model)
     edges: list[tuple[onnx.NodeProto, int]] = []
     for node in graph.node:
+        if node.name and node.name in exclude:
+            continue
         if node.op_type in WEIGHT_AXIS or node.op_type in POOL_OPS:
             edges.append((node, 0))
         elif node.op_type == "Concat" and node.output[0] not in shape_tensors:
@@ -104,7 +116,7 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     # Concat inputs (and its output) share one scale; groups merge through chained Concats.
     groups = _UnionFind()
     for node in graph.node:
-        if node.op_type == "Concat" and node.output[0] not in shape_tensors:
+        if node.op_type == "Concat" and node.output[0] not in shape_tensors and node.name not in exclude:
             for name in node.input:
                 groups.union(name, node.output[0])
     group_absmax: dict[str, float] = defaultdict(float)
@@ -144,6 +156,8 @@ def quantize_for_tensorrt(model: onnx.ModelProto, calib: Calibration) -> onnx.Mo
     # Weights: int8 initializer + per-channel DequantizeLinear (4x smaller file; TensorRT and ORT fold it).
     for node in graph.node:
         if node.op_type not in WEIGHT_AXIS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if node.name and node.name in exclude:
             continue
         w_name = node.input[1]
         weight = numpy_helper.to_array(inits[w_name]).astype(np.float32)
@@ -194,7 +208,9 @@ def _rebuild(graph: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) ->
     graph.node.extend(ordered)
 
 
-def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx.ModelProto:
+def quantize_for_onnxruntime(
+    model: onnx.ModelProto, calib: Calibration, exclude: Collection[str] = ()
+) -> onnx.ModelProto:
     """onnxruntime.quantization QDQ, fed with our calibration ranges through its cache file.
 
     Activations are uint8 *asymmetric* (weights stay int8 symmetric per-channel): that is ORT's U8S8
@@ -202,6 +218,8 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
     zero point is then 0 = qmin). With symmetric int8 activations the ReLUs, their Q/DQ pairs and
     layout transposes stay in the graph and ORT CPU ran this UNet at 0.86x of fp32 instead of ~0.5x.
     TensorRT requires zero point 0, so the tensorrt target keeps symmetric int8 activations.
+
+    ``exclude``: node names passed to ORT's own ``nodes_to_exclude`` (those nodes stay float).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
@@ -236,6 +254,7 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
             calibrate_method=CalibrationMethod.MinMax,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            nodes_to_exclude=sorted(exclude),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             extra_options={
@@ -245,6 +264,8 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
             },
         )
         result = onnx.load(out)
+    if exclude:
+        _float_inputs(result, model, exclude)
     # quant_pre_process's symbolic shape inference (auto_merge) can give two sizes that only agree at the
     # calibration shape one dim_param (SwinUNETR's window-padded maps: 144 and 147 at 288x320); ONNX Runtime's
     # allocator trusts value_info and then fails to re-use a buffer at other sizes. The shapes are hints only:
@@ -253,6 +274,56 @@ def quantize_for_onnxruntime(model: onnx.ModelProto, calib: Calibration) -> onnx
     _strip_unused_domains(result)
     onnx.checker.check_model(result)
     return result
+
+
+def _float_inputs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, exclude: Collection[str]) -> None:
+    """Make excluded nodes read float tensors, not the DQ of a tensor ORT quantized for its neighbours.
+
+    ``nodes_to_exclude`` keeps a node's weights float, but a tensor that its producer's side quantized
+    reaches it through that Q/DQ (and ORT may have folded the producer's ReLU into the Q: then the raw
+    tensor is the pre-ReLU one, and the ReLU is put back). Q/DQ nobody reads any more are dropped.
+    """
+    graph = quantized.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    fp32_producers = {o: n for n in fp32.graph.node for o in n.output}
+    inits = {t.name for t in graph.initializer}
+    restored: dict[str, str] = {}
+    extra: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.name not in exclude:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+                continue
+            q = producers.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            raw = q.input[0]
+            folded = (fp32_producers.get(raw) is not None and fp32_producers[raw].op_type == "Relu"
+                      and (producers.get(raw) is None or producers[raw].op_type != "Relu"))
+            if folded:
+                if raw not in restored:
+                    restored[raw] = f"{raw}_relu_restored"
+                    extra.append(helper.make_node("Relu", [raw], [restored[raw]], name=f"{raw}_Relu_restored"))
+                raw = restored[raw]
+            node.input[i] = raw
+    graph.node.extend(extra)
+    from deploy_unet.precision.mixed import _toposort
+
+    _toposort(graph)
+    while True:  # drop Q/DQ left without readers
+        used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {n for node in graph.node for n in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 BIAS_SLOT_OPS = ("Conv", "ConvTranspose", "Gemm", "InstanceNormalization", "LayerNormalization", "BatchNormalization")
@@ -306,9 +377,11 @@ def _strip_unused_domains(model: onnx.ModelProto) -> None:
     model.opset_import.extend(keep)
 
 
-def quantize_int8(model: onnx.ModelProto, calib: Calibration, target: str = "tensorrt") -> onnx.ModelProto:
+def quantize_int8(
+    model: onnx.ModelProto, calib: Calibration, target: str = "tensorrt", exclude: Collection[str] = ()
+) -> onnx.ModelProto:
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r} is not valid; choose one of: {', '.join(TARGETS)}")
     if target == "tensorrt":
-        return quantize_for_tensorrt(model, calib)
-    return quantize_for_onnxruntime(model, calib)
+        return quantize_for_tensorrt(model, calib, exclude)
+    return quantize_for_onnxruntime(model, calib, exclude)
