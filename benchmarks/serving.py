@@ -44,22 +44,25 @@ MODEL = "unet"
 NOTES = [
     "## Reading it",
     "",
-    "- **Instances, not intra-op threads, use a small CPU.** In-process, concurrent callers run several inferences "
-    "at once on one ONNX Runtime session; one Triton instance runs one batch at a time, so with 1 instance x 2 "
-    "threads the server leaves cores idle that the in-process callers fill. Two instances of 1 thread each run two "
-    "batches at once and match or beat in-process; `serve` therefore defaults to one instance per usable CPU, 1 "
-    "thread each, for CPU runners (one instance on a GPU). Part of that gain is this machine's load: at 1 client "
-    "a 1-thread instance also beat the 2-thread in-process runner, i.e. ORT's two intra-op threads, which spin-wait "
-    "for each other, scaled badly while other jobs held the cores; on a quiet machine the ratios may differ: "
-    "re-record there.",
+    "- **One request at a time pays the round trip.** At 1 client every served mode reaches 0.25-0.68x of "
+    "in-process: the request's path (gRPC encoding of 0.8 MB in and up to 1 MB out, Triton, PyTriton's "
+    "python-backend proxy and its shared-memory copies) runs on the same two cores as the inference and costs "
+    "about 20 ms beside a 33 ms inference. A 1-thread instance is slowest there (one request uses one core).",
+    "- **Instances, not intra-op threads, use a small CPU under load.** In-process, concurrent callers run several "
+    "inferences at once on one ONNX Runtime session; one Triton instance runs one batch at a time, so with 1 "
+    "instance x 2 threads the server leaves cores idle that the in-process callers fill (0.47-0.77x at 8 clients). "
+    "Two instances of 1 thread each run two batches at once: 0.80-0.90x at 8 clients, the only mode that meets the "
+    "0.8x goal. `serve` therefore defaults to one instance per usable CPU, 1 thread each, for CPU runners (one "
+    "instance on a GPU); the price is latency at a single client (p50 72-163 ms against 55-59 ms), so a "
+    "latency-bound single client should pass `--instances 1`.",
     "- **Dynamic batching buys little on ONNX Runtime CPU**: with one instance, batches of about 4 (`avg batch`) "
-    "gave no more images/s than no batching, so per image ORT's CPU kernels gain nothing from a larger batch of this "
-    "net here, and waiting for one adds latency. A GPU is where batching pays; the repository keeps it on for that.",
+    "gave no more images/s than no batching, so per image ORT's CPU kernels gain nothing from a larger batch of "
+    "this net here, and waiting for one adds latency. A GPU is where batching pays; the repository keeps it on.",
     "- **Mask vs logits**: the mask is 64 KB against 1 MB of logits per image, which matters on a network; here the "
     "client is on the same machine and compute dominates, so the two are close.",
-    "- **Noise**: the machine was shared with other jobs (see the load column, which includes this benchmark's own "
-    "client, server and baseline threads); single rows vary by tens of percent, which is why every served point is "
-    "divided by a baseline measured right before it. Re-record on a quiet machine with the command above.",
+    "- **Noise**: the client, the server and the baseline threads share the two cores (the load column counts "
+    "them); rows vary by tens of percent, which is why every served point is divided by a baseline measured right "
+    "before it.",
 ]
 
 
@@ -243,8 +246,8 @@ def render(data: dict) -> str:
         "",
         f"Date {data['date']}; {machine_line(data['machine'])}; nvidia-pytriton {v['pytriton']} (Triton server "
         f"{v['triton_server']}), tritonclient {v['tritonclient']}, numpy {v['numpy']}. 1-minute load average at start "
-        f"{data['load_start']:.2f}; the machine is shared with other jobs, and each row records the load at its "
-        "served point (this benchmark's own client, server and baseline threads are part of it).",
+        f"{data['load_start']:.2f}; each row records the load at its served point (this benchmark's own client, "
+        "server and baseline threads are part of it)." + (f" {data['note']}" if data.get("note") else ""),
         "",
         f"    {data['command']}",
         "",

@@ -370,9 +370,10 @@ class TritonService:
 def runs_on_cpu(path: Path, backend: str | None, device: str) -> bool:
     """Whether the runner will compute on the CPU: ONNX Runtime's CPU provider, or torch on the CPU.
 
-    There, N instances of 1 thread each (Triton runs them in parallel) beat 1 instance of N threads: a UNet's
-    convolutions scale poorly across intra-op threads, and independent requests keep every core busy
-    (``benchmarks/serving.md``). On a GPU one instance is the usual start.
+    There, under concurrent clients, N instances of 1 thread each (Triton runs them in parallel) beat 1
+    instance of N threads: one instance runs one batch at a time, and independent requests keep every core
+    busy (``benchmarks/serving.md``; a single client waits longer, ``--instances 1`` suits it). On a GPU one
+    instance is the usual start.
     """
     from deploy_unet.runtime import BACKENDS_BY_SUFFIX
 
