@@ -1,13 +1,16 @@
-"""File helpers: atomic writes (an interrupted run never leaves a half file) and hashing."""
+"""File helpers: atomic writes (an interrupted run never leaves a half file), hashing, JSON-safe values."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -78,3 +81,21 @@ def onnx_keeper(model, output: str | os.PathLike):
         return os.fspath(path)
 
     return keep
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf are not JSON: write them as null / "inf" / "-inf" so every report parses; NumPy scalars as Python."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    np = sys.modules.get("numpy")  # only a loaded NumPy can have made the value; never import it here
+    if np is not None and isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError, InputsSkippedError
-from deploy_unet.fileio import atomic_path, write_text_atomic
+from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
 from deploy_unet.processing import Preprocessing, postprocess, preprocess, probabilities
 from deploy_unet.timing import StageTimes
 
@@ -432,7 +432,7 @@ def predict(
         runner.deactivate()
     report.seconds = time.perf_counter() - started
     if out_dir is not None:
-        write_text_atomic(out_dir / "predictions.json", json.dumps(_json_safe(report.to_dict()), indent=2) + "\n")
+        write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
     return report
 
 
@@ -467,11 +467,6 @@ def _write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray
         files["probs"] = os.fspath(path)
     return files
 
-
-def _json_safe(obj: Any) -> Any:
-    from deploy_unet.validate import json_safe
-
-    return json_safe(obj)
 
 
 @contextlib.contextmanager

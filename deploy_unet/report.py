@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy_unet.bench import BenchReport, BenchResult, not_separable, round_ratios
-from deploy_unet.fileio import atomic_path, write_text_atomic
+from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
 from deploy_unet.machine import machine_line
-from deploy_unet.validate import GATE_METRICS, ValidationReport, json_safe
+from deploy_unet.validate import GATE_METRICS, ValidationReport
 
 
 # -- formatting --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError, GateFailedError, ShapeContractError
+from deploy_unet.fileio import json_safe
 from deploy_unet.runtime import wait_policy
 from deploy_unet.runtime.base import Runner, backend_label, runner_precision
 
@@ -548,22 +549,6 @@ def _listing(values: np.ndarray) -> list[float | None]:
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
-
-def json_safe(obj: Any) -> Any:
-    """NaN/Inf are not JSON: write them as null/strings so every report parses."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    return obj
 
 
 # -- artifacts in, report out (what the CLI and the pipeline call) -----------------------------------

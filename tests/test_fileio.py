@@ -24,3 +24,16 @@ def test_atomic_write_has_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+
+
+def test_json_safe_makes_nan_inf_and_numpy_scalars_valid_json():
+    import json
+
+    import numpy as np
+
+    from deploy_unet.fileio import json_safe
+
+    value = {"a": [float("nan"), float("inf"), -float("inf"), 1.5], "b": (np.float32(np.nan), np.int64(3)),
+             "c": {"d": np.float64(2.0)}}
+    text = json.dumps(json_safe(value), allow_nan=False)  # raises if a NaN/Inf survived
+    assert json.loads(text) == {"a": [None, "inf", "-inf", 1.5], "b": [None, 3], "c": {"d": 2.0}}

@@ -32,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy_unet.errors import ArtifactError, ShapeContractError
+from deploy_unet.fileio import json_safe
 
 TRANSPARENT = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
 # Ops whose output is >= 0 whatever their input, and ops that keep a non-negative input non-negative.
@@ -429,22 +430,8 @@ class LayerReport:
         data = asdict(self)
         for row, layer in zip(data["layers"], self.layers):
             row["fp16_range_share"] = layer.fp16_range_share
-        return _json_safe(data)
+        return json_safe(data)
 
-
-def _json_safe(obj):
-    """Infinite SQNR (identical tensors) and NaN are not JSON: "inf"/"-inf" strings and null."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def layer_label(node: onnx.NodeProto, inits: dict | None = None) -> str:
