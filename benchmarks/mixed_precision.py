@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
 
+from benchmarks.precision_cpu import latencies_ms  # noqa: E402  # the same interleaved timing as the other CPU tables
 from deploy_unet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from deploy_unet.data import load_samples  # noqa: E402
 from deploy_unet.export import export_onnx  # noqa: E402
@@ -140,26 +140,6 @@ def export(name: str, spec: dict, ckpt_path: Path, out: Path) -> tuple[Path, dic
     return path, (ckpt.extra or {}).get("training", {})
 
 
-def latencies_ms(paths: dict[str, Path], x: np.ndarray, threads: int, warmup: int = 5, runs: int = 40) -> dict:
-    """Median latency per file; runs interleaved round-robin so load changes hit every variant alike."""
-    sessions = {}
-    for label, path in paths.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                               disabled_optimizers=gate.DISABLED_OPTIMIZERS)
-    name = next(iter(sessions.values())).get_inputs()[0].name
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    for i in range(warmup + runs):
-        for label, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, {name: x})
-            if i >= warmup:
-                times[label].append((time.perf_counter() - t) * 1e3)
-    return {label: statistics.median(v) for label, v in times.items()}
-
-
 def check(fp32: Path, candidate: Path, samples, num_classes: int) -> dict:
     spec = gate.GateSpec(GATE["max_dice_drop"], GATE["min_mask_agreement"])
     r = gate.evaluate(fp32, candidate, samples, num_classes, spec=spec)
@@ -206,7 +186,7 @@ def measure(name: str, spec: dict, ckpt: Path, out: Path, args) -> dict:
     row["sweep"] = sweep(fp32, info, calib, evaluation, cache, args, out / f"{name}.sweep.onnx")
     x = load_samples(evaluation, info, 1).images
     lat_files = {k: v for k, v in files.items() if k in ("fp32", "int8 onnxruntime", "int8 onnxruntime auto")}
-    row["latency_ms"] = latencies_ms(lat_files, x, args.threads)
+    row["latency_ms"] = latencies_ms(lat_files, x, args.threads, runs=40)
     return row
 
 

@@ -98,19 +98,25 @@ def test_duration_mode_stops_at_the_deadline():
     assert result.latency_ms.mean == pytest.approx(10.0)
 
 
-def test_peak_memory_sees_a_large_allocation():
+class AllocatingRunner(DelayRunner):
+    """Touches 64 MiB per call, then frees it: a peak the RSS high-water mark must see."""
+
+    def _infer(self, feeds):
+        block = np.ones(64 * 2**20 // 8)
+        block.sum()
+        return super()._infer(feeds)
+
+
+def _need_rss_reset():
     try:
         open("/proc/self/clear_refs", "w").close()
     except OSError:
         pytest.skip("RSS high-water mark cannot be reset here")
 
-    class Allocating(DelayRunner):
-        def _infer(self, feeds):
-            block = np.ones(64 * 2**20 // 8)  # 64 MiB touched, then freed
-            block.sum()
-            return super()._infer(feeds)
 
-    result = bench_runner(Allocating([0.0], sleep=True), height=8, width=8, warmup=0, iters=2, phase_clock=None)
+def test_peak_memory_sees_a_large_allocation():
+    _need_rss_reset()
+    result = bench_runner(AllocatingRunner([0.0], sleep=True), height=8, width=8, warmup=0, iters=2, phase_clock=None)
     assert result.memory_kind == "rss_peak_delta"
     assert result.peak_memory_mib > 50
 
@@ -267,18 +273,8 @@ def test_rounds_are_checked_against_the_iterations():
 
 
 def test_peak_memory_is_each_configurations_own_in_rounds():
-    try:
-        open("/proc/self/clear_refs", "w").close()
-    except OSError:
-        pytest.skip("RSS high-water mark cannot be reset here")
-
-    class Allocating(DelayRunner):
-        def _infer(self, feeds):
-            block = np.ones(64 * 2**20 // 8)  # 64 MiB touched, then freed
-            block.sum()
-            return super()._infer(feeds)
-
-    big, small = Allocating([0.0], sleep=True), DelayRunner([0.0], sleep=True)
+    _need_rss_reset()
+    big, small = AllocatingRunner([0.0], sleep=True), DelayRunner([0.0], sleep=True)
     rbig, rsmall = bench_rounds([big, small], height=8, width=8, warmup=0, iters=2, rounds=2, phase_clock=None)
     assert rbig.peak_memory_mib > 50 and rsmall.peak_memory_mib < 20
 
