@@ -309,9 +309,7 @@ def _float_inputs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, exclude: Co
                 raw = restored[raw]
             node.input[i] = raw
     graph.node.extend(extra)
-    from deploy_unet.precision.mixed import _toposort
-
-    _toposort(graph)
+    toposort(graph)
     while True:  # drop Q/DQ left without readers
         used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
         dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
@@ -385,3 +383,24 @@ def quantize_int8(
     if target == "tensorrt":
         return quantize_for_tensorrt(model, calib, exclude)
     return quantize_for_onnxruntime(model, calib, exclude)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node follows its inputs' producers (ONNX requires it; edits that add
+    or rewire nodes break it)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

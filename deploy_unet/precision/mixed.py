@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy_unet.errors import ConfigError
 from deploy_unet.precision.calibration import Calibration
+from deploy_unet.precision.int8 import toposort
 
 FALLBACKS = ("fp16", "fp32")
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -219,7 +220,7 @@ def fp16_islands(model: onnx.ModelProto, nodes: Collection[str]) -> onnx.ModelPr
             if out in outputs or any(u.name not in island for u in consumers.get(out, [])):
                 new_nodes.append(helper.make_node("Cast", [inner], [out], name=f"{out}_to_fp32", to=TensorProto.FLOAT))
     graph.node.extend(new_nodes)
-    _toposort(graph)
+    toposort(graph)
     used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
@@ -228,25 +229,6 @@ def fp16_islands(model: onnx.ModelProto, nodes: Collection[str]) -> onnx.ModelPr
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model)
     return model
-
-
-def _toposort(graph: onnx.GraphProto) -> None:
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in ready for name in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def precision_summary(model: onnx.ModelProto, precision: str, target: str, kept: Collection[str]) -> dict:
