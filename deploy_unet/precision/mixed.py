@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy_unet.errors import ConfigError
 from deploy_unet.precision.calibration import Calibration
-from deploy_unet.precision.int8 import toposort
+from deploy_unet.precision.int8 import POOL_OPS, WEIGHT_AXIS, _non_float_tensor_names, quantize_int8, toposort
 
 FALLBACKS = ("fp16", "fp32")
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -69,15 +69,12 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    from deploy_unet.precision.int8 import _non_float_tensor_names
-
     produced = {o for n in model.graph.node for o in n.output}
     return produced - _non_float_tensor_names(model)
 
 
 def groups_for(model: onnx.ModelProto, precision: str, target: str) -> list[Group]:
     """The groups of the fp32 ``model`` for ``precision``/``target``, in graph order."""
-    from deploy_unet.precision.int8 import POOL_OPS, WEIGHT_AXIS
     from deploy_unet.precision.layerwise import layer_label
 
     inits = {t.name for t in model.graph.initializer}
@@ -146,7 +143,6 @@ def build(
         from deploy_unet.precision.fp16 import convert_fp16
 
         return convert_fp16(model, calib, keep_fp32=exclude)
-    from deploy_unet.precision.int8 import quantize_int8
 
     quantized = quantize_int8(model, calib, target, exclude)
     if exclude and target == "tensorrt" and fallback == "fp16":
