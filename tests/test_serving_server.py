@@ -45,9 +45,10 @@ def reference(onnx_path):
 
 @pytest.fixture(scope="module")
 def server(onnx_path):
-    proc = ServeProcess(onnx_path, "--threads", "1", "--max-size", "64x64", "--max-queue-delay-us", "3000")
+    proc = ServeProcess.ready(onnx_path, "--threads", "1", "--max-size", "64x64", "--max-queue-delay-us", "3000",
+                              model=MODEL)
     try:
-        yield proc.wait_ready(MODEL)
+        yield proc
     finally:
         proc.cleanup()
 
@@ -232,10 +233,10 @@ def test_a_port_in_use_is_one_error_line_and_nothing_starts(onnx_path):
 
 @pytest.fixture(scope="module")
 def image_server(onnx_path):
-    proc = ServeProcess(onnx_path, "--input", "image", "--output", "mask", "--model-name", "seg", "--threads", "1",
-                        "--instances", "2")
+    proc = ServeProcess.ready(onnx_path, "--input", "image", "--output", "mask", "--model-name", "seg", "--threads",
+                              "1", "--instances", "2", model="seg")
     try:
-        yield proc.wait_ready("seg")
+        yield proc
     finally:
         proc.cleanup()
 

@@ -28,9 +28,9 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models" / "unet_synthetic.pt
 def test_shipped_unet_checkpoint_answers_an_image_with_the_right_mask():
     scene, truth = synthetic_sample(SyntheticSpec(seed=11, height=200, width=300), 0)  # 200x300: not a multiple of 16
     image = np.round(scene.transpose(1, 2, 0) * 255).astype(np.uint8)[None]  # 1 x H x W x 3, as a PNG decodes
-    proc = ServeProcess(SHIPPED, "--input", "image", "--output", "mask", "--device", "cpu", "--threads", "1")
+    proc = ServeProcess.ready(SHIPPED, "--input", "image", "--output", "mask", "--device", "cpu", "--threads", "1",
+                              model="unet_synthetic")
     try:
-        proc.wait_ready("unet_synthetic")
         client = grpcclient.InferenceServerClient(proc.grpc_url)
         try:
             inp = grpcclient.InferInput("image", list(image.shape), "UINT8")
