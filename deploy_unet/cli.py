@@ -306,7 +306,8 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
     click.echo(f"wrote {result.path} ({precision}{where}, {result.size_bytes / 1e6:.2f} MB; {how}: "
                f"{result.method} on {result.calib_samples} samples of {result.calib_source})")
     if result.kept_fp32:
-        click.echo(f"kept in fp32 (activations beyond the fp16 range): {', '.join(result.kept_fp32)}")
+        click.echo(f"kept in fp32 (activations beyond the fp16 range; in volumes also the whole-volume norms): "
+                   f"{', '.join(result.kept_fp32)}")
     if result.kept_higher:
         higher = "fp32" if precision == "fp16" else (fallback_precision or ("fp16" if target == "tensorrt" else "fp32"))
         click.echo(f"kept in {higher} ({len(result.kept_higher)}): "
@@ -472,7 +473,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--backend", default=None, help=f"Backend for every artifact: {_BACKEND_HELP}.")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, e.g. 1,4,8.")
-@click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512.")
+@click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512 (DxHxW for volumes, e.g. 32x64x64).")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
 @click.option("--iters", default=None, type=int, help="Timed runs per configuration [default: 50].")
 @click.option("--duration", default=None, type=float, help="Instead of --iters: seconds of timed runs.")

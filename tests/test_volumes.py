@@ -9,7 +9,13 @@ from click.testing import CliRunner
 from torch import nn
 
 from deploy_unet.cli import cli
-from deploy_unet.data import SyntheticSpec, load_samples, parse_source, synthetic_volume, synthetic_volume_batch
+from deploy_unet.data import (
+    SyntheticSpec,
+    load_samples,
+    parse_source,
+    synthetic_volume,
+    synthetic_volume_batch,
+)
 from deploy_unet.errors import ConfigError, ShapeContractError
 from deploy_unet.export import check_shapes, export_onnx, trace_shape
 from deploy_unet.metadata import ModelInfo, read_model_info
