@@ -597,6 +597,9 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="deploy-out", show_default=True)
 @click.option("--height", type=int, default=None, help="Export/bench height (default: the checkpoint's recommended size).")
 @click.option("--width", type=int, default=None)
+@click.option("--size", "size_text", default=None, metavar="HxW|DxHxW",
+              help="Export/bench size instead of --height/--width; DxHxW for a volume net (--arch unet3d) "
+                   "[default: the checkpoint's recommended size].")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which ONNX precisions to make.")
 @click.option("--int8-targets", default="tensorrt,onnxruntime", show_default=True,
               help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU).")
@@ -620,7 +623,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 @click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
               help="With --auto-fallback: precision of the kept layers [default: fp16 for tensorrt, fp32 for onnxruntime].")
 @handle_errors
-def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
+def pipeline(arch, checkpoint, output_dir, height, width, size_text, precisions, int8_targets, calib_samples,
+             eval_samples,
              iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
@@ -629,9 +633,15 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
     from deploy_unet.report import stage_table, summary_table
 
     console = make_console()
+    depth = None
+    if size_text is not None:
+        from deploy_unet.data import parse_spatial_size
+
+        dims = parse_spatial_size(size_text)
+        (height, width), depth = dims[-2:], (dims[0] if len(dims) == 3 else None)
     config = PipelineConfig(
         output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
-        height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
+        height=height, width=width, depth=depth, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
