@@ -671,9 +671,11 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @cli.command("build-engine")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
-@click.option("--min-shape", metavar="BxCxHxW", help="Smallest input shape [default: 1xCxDxD, D = divisor].")
+@click.option("--min-shape", metavar="BxCxHxW", help="Smallest input shape [default: 1xCxDxD, D = divisor]; "
+                                                     "volumes: BxCxDxHxW, one divisor step per axis.")
 @click.option("--opt-shape", metavar="BxCxHxW", help="Shape TensorRT tunes for [default: the export shape].")
-@click.option("--max-shape", metavar="BxCxHxW", help="Largest input shape [default: 2x the export H and W].")
+@click.option("--max-shape", metavar="BxCxHxW", help="Largest input shape [default: 2x the export H and W "
+                                                     "(and D, for volumes)].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache to load and update (safe to share).")
 @click.option("--workspace", type=int, metavar="MiB", help="Workspace memory pool limit [default: TensorRT's].")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="Builder optimization level.")
