@@ -154,7 +154,8 @@ def export_onnx(
     start = time.perf_counter()
     times = StageTimes()
     net = net.eval()
-    divisor = divisor or getattr(net, "divisor", None)
+    known = _known_contract(net)  # a third-party net whose settings give its contract (MONAI's)
+    divisor = divisor or getattr(net, "divisor", None) or (known.divisor if known is not None else None)
     if not divisor:
         raise ConfigError("the net states no divisor; pass --divisor (2**number_of_poolings)")
     in_channels = in_channels or getattr(net, "in_channels", None) or 3
@@ -167,6 +168,11 @@ def export_onnx(
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
     arch = arch or getattr(net, "arch", None) or type(net).__name__
     contract = getattr(net, "shape_contract", None)
+    if contract is None and known is not None:
+        from deploy_unet.nets.known import reconcile_divisor
+
+        contract = reconcile_divisor(known, None if divisor == known.divisor else divisor, divisors, arch)
+        divisor, divisors, reason = contract.divisor, None, contract.reason
     output_mode = getattr(net, "output_mode", None)  # read before a PadInGraph wrapper hides it
     dims = _spatial_dims_of(net, contract, spatial_dims, depth)
     if divisors is not None and len(set(divisors)) > 1:
@@ -500,6 +506,15 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
         raise RuntimeError("onnxslim returned no model")
     onnx.checker.check_model(slim)
     return slim
+
+
+def _known_contract(net: nn.Module):
+    """``nets.known.stated_contract`` for a net that states no contract of its own, else None."""
+    if getattr(net, "shape_contract", None) is not None:
+        return None
+    from deploy_unet.nets.known import stated_contract
+
+    return stated_contract(net)
 
 
 def _spatial_dims_of(net: nn.Module, contract, spatial_dims: int | None, depth: int | None) -> int:

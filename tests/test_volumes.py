@@ -139,3 +139,19 @@ def test_cli_export_volume_sizes_and_refusals(tmp_path):
                               "padding=1", "--in-channels", "1", "--divisor", "2,4,4", "--size", "6x8x10",
                               "-o", str(aniso)])
     assert res.exit_code == 2 and "width 10 is not divisible by 4" in res.output
+
+
+def test_known_third_party_contracts_and_spatial_dims_from_the_net():
+    from deploy_unet.nets.known import reconcile_divisor, stated_contract, stated_spatial_dims
+
+    assert stated_spatial_dims(nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU())) == 3
+    assert stated_spatial_dims(nn.Conv2d(1, 2, 3)) == 2 and stated_contract(nn.Conv3d(1, 2, 3)) is None
+    monai = pytest.importorskip("monai.networks.nets")
+    dyn = monai.DynUNet(spatial_dims=3, in_channels=1, out_channels=2, kernel_size=[3, 3, 3],
+                        strides=[1, [1, 2, 2], [2, 2, 2]], upsample_kernel_size=[[1, 2, 2], [2, 2, 2]])
+    contract = stated_contract(dyn)
+    assert contract.axis_divisors == (2, 4, 4) and contract.spatial_dims == 3
+    assert stated_contract(monai.SegResNet(spatial_dims=3, init_filters=8)).axis_divisors == (8, 8, 8)
+    assert reconcile_divisor(contract, None, (4, 8, 8), "DynUNet").axis_divisors == (4, 8, 8)  # stricter: kept
+    with pytest.raises(ConfigError, match=r"--divisor 3,4,4 is not a multiple of DynUNet's own 2,4,4"):
+        reconcile_divisor(contract, None, (3, 4, 4), "DynUNet")
