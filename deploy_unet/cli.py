@@ -272,7 +272,26 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
 
 
 # --- validate, bench, pipeline (runners) ------------------------------------------------------------
-_BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
+_BACKEND_HELP = ("torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt | openvino "
+                 "(default: from the file type)")
+
+
+def _ov_options(func):
+    """--ov-device / --ov-precision: the openvino backend's device and inference precision."""
+    options = [
+        click.option("--ov-device", default=None, metavar="CPU|GPU|NPU|AUTO",
+                     help="openvino backend: the OpenVINO device [default: CPU]."),
+        click.option("--ov-precision", type=click.Choice(["auto", "f32", "bf16", "f16"]), default=None,
+                     help="openvino backend: inference precision [default: auto = OpenVINO's own, bf16 on CPUs with "
+                          "AVX512-BF16/AMX; recorded and gated as bf16]; f32 keeps full precision."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _ov(ov_device, ov_precision) -> dict:
+    return {"ov_device": ov_device, "ov_precision": ov_precision}
 
 
 def _speed_options(func):
@@ -327,14 +346,15 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
               help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
 @click.option("--tile-size", default=None, metavar="N|HxW",
               help="Tile input size, a valid one [default: the export size in the metadata].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Which default gates apply (default: the candidate's metadata).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Which default gates apply (default: the candidate's metadata, or what the runner ran).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
               help="Override a gate, e.g. --gate rel_l2=1e-3 --gate mask_agreement=99.5.")
 @click.option("--allow-tf32", is_flag=True,
               help="Let torch on CUDA run fp32 convolutions/matmuls in TF32 (faster, ~1e-4 rel error); loosens the "
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @_speed_options
+@_ov_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
               help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
@@ -350,14 +370,16 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 @handle_errors
 def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path, gallery_dir, per_layer, layers_json, layers_plot, top):
+                     compile_mode, ov_device, ov_precision, json_path, gallery_dir, per_layer, layers_json,
+                     layers_plot, top):
     """Compare each CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts, validate_artifacts_many
 
     options = dict(data=data, samples=samples, ref_backend=ref_backend, checkpoint=checkpoint, pad=pad,
                    gates=parse_gates(gate_specs), device=device, allow_tf32=allow_tf32,
-                   candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                   candidate_options={**_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                                      **_ov(ov_device, ov_precision)},
                    tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0)
     if per_layer:
         _check_per_layer(candidates, reference, tile)
@@ -414,7 +436,9 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 
 @cli.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--backend", default=None, help=f"Backend for every artifact: {_BACKEND_HELP}.")
+@click.option("--backend", default=None,
+              help=f"Backend for every artifact: {_BACKEND_HELP}; several, comma-separated (onnxruntime,openvino), "
+                   "time each artifact on each in the same interleaved rounds.")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, e.g. 1,4,8.")
 @click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
@@ -436,6 +460,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.option("--tile-size", default=None, metavar="N|HxW",
               help="Tile input size, a valid one [default: the export size in the metadata].")
 @_speed_options
+@_ov_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -444,7 +469,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, rounds, threads, checkpoint, device, pad,
                   output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
-                  json_path, markdown_path, plot_path):
+                  ov_device, ov_precision, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -457,7 +482,8 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, rounds=rounds, threads=threads, pad=pad,
         runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32,
-                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                        **_ov(ov_device, ov_precision)},
         tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
@@ -495,11 +521,12 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--threads", default=None, type=int, help="Intra-op threads (torch and ONNX Runtime).")
 @click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @_speed_options
+@_ov_options
 @handle_errors
 def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
                     output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
-                    cuda_graph, compile_mode):
-    """Run ARTIFACT (.pt, .onnx, .engine) on INPUTS (image files, folders, .npy) and write a mask per image.
+                    cuda_graph, compile_mode, ov_device, ov_precision):
+    """Run ARTIFACT (.pt, .onnx, .engine, OpenVINO .xml) on INPUTS (image files, folders, .npy) and write a mask per image.
 
     Masks come out at each image's own size: indexed PNGs (pixel = class id, with a palette), overlays with a
     legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
@@ -516,7 +543,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
         resize=parse_size(resize_text) if resize_text else None, tile=tile, tile_size=_tile_size(tile_size),
         output=output_kind, save_probs=save_probs, overlays=overlays, threads=threads,
         runner_options={"allow_tf32": allow_tf32 or None,
-                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                        **_ov(ov_device, ov_precision)},
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     data = report.to_dict()
@@ -749,10 +777,11 @@ def _hw(text: str | None) -> tuple[int, int] | None:
               help="Seconds Triton waits for in-flight requests and open connections at shutdown.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
+@_ov_options
 @handle_errors
 def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
                   model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
-                  output_kind, max_size, exit_timeout, log_file):
+                  output_kind, max_size, exit_timeout, log_file, ov_device, ov_precision):
     """Serve ARTIFACT (.pt, .onnx, .engine) with the project's runner on a real Triton server (PyTriton)."""
     from deploy_unet.serving.server import ServeOptions, serve_until_signal
 
@@ -761,7 +790,7 @@ def serve_command(artifact, backend, checkpoint, device, threads, host, http_por
         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, model_name=model_name,
         max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, dynamic_batching=not no_dynamic_batching,
         instances=instances, input_kind=input_kind, output=output_kind, max_size=_hw(max_size),
-        exit_timeout_s=exit_timeout, log_file=log_file,
+        exit_timeout_s=exit_timeout, log_file=log_file, ov_device=ov_device, ov_precision=ov_precision,
     )
 
     def ready(service):

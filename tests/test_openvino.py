@@ -1,0 +1,182 @@
+"""The openvino backend on the shipped UNet's own ONNX files (fp32, fp16, int8 in both Q/DQ placements),
+against ONNX Runtime on the same files, and the precision it records and is gated by."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
+from deploy_unet.runtime import open_runner
+from deploy_unet.runtime.base import runner_precision
+
+ov = pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'deploy-unet[openvino]')")
+
+SIZE = 64
+
+
+def _bf16_cpu() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def unet_files(tmp_path_factory):
+    """The shipped UNet exported as the pipeline does, and its fp16 and int8 (both placements) files."""
+    from deploy_unet.export import export_onnx
+    from deploy_unet.nets.loading import load_net
+    from deploy_unet.precision import quantize
+    from deploy_unet.shipped import checkpoint
+
+    out = tmp_path_factory.mktemp("ov")
+    loaded = load_net(checkpoint=checkpoint("unet"))
+    fp32 = out / "unet.onnx"
+    export_onnx(loaded.net, fp32, height=SIZE, width=SIZE, mean=loaded.mean, std=loaded.std, arch=loaded.arch,
+                net_config=loaded.net_config, checkpoint_sha256=loaded.checkpoint.sha256)
+    files = {"fp32": fp32}
+    common = dict(calib="synthetic:seed=1", calib_samples=8, eval_source=None, progress=False,
+                  calib_cache=out / "calib.json")
+    files["fp16"] = quantize(fp32, "fp16", target="tensorrt", **common).path
+    files["int8-tensorrt"] = quantize(fp32, "int8", target="tensorrt", **common).path
+    files["int8-onnxruntime"] = quantize(fp32, "int8", target="onnxruntime", **common).path
+    return files
+
+
+@pytest.fixture(scope="module")
+def images():
+    from deploy_unet.data import SyntheticSpec, synthetic_batch
+
+    raw = synthetic_batch(SyntheticSpec(seed=2, height=SIZE, width=SIZE), 0, 2, num_classes=4)[0]
+    return raw.astype(np.float32)
+
+
+def _run(path, backend, x, **options):
+    with open_runner(path, backend, **options) as runner:
+        (name,) = runner.input_spec
+        return runner.infer({name: x})[runner.output_names[0]], runner
+
+
+def _compare(a, b):
+    rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+    masks = float((a.argmax(1) == b.argmax(1)).mean() * 100)
+    return rel, cos, masks
+
+
+# (file, --ov-precision, max rel L2 vs ORT on the same file, min mask agreement %): f32 is the same math as ORT's
+# fp32 (fp16 weights widened as ORT does); int8 of the onnxruntime placement runs the same u8/s8 grid as ORT's
+# fused int8 convolutions; the TensorRT placement (symmetric int8 activations) runs int8 on OpenVINO but
+# dequantize + fp32 on ORT, and rounds differently there (measured rel L2 ~0.15 vs PyTorch, masks 99.9%).
+CASES = [
+    ("fp32", "f32", 1e-4, 99.9),
+    ("fp16", "f32", 1e-3, 99.9),
+    ("int8-onnxruntime", "f32", 0.05, 99.0),
+    ("int8-tensorrt", "f32", 0.35, 97.0),
+]
+
+
+@pytest.mark.parametrize("key,precision,max_rel,min_masks", CASES)
+def test_openvino_matches_onnxruntime_on_the_shipped_unet(unet_files, images, key, precision, max_rel, min_masks):
+    ref, _ = _run(unet_files[key], "onnxruntime", images)
+    got, runner = _run(unet_files[key], "openvino", images, ov_precision=precision)
+    rel, cos, masks = _compare(got, ref)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert rel <= max_rel, f"{key}: rel L2 {rel:.3g} vs ORT"
+    assert masks >= min_masks, f"{key}: masks {masks:.2f}% vs ORT"
+    assert runner.inference_precision == "f32"
+    expected = "int8" if key.startswith("int8") else key
+    assert runner_precision(runner) == expected
+    if key.startswith("int8"):  # OpenVINO really runs the convolutions in int8
+        low, total = runner.int8_convolutions
+        assert total > 0 and low == total
+
+
+def test_auto_precision_is_read_back_and_recorded(unet_files, images):
+    ref, _ = _run(unet_files["fp32"], "onnxruntime", images)
+    got, runner = _run(unet_files["fp32"], "openvino", images)  # auto: OpenVINO's own default
+    assert runner.ov_precision == "auto"
+    assert runner.inference_precision == ("bf16" if _bf16_cpu() else "f32")
+    assert runner_precision(runner) == ("bf16" if _bf16_cpu() else "fp32")
+    assert runner.mode == runner_precision(runner)
+    rel, _, masks = _compare(got, ref)
+    assert rel <= 3e-2 and masks >= 99.0
+
+
+@pytest.mark.skipif(not _bf16_cpu(), reason="this CPU has no bf16 (AVX512-BF16/AMX): OpenVINO cannot run bf16 here")
+def test_forced_bf16_is_gated_as_bf16(unet_files):
+    from deploy_unet.validate import DEFAULT_GATES, validate_artifacts
+
+    report = validate_artifacts(unet_files["fp32"], unet_files["fp32"], backend="openvino", ref_backend="onnxruntime",
+                                samples=2, progress=False, data=f"synthetic:seed=2,size={SIZE}x{SIZE}",
+                                candidate_options={"ov_precision": "bf16"})
+    assert report.precision == "bf16"
+    assert {g.metric: g.threshold for g in report.gates} == DEFAULT_GATES["bf16"]
+    assert report.passed
+    # forced f32: the fp32 gates, and they hold
+    exact = validate_artifacts(unet_files["fp32"], unet_files["fp32"], backend="openvino", ref_backend="onnxruntime",
+                               samples=2, progress=False, data=f"synthetic:seed=2,size={SIZE}x{SIZE}",
+                               candidate_options={"ov_precision": "f32"})
+    assert exact.precision == "fp32" and exact.passed
+
+
+def test_bf16_gates_sit_between_fp16_and_int8():
+    from deploy_unet.validate import DEFAULT_GATES
+
+    for metric in ("rel_l2", "miou_drop"):
+        assert DEFAULT_GATES["fp16"][metric] < DEFAULT_GATES["bf16"][metric] < DEFAULT_GATES["int8"][metric]
+    for metric in ("cosine", "mask_agreement"):
+        assert DEFAULT_GATES["fp16"][metric] > DEFAULT_GATES["bf16"][metric] > DEFAULT_GATES["int8"][metric]
+
+
+def test_output_mask_and_batch(unet_files, images):
+    with open_runner(unet_files["fp32"], "openvino", ov_precision="f32", output="mask") as runner:
+        out = runner.infer({"input": images})
+    assert list(out) == ["mask"] and out["mask"].shape == (2, SIZE, SIZE) and out["mask"].dtype == np.uint8
+
+
+def test_unknown_device_is_one_line(unet_files):
+    with pytest.raises(ConfigError, match="OpenVINO device 'TPU' is not available here.*--ov-device"):
+        with open_runner(unet_files["fp32"], "openvino", ov_device="TPU"):
+            pass
+
+
+def test_openvino_options_on_another_backend_are_refused(unet_files):
+    with pytest.raises(ConfigError, match="--ov-precision applies to the openvino backend only"):
+        open_runner(unet_files["fp32"], "onnxruntime", ov_precision="f32")
+
+
+def test_bad_precision_name_is_refused(unet_files):
+    with pytest.raises(ConfigError, match="--ov-precision 'fp64' is not valid"):
+        open_runner(unet_files["fp32"], "openvino", ov_precision="fp64")
+
+
+def test_missing_extra_is_one_line(unet_files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'deploy-unet\[openvino\]'"):
+        with open_runner(unet_files["fp32"], "openvino"):
+            pass
+
+
+def test_bad_ir_is_one_line(tmp_path):
+    xml = tmp_path / "broken.xml"
+    xml.write_text("<net name='x' version='11'><layers><layer id='0' type='Nope'/></layers></net>")
+    with pytest.raises(ArtifactError, match="no broken.bin beside it"):
+        open_runner(xml)
+    (tmp_path / "broken.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(ArtifactError, match="OpenVINO cannot read .*broken.xml"):
+        with open_runner(xml):
+            pass
+
+
+def test_cli_validate_runs_the_openvino_backend(unet_files, tmp_path):
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+    from deploy_unet.shipped import checkpoint
+
+    result = CliRunner().invoke(cli, ["validate", str(unet_files["int8-onnxruntime"]), "--backend", "openvino",
+                                      "-r", str(checkpoint("unet")), "-n", "2",
+                                      "--data", f"synthetic:seed=2,size={SIZE}x{SIZE}"])
+    assert result.exit_code == 0, result.output
+    assert "openvino" in result.output and "passed all int8 gates" in result.output
