@@ -168,8 +168,10 @@ def _table(title: str, columns: Sequence[str], rows: list[list[str]]):
     for i, col in enumerate(columns):
         # Numbers never wrap mid-digit; the (long) first column folds instead.
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i > 0)
-    for row in rows:
-        table.add_row(*row)
+    from rich.markup import escape
+
+    for row in rows:  # escaped: a label's "[openvino bf16]" is text, not rich markup
+        table.add_row(*(escape(cell) for cell in row))
     return table
 
 

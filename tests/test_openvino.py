@@ -180,3 +180,29 @@ def test_cli_validate_runs_the_openvino_backend(unet_files, tmp_path):
                                       "--data", f"synthetic:seed=2,size={SIZE}x{SIZE}"])
     assert result.exit_code == 0, result.output
     assert "openvino" in result.output and "passed all int8 gates" in result.output
+
+
+def test_bench_times_several_backends_in_the_same_rounds(thin_unet_onnx):
+    from deploy_unet.bench import bench
+
+    _, thin_unet_onnx = thin_unet_onnx
+    report = bench([thin_unet_onnx], backend="onnxruntime,openvino", iters=4, rounds=2, warmup=1, sizes=[(32, 32)],
+                   batches=[1, 2], progress=False, runner_options={"ov_precision": "f32"})
+    labels = [r.label for r in report.results]
+    name = thin_unet_onnx.name
+    assert labels == [f"{name} [onnxruntime fp32]"] * 2 + [f"{name} [openvino fp32]"] * 2
+    assert [r.backend for r in report.results] == ["onnxruntime"] * 2 + ["openvino"] * 2
+    for r in report.results:  # every configuration had its turn in each of the same rounds
+        assert r.rounds == 2 and len(r.round_medians_ms) == 2 and r.iters == 4
+    ov_b1 = next(r for r in report.results if r.backend == "openvino" and r.batch == 1)
+    assert len(ov_b1.speedup_rounds) == 2  # against ORT at the same batch, round by round
+
+
+def test_bench_backend_list_errors(thin_unet_onnx):
+    from deploy_unet.bench import bench
+
+    _, thin_unet_onnx = thin_unet_onnx
+    with pytest.raises(ConfigError, match="names a backend twice"):
+        bench([thin_unet_onnx], backend="openvino,openvino", iters=1, progress=False)
+    with pytest.raises(ConfigError, match="cannot run a .onnx file|not known"):
+        bench([thin_unet_onnx], backend="onnxruntime,tensorrt", iters=1, progress=False)
