@@ -590,9 +590,12 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                    "(searched on synthetic:seed=3, validated on seed=2 as usual).")
 @click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
               help="With --auto-fallback: precision of the kept layers [default: fp16 for tensorrt, fp32 for onnxruntime].")
+@click.option("--openvino/--no-openvino", default=True, show_default=True,
+              help="Also validate and time every ONNX on OpenVINO (CPU) when the openvino extra is installed.")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
-             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision):
+             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision,
+             openvino):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -607,7 +610,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
         engine_lib=None if engine_lib == "auto" else engine_lib, auto_fallback=auto_fallback,
-        fallback_precision=fallback_precision,
+        fallback_precision=fallback_precision, openvino="auto" if openvino else "off",
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))

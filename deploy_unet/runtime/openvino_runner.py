@@ -144,6 +144,7 @@ class OpenVinoRunner(Runner):
         self.inference_precision = ""  # read back from the compiled model: f32 | bf16 | f16
         self.execution_devices: list[str] = []
         self.int8_convolutions = (0, 0)  # (convolutions running in u8/i8, convolutions) in the runtime model
+        self.concats_rewritten = 0  # openvino/graph.py: shared-scale Q/DQ Concats folded (the file is unchanged)
 
     # -- what runs -------------------------------------------------------------------------------
     @property
@@ -183,10 +184,7 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.threads or cpu_info().usable_cpus)
         if self.ov_precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = self.ov_precision
-        try:
-            model = core.read_model(os.fspath(self.path))
-        except Exception as exc:
-            raise ArtifactError(f"OpenVINO cannot read {self.path}: {exc}".splitlines()[0]) from None
+        model = self._read_model(core)
         try:
             self.compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -204,6 +202,29 @@ class OpenVinoRunner(Runner):
         self.int8_convolutions = _int8_convolutions(self.compiled)
         self.request = self.compiled.create_infer_request()
 
+    def _read_model(self, core):
+        """The IR as is; an ONNX with the lossless Concat/DequantizeLinear rewrite (``openvino/graph.py``) applied
+        in memory when it has shared-scale Q/DQ Concats (the TensorRT placement's skip connections)."""
+        path = self.path
+        try:
+            if path.suffix.lower() == ".onnx":
+                import tempfile
+
+                from deploy_unet.openvino.graph import fold_concat_dequantize
+
+                model = load_onnx(path)
+                self.concats_rewritten = fold_concat_dequantize(model)
+                if self.concats_rewritten:
+                    with tempfile.TemporaryDirectory(prefix="deploy-unet-ov-") as tmp:
+                        rewritten = Path(tmp) / path.name
+                        onnx_save(model, rewritten)
+                        return core.read_model(os.fspath(rewritten))
+            return core.read_model(os.fspath(path))
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"OpenVINO cannot read {path}: {exc}".splitlines()[0]) from None
+
     def _deactivate(self) -> None:
         self.request = None
         self.compiled = None
@@ -212,7 +233,8 @@ class OpenVinoRunner(Runner):
         """What ran, for reports and JSON."""
         return {"device": self.device, "execution_devices": self.execution_devices,
                 "ov_precision": self.ov_precision, "inference_precision": self.inference_precision,
-                "precision": self.precision, "int8_convolutions": list(self.int8_convolutions)}
+                "precision": self.precision, "int8_convolutions": list(self.int8_convolutions),
+                "concats_rewritten": self.concats_rewritten}
 
     # -- protocol --------------------------------------------------------------------------------
     @property
@@ -245,6 +267,12 @@ class OpenVinoRunner(Runner):
         if self.output == MASK_OUTPUT:
             return {MASK_OUTPUT: argmax_mask(next(iter(outputs.values())))}
         return outputs
+
+
+def onnx_save(model, path) -> None:
+    import onnx
+
+    onnx.save(model, os.fspath(path))
 
 
 def _read_precision(compiled) -> str:
