@@ -279,8 +279,9 @@ def _openvino_artifacts(config: PipelineConfig, onnx_artifacts: list[Artifact]) 
 
 
 def fastest_cpu_path(bench_report, validations, candidates: list[Artifact]) -> str:
-    """One line: the fastest CPU path that passed its gates, against ONNX Runtime fp32 and against the fastest ONNX
-    Runtime path, from this run's rounds (the median of the per-round ratios, and their min-max)."""
+    """One line: the fastest CPU path that passed its gates, against ONNX Runtime fp32 and against ONNX Runtime's
+    fastest, from this run's rounds: ranked by the median of the per-round speedups over ORT fp32; each speedup
+    given as that median and its min-max over the rounds ("not separable" where the min-max includes 1)."""
     import numpy as np
 
     from deploy_unet.bench import round_ratios
@@ -288,23 +289,32 @@ def fastest_cpu_path(bench_report, validations, candidates: list[Artifact]) -> s
     passed = {(os.path.abspath(v.candidate), v.candidate_backend.split()[0]) for v in validations if v.passed}
     cpu = [r for r in bench_report.results if r.backend in ("onnxruntime", "openvino")
            and (os.path.abspath(r.artifact), r.backend) in passed]
-    ort = [r for r in cpu if r.backend == "onnxruntime"]
-    base = next((r for r in ort if r.precision == "fp32"), None)
-    if not cpu or base is None:
+    base = next((r for r in cpu if r.backend == "onnxruntime" and r.precision == "fp32"), None)
+    if base is None:
         return ""
-    best = min(cpu, key=lambda r: r.latency_ms.median)
 
-    def vs(other) -> str:
-        ratios = round_ratios(other, best)
+    def speedup(r) -> float:  # base's round median over r's, round by round
+        ratios = round_ratios(base, r)
+        return float(np.median(ratios)) if ratios else base.latency_ms.median / r.latency_ms.median
+
+    def name(r) -> str:
+        return f"{Path(r.artifact).name} on {r.backend} ({r.precision})"
+
+    def vs(fast, slow) -> str:
+        ratios = round_ratios(slow, fast)
         if not ratios:
-            return f"{other.latency_ms.median / best.latency_ms.median:.2f}x"
-        return f"{float(np.median(ratios)):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+            return f"{slow.latency_ms.median / fast.latency_ms.median:.2f}x"
+        low, high = min(ratios), max(ratios)
+        text = f"{float(np.median(ratios)):.2f}x (rounds {low:.2f}-{high:.2f}x)"
+        return text + (", not separable on this run" if low <= 1.0 <= high else "")
 
-    line = (f"fastest CPU path on this machine (gates passed): {best.label}, {best.precision}, "
-            f"{best.latency_ms.median:.2f} ms; {vs(base)} faster than ONNX Runtime fp32")
-    best_ort = min(ort, key=lambda r: r.latency_ms.median)
-    if best.backend != "onnxruntime" and best_ort is not base:
-        line += f", {vs(best_ort)} faster than ONNX Runtime's fastest ({best_ort.label})"
+    best = max(cpu, key=speedup)
+    line = (f"fastest CPU path on this machine (gates passed): {name(best)}, {best.latency_ms.median:.2f} ms; "
+            f"{vs(best, base)} faster than ONNX Runtime fp32" if best is not base else
+            f"fastest CPU path on this machine (gates passed): {name(best)}, {best.latency_ms.median:.2f} ms")
+    ort_best = max((r for r in cpu if r.backend == "onnxruntime"), key=speedup)
+    if best.backend != "onnxruntime" and ort_best is not base:
+        line += f"; {vs(best, ort_best)} faster than ONNX Runtime's fastest, {name(ort_best)}"
     return line
 
 

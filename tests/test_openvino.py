@@ -261,3 +261,29 @@ def test_pipeline_adds_openvino_rows_with_gates_and_speedups(tmp_path):
     assert "OpenVINO" in markdown and "[openvino" in markdown
     if any(v["passed"] for v in report["validation"]):
         assert "fastest CPU path on this machine" in markdown
+
+
+def test_fastest_cpu_path_ranks_by_round_ratios_and_only_paths_that_passed():
+    from types import SimpleNamespace as NS
+
+    from deploy_unet.pipeline import fastest_cpu_path
+
+    def result(name, backend, precision, rounds):
+        return NS(artifact=f"/x/{name}", backend=backend, precision=precision, round_medians_ms=rounds,
+                  latency_ms=NS(median=float(np.median(rounds))))
+
+    def check(name, backend, passed=True):
+        return NS(candidate=f"/x/{name}", candidate_backend=backend, passed=passed)
+
+    results = [result("m.pt", "torch", "fp32", [50, 50, 50]),
+               result("m.onnx", "onnxruntime", "fp32", [20, 40, 20]),
+               result("m.int8.ort.onnx", "onnxruntime", "int8", [10, 20, 10]),
+               result("m.onnx", "openvino", "bf16", [5, 10, 5]),
+               result("m.int8.onnx", "openvino", "int8", [2, 4, 2])]  # fastest, but failed its gate
+    checks = [check("m.onnx", "onnxruntime"), check("m.int8.ort.onnx", "onnxruntime int8"),
+              check("m.onnx", "openvino bf16"), check("m.int8.onnx", "openvino int8+bf16", passed=False)]
+    line = fastest_cpu_path(NS(results=results), checks, [])
+    assert line.startswith("fastest CPU path on this machine (gates passed): m.onnx on openvino (bf16), 5.00 ms")
+    assert "4.00x (rounds 4.00-4.00x) faster than ONNX Runtime fp32" in line
+    assert "2.00x (rounds 2.00-2.00x) faster than ONNX Runtime's fastest, m.int8.ort.onnx on onnxruntime" in line
+    assert fastest_cpu_path(NS(results=results), [], []) == ""  # nothing passed: no claim
