@@ -687,6 +687,29 @@ def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_
     click.echo(f"wrote {result.engine_path} ({result.seconds:.1f} s) and {result.manifest_path}")
 
 
+@cli.command("convert-openvino")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="IR file NAME.xml (NAME.bin and NAME.openvino.json beside it) [default: MODEL with .xml].")
+@click.option("--compress-fp16", is_flag=True,
+              help="Store float weights as fp16 (half the .bin; computed in the inference precision as usual).")
+@click.option("--ov-device", default="CPU", show_default=True, metavar="CPU|GPU|NPU|AUTO",
+              help="The device it is meant for (checked to exist here, recorded in the manifest).")
+@handle_errors
+def convert_openvino_command(model, output, compress_fp16, ov_device):
+    """Convert an ONNX file to OpenVINO IR (.xml + .bin) with a manifest, so a deployment loads it without converting.
+
+    Every command reads the IR like the ONNX (its deploy-unet metadata is carried over in the manifest):
+    `deploy-unet validate model.xml -r models/unet_synthetic.pt`.
+    """
+    from deploy_unet.openvino.convert import convert_openvino
+
+    result = convert_openvino(model, output, compress_fp16=compress_fp16, device=ov_device)
+    m = result.manifest
+    click.echo(f"wrote {result.xml}, {result.bin.name} and {result.manifest_path.name} (OpenVINO {m['openvino_version']}"
+               f", weights {m['precision_hints']['weights']}, {m['concats_rewritten']} Q/DQ Concat(s) folded)")
+
+
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors

@@ -287,3 +287,72 @@ def test_fastest_cpu_path_ranks_by_round_ratios_and_only_paths_that_passed():
     assert "4.00x (rounds 4.00-4.00x) faster than ONNX Runtime fp32" in line
     assert "2.00x (rounds 2.00-2.00x) faster than ONNX Runtime's fastest, m.int8.ort.onnx on onnxruntime" in line
     assert fastest_cpu_path(NS(results=results), [], []) == ""  # nothing passed: no claim
+
+
+def test_ir_round_trip_with_manifest(unet_files, images, tmp_path):
+    import json
+
+    from deploy_unet.fileio import sha256_file
+    from deploy_unet.metadata import read_model_info
+    from deploy_unet.openvino.convert import convert_openvino
+
+    src = unet_files["int8-tensorrt"]
+    result = convert_openvino(src, tmp_path / "ir" / "unet.int8.xml")
+    assert sorted(p.name for p in result.xml.parent.iterdir()) == [
+        "unet.int8.bin", "unet.int8.openvino.json", "unet.int8.xml"]  # no staging folder left
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["source_onnx_sha256"] == sha256_file(src) and manifest["bin_sha256"] == sha256_file(result.bin)
+    assert manifest["openvino_version"] == ov.__version__.split("-")[0] and manifest["device"] == "CPU"
+    assert manifest["concats_rewritten"] == 4 and manifest["compress_to_fp16"] is False
+    info = read_model_info(src)
+    from_onnx, onnx_runner = _run(src, "openvino", images, ov_precision="f32")
+    from_ir, ir_runner = _run(result.xml, None, images, ov_precision="f32")  # .xml: openvino by default
+    assert ir_runner.backend == "openvino" and ir_runner.info.divisor == info.divisor
+    assert ir_runner.info.mean == info.mean and ir_runner.info.precision == "int8" == runner_precision(ir_runner)
+    assert ir_runner.concats_rewritten == 4
+    np.testing.assert_allclose(from_ir, from_onnx, rtol=0, atol=1e-4)
+    # the shape contract comes from the carried-over metadata: a size off the divisor is refused as for the ONNX
+    from deploy_unet.errors import ShapeContractError
+
+    with open_runner(result.xml) as runner, pytest.raises(ShapeContractError):
+        runner.infer({"input": images[:, :, :-3, :-3]})
+    # a .bin changed after conversion is refused by its manifest
+    data = bytearray(result.bin.read_bytes())
+    data[-1] ^= 0xFF
+    result.bin.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        open_runner(result.xml)
+
+
+def test_ir_compressed_to_fp16_is_gated_as_fp16(unet_files, tmp_path):
+    from deploy_unet.openvino.convert import convert_openvino
+
+    result = convert_openvino(unet_files["fp32"], tmp_path / "w16.xml", compress_fp16=True)
+    assert result.bin.stat().st_size < 0.6 * unet_files["fp32"].stat().st_size
+    with open_runner(result.xml, ov_precision="f32") as runner:
+        assert runner_precision(runner) == "fp16"
+
+
+def test_convert_refusals_leave_nothing(tmp_path, unet_files):
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    result = CliRunner().invoke(cli, ["convert-openvino", str(bad), "-o", str(tmp_path / "out" / "m.xml")])
+    assert result.exit_code == 2 and result.output.startswith("error:") and len(result.output.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    result = CliRunner().invoke(cli, ["convert-openvino", str(unet_files["fp32"]), "-o", str(tmp_path / "m.bin")])
+    assert result.exit_code == 2 and "must end in .xml" in result.output
+
+
+def test_doctor_reports_openvino_devices_and_int8_bf16_flags():
+    from deploy_unet.doctor import format_report, run_doctor
+
+    report = run_doctor()
+    assert report.openvino["version"] and "CPU" in report.openvino["devices"]
+    assert set(report.openvino["isa"]) >= {"AVX512-VNNI", "AVX512-BF16", "AMX-INT8", "AMX-BF16"}
+    assert report.backend("openvino").usable
+    text = format_report(report)
+    assert "OpenVINO" in text and "int8/bf16 ISA" in text

@@ -219,6 +219,7 @@ class OpenVinoRunner(Runner):
                         rewritten = Path(tmp) / path.name
                         onnx_save(model, rewritten)
                         return core.read_model(os.fspath(rewritten))
+            self.concats_rewritten = int((self.manifest or {}).get("concats_rewritten", 0))  # done at conversion
             return core.read_model(os.fspath(path))
         except ArtifactError:
             raise
