@@ -734,6 +734,10 @@ def doctor_command(as_json):
 @click.option("--accelerator", type=click.Choice(["none", "tensorrt"]), default="none", show_default=True,
               help="ONNX files: ONNX Runtime's TensorRT execution provider (precision from the graph, engine and "
                    "timing caches on).")
+@click.option("--backend", "repo_backend", type=click.Choice(["auto", "openvino"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime for .onnx, TensorRT for engines; openvino: Triton's OpenVINO backend (each ONNX "
+                   "converted to IR with convert-openvino, instances on the CPU).")
+@click.option("--ov-device", default="CPU", show_default=True, help="--backend openvino: the TARGET_DEVICE.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="instance_group kind of each model.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances per model.")
@@ -747,12 +751,14 @@ def doctor_command(as_json):
 @click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @handle_errors
-def triton_repo_command(artifacts, output_dir, names, accelerator, kind, instances, max_batch, max_queue_delay_us,
+def triton_repo_command(artifacts, output_dir, names, accelerator, repo_backend, ov_device, kind, instances, max_batch,
+                        max_queue_delay_us,
                         no_dynamic_batching, ensemble, no_warmup, force):
     """Write a Triton Inference Server model repository for ONNX files and TensorRT engines."""
     from deploy_unet.serving.repository import RepositoryOptions, write_repository
 
-    options = RepositoryOptions(accelerator=accelerator, instances=instances, kind=kind, max_batch=max_batch,
+    options = RepositoryOptions(accelerator=accelerator, backend=repo_backend, ov_device=ov_device, instances=instances,
+                                kind=kind, max_batch=max_batch,
                                 dynamic_batching=not no_dynamic_batching, max_queue_delay_us=max_queue_delay_us,
                                 ensemble=ensemble, warmup=not no_warmup)
     repo = write_repository(list(artifacts), output_dir, options, names=list(names) or None, force=force)

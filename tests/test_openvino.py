@@ -356,3 +356,58 @@ def test_doctor_reports_openvino_devices_and_int8_bf16_flags():
     assert report.backend("openvino").usable
     text = format_report(report)
     assert "OpenVINO" in text and "int8/bf16 ISA" in text
+
+
+def test_triton_repo_openvino_backend_configs_parse_with_tritons_schema(unet_files, tmp_path):
+    """triton-repo --backend openvino: Triton's OpenVINO backend, model.xml + model.bin converted here."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient (the serve extra)")
+    from click.testing import CliRunner
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from deploy_unet.cli import cli
+
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["triton-repo", str(unet_files["int8-tensorrt"]), "-o", str(out),
+                                      "--backend", "openvino", "--name", "unet_ov", "--ensemble"])
+    assert result.exit_code == 0, result.output
+    assert "parsed with Triton's model_config schema" in result.output
+    config = text_format.Parse((out / "unet_ov" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.backend == "openvino" and not config.platform
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "TARGET_DEVICE": "CPU"}
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_CPU"
+    assert config.max_batch_size == 8 and list(config.input[0].dims) == [3, -1, -1]
+    version = out / "unet_ov" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.bin", "model.openvino.json", "model.xml"]
+    with open_runner(version / "model.xml") as runner:  # the IR Triton loads runs here as the ONNX did
+        assert runner.concats_rewritten == 4 and runner_precision(runner) == "int8"
+    assert (out / "unet_ov_ensemble" / "config.pbtxt").is_file()
+    refused = CliRunner().invoke(cli, ["triton-repo", str(unet_files["fp32"]), "-o", str(tmp_path / "r2"),
+                                       "--backend", "openvino", "--accelerator", "tensorrt"])
+    assert refused.exit_code == 2 and "--accelerator applies to ONNX Runtime's backend" in refused.output
+
+
+@pytest.mark.serve
+def test_serve_runs_the_openvino_runner(thin_unet_onnx):
+    """`deploy-unet serve --backend openvino` on the real bundled Triton: answers equal the in-process runner."""
+    from serving_helpers import ServeProcess, require_serve_extra
+
+    require_serve_extra()
+    import tritonclient.http as httpclient
+
+    _, path = thin_unet_onnx
+    proc = ServeProcess.ready(path, "--backend", "openvino", "--ov-precision", "f32", "--threads", "1",
+                              "--instances", "1", "--max-size", "64x64", "--model-name", "thin_ov", model="thin_ov")
+    try:
+        x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        with open_runner(path, "openvino", ov_precision="f32", threads=1) as runner:
+            expected = runner.infer({"input": x})["logits"]
+        client = httpclient.InferenceServerClient(proc.http_url)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        served = client.infer("thin_ov", [inp]).as_numpy("logits")
+        np.testing.assert_allclose(served, expected, rtol=0, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+        assert "openvino" in proc.stderr()
+    finally:
+        proc.cleanup()
