@@ -230,10 +230,13 @@ def inspect_command(file, as_json):
                    "error each adds from one layer-wise pass (cheaper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (default: MODEL.fp16.onnx, MODEL.int8.onnx, MODEL.int8.ort.onnx).")
+@click.option("--gate-backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="Where the accuracy gate (and --auto-fallback's search) runs the candidates: "
+                                      "openvino measures them as OpenVINO's CPU device runs them.")
 @handle_errors
 def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
              no_eval, max_dice_drop, min_mask_agreement, max_rel_l2, auto_fallback, fallback_precision, exclude,
-             exclude_op_type, rank, output):
+             exclude_op_type, rank, output, gate_backend):
     """Make an fp16 or int8 (explicit Q/DQ) ONNX from an fp32 export, calibrated and accuracy-gated."""
     from deploy_unet.precision import check_gate
     from deploy_unet.precision import quantize as run_quantize
@@ -244,6 +247,7 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
         max_dice_drop=max_dice_drop, output=output, keep_failed=debug_enabled(),
         min_mask_agreement=min_mask_agreement, max_rel_l2=max_rel_l2, auto_fallback=auto_fallback,
         fallback_precision=fallback_precision, exclude=exclude, exclude_op_types=exclude_op_type, rank=rank,
+        gate_backend=gate_backend,
     )
     how = "cached ranges" if result.from_cache else "calibrated"
     where = f", target {result.target}" if precision == "int8" else ""

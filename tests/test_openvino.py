@@ -411,3 +411,23 @@ def test_serve_runs_the_openvino_runner(thin_unet_onnx):
         assert "openvino" in proc.stderr()
     finally:
         proc.cleanup()
+
+
+def test_quantize_gate_and_auto_fallback_on_openvino(unet_files, tmp_path):
+    from deploy_unet.data import load_samples
+    from deploy_unet.metadata import read_model_info
+    from deploy_unet.precision import gate, quantize
+
+    info = read_model_info(unet_files["fp32"])
+    samples = load_samples(f"synthetic:seed=2,size={SIZE}x{SIZE}", info, 4)
+    spec = gate.GateSpec(0.05, min_mask_agreement=95.0, max_rel_l2=0.15)
+    on_ort = gate.evaluate(unet_files["fp32"], unet_files["int8-tensorrt"], samples, info.num_classes, spec=spec)
+    on_ov = gate.evaluate(unet_files["fp32"], unet_files["int8-tensorrt"], samples, info.num_classes, spec=spec,
+                          backend="openvino")
+    assert on_ov.passed and on_ort.passed
+    assert abs(on_ov.mask_agreement - on_ort.mask_agreement) < 1.0 and on_ov.rel_l2 != on_ort.rel_l2  # it ran OV
+    result = quantize(unet_files["fp32"], "int8", target="tensorrt", calib="synthetic:seed=1", calib_samples=8,
+                      calib_cache=tmp_path / "c.json", eval_source=f"synthetic:seed=3,size={SIZE}x{SIZE}",
+                      eval_samples=4, auto_fallback=True, min_mask_agreement=95.0, max_rel_l2=0.15,
+                      output=tmp_path / "fb.onnx", progress=False, gate_backend="openvino")
+    assert result.gate is not None and result.gate.passed and result.fallback is not None
