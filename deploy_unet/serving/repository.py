@@ -487,6 +487,15 @@ def repository_readme(folders: list[ModelFolder], artifacts: list[Artifact], nam
         "Logits are large (UNet, 4 classes, batch 8 at 512x512: 33 MB): a gRPC client left at gRPC's 4 MB default "
         "receive limit fails on them (tritonclient raises its limit to 2 GB); prefer the ensemble's mask.",
     ]
+    if options.backend == "openvino":
+        lines += [
+            "",
+            "The main models run on Triton's OpenVINO backend (`backend: \"openvino\"`; the NVIDIA container includes "
+            "it): `1/model.xml` + `model.bin` were converted by `deploy-unet convert-openvino`, its manifest "
+            "`model.openvino.json` beside them. That backend has no switch to force f32: on CPUs with AVX512-BF16 or "
+            "AMX OpenVINO computes in bf16 (check with `deploy-unet validate model.xml --ov-precision auto`, gated "
+            "as bf16).",
+        ]
     if options.ensemble:
         lines += [
             "",
