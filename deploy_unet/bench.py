@@ -586,7 +586,8 @@ def bench(
         configs = expand_backends(artifacts, backend)
         runners = [stack.enter_context(open_runner(artifact, b, pad=pad, **tiling, **_options_for(b, artifact, options)))
                    for artifact, b in configs]
-        several = len({r.backend for r in runners}) > 1
+        # precision in the labels where one file runs on several backends (--backend onnxruntime,openvino)
+        several = len(set(configs)) > len({str(a) for a, _ in configs})
         artifacts = [a for a, _ in configs]
         labels = [_label(r, str(a), with_precision=several) for r, a in zip(runners, artifacts)]
         task = bar.add_task("bench", total=len(groups) * len(runners) * (iters or n_rounds)) if bar else None
