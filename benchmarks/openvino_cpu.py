@@ -165,7 +165,6 @@ def count_flops(path: Path, size: int) -> float:
         w = weights.get(node.input[1])
         if w is None:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if node.op_type == "Conv":  # out elements x (Cin/group x kh x kw)
             out = shapes[node.output[0]]
             macs += int(np.prod(out)) * int(np.prod(w[1:]))
