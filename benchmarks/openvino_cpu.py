@@ -333,7 +333,7 @@ def render(r: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Per-round ranges of every ratio are in `openvino_cpu.json` (`ratio_range`).", "",
               "## Fraction of the CPU's peak", "",
-              f"FLOPs per image (2 x MACs of every Conv/ConvTranspose): "
+              "FLOPs per image (2 x MACs of every Conv/ConvTranspose): "
               + ", ".join(f"{s}x{s}: {f / 1e9:.2f} GFLOP" for s, f in r["flops_per_image"].items())
               + f". Peak: {r['cpu_peak']['cores']} cores x {r['cpu_peak']['clock_ghz']:.2f} GHz x "
               f"{r['cpu_peak']['fma_pipes']} FMA pipes x {r['cpu_peak']['vector_lanes_fp32']} fp32 lanes x 2 = "
