@@ -556,7 +556,7 @@ def _ratio(base: float, value: float) -> float:
 
 
 def bench(
-    artifacts: Sequence[str | os.PathLike],
+    artifacts: Sequence[str | os.PathLike | tuple[str | os.PathLike, str | None]],
     *,
     backend: str | None = None,
     batches: Iterable[int] = (1,),
@@ -577,7 +577,11 @@ def bench(
     together; per batch and size the artifacts are timed in interleaved rounds (``bench_rounds``).
     ``rounds=1`` times each configuration in one block, one after the other.
 
-    ``tile``: time overlap-tile inference of whole images of each size (all tiles, stitching included)."""
+    ``tile``: time overlap-tile inference of whole images of each size (all tiles, stitching included).
+
+    ``backend`` may name several, comma-separated (``"onnxruntime,openvino"``): every artifact is then opened on
+    each, and all are timed in the same interleaved rounds, rows labelled by backend and precision. An artifact
+    given as ``(path, backend)`` runs on that backend only (the pipeline's ORT and OpenVINO rows)."""
     from deploy_unet.runtime import wait_policy
 
     if open_runner is None:
@@ -595,9 +599,13 @@ def bench(
     results: list[BenchResult] = []
     with contextlib.ExitStack() as stack, _progress(progress) as bar:
         tiling = {"tile": True, "tile_size": tile_size} if tile else {}
-        runners = [stack.enter_context(open_runner(artifact, backend, pad=pad, **tiling, **options))
-                   for artifact in artifacts]
-        labels = [_label(r, str(a)) for r, a in zip(runners, artifacts)]
+        configs = expand_backends(artifacts, backend)
+        runners = [stack.enter_context(open_runner(artifact, b, pad=pad, **tiling, **_options_for(b, artifact, options)))
+                   for artifact, b in configs]
+        # precision in the labels where one file runs on several backends (--backend onnxruntime,openvino)
+        several = len(set(configs)) > len({str(a) for a, _ in configs})
+        artifacts = [a for a, _ in configs]
+        labels = [_label(r, str(a), with_precision=several) for r, a in zip(runners, artifacts)]
         task = bar.add_task("bench", total=len(groups) * len(runners) * (iters or n_rounds)) if bar else None
 
         def turn(k: int, n: int, timer: ConfigTimer) -> None:
@@ -681,10 +689,38 @@ def _source(runner: Runner) -> str:
     return str(getattr(runner, "path", None) or getattr(runner, "source", None) or type(runner).__name__)
 
 
-def _label(runner: Runner, artifact: str = "") -> str:
+def _label(runner: Runner, artifact: str = "", with_precision: bool = False) -> str:
+    """``unet.onnx [onnxruntime]``; beside other backends also the precision: ``unet.onnx [onnxruntime fp32]``,
+    ``unet.onnx [openvino bf16]``, ``unet.int8.onnx [openvino int8+bf16]``."""
     name = os.path.basename(artifact or _source(runner))
     tiles = f" tiles {runner.tile_size[0]}x{runner.tile_size[1]}" if getattr(runner, "tile", False) else ""
-    return f"{name} [{backend_label(runner)}]{tiles}"
+    how = backend_label(runner)
+    if with_precision and how == runner.backend:
+        how = f"{how} {runner_precision(runner)}"
+    return f"{name} [{how}]{tiles}"
+
+
+def expand_backends(artifacts, backend: str | None) -> list[tuple[Any, str | None]]:
+    """(artifact, backend) per configuration: each plain artifact on every backend of ``backend``
+    (comma-separated, in that order), each ``(path, backend)`` pair as given."""
+    names = [b.strip() for b in (backend or "").split(",") if b.strip()] or [None]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"--backend {backend!r} names a backend twice; name each once")
+    configs = []
+    for artifact in artifacts:
+        if isinstance(artifact, tuple):
+            configs.append(artifact)
+        else:
+            configs += [(artifact, name) for name in names]
+    return configs
+
+
+def _options_for(backend: str | None, artifact, options: dict[str, Any]) -> dict[str, Any]:
+    """The runner options for one backend of a multi-backend run: the openvino-only ones go to openvino only."""
+    from deploy_unet.runtime import OPENVINO_ONLY_OPTIONS
+
+    openvino = backend == "openvino" or (backend is None and str(artifact).lower().endswith(".xml"))
+    return {k: v for k, v in options.items() if openvino or k not in OPENVINO_ONLY_OPTIONS}
 
 
 # ``deploy_unet.bench(artifacts, ...)`` is this stage's entry point.

@@ -286,10 +286,13 @@ def inspect_command(file, as_json):
                    "error each adds from one layer-wise pass (cheaper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (default: MODEL.fp16.onnx, MODEL.int8.onnx, MODEL.int8.ort.onnx).")
+@click.option("--gate-backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="Where the accuracy gate (and --auto-fallback's search) runs the candidates: "
+                                      "openvino measures them as OpenVINO's CPU device runs them.")
 @handle_errors
 def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
              no_eval, max_dice_drop, min_mask_agreement, max_rel_l2, auto_fallback, fallback_precision, exclude,
-             exclude_op_type, rank, output):
+             exclude_op_type, rank, output, gate_backend):
     """Make an fp16 or int8 (explicit Q/DQ) ONNX from an fp32 export, calibrated and accuracy-gated."""
     from deploy_unet.precision import check_gate
     from deploy_unet.precision import quantize as run_quantize
@@ -300,6 +303,7 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
         max_dice_drop=max_dice_drop, output=output, keep_failed=debug_enabled(),
         min_mask_agreement=min_mask_agreement, max_rel_l2=max_rel_l2, auto_fallback=auto_fallback,
         fallback_precision=fallback_precision, exclude=exclude, exclude_op_types=exclude_op_type, rank=rank,
+        gate_backend=gate_backend,
     )
     how = "cached ranges" if result.from_cache else "calibrated"
     where = f", target {result.target}" if precision == "int8" else ""
@@ -329,7 +333,26 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
 
 
 # --- validate, bench, pipeline (runners) ------------------------------------------------------------
-_BACKEND_HELP = "torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt (default: from the file type)"
+_BACKEND_HELP = ("torch | onnxruntime | onnxruntime-cuda | onnxruntime-trt | tensorrt | openvino "
+                 "(default: from the file type)")
+
+
+def _ov_options(func):
+    """--ov-device / --ov-precision: the openvino backend's device and inference precision."""
+    options = [
+        click.option("--ov-device", default=None, metavar="CPU|GPU|NPU|AUTO",
+                     help="openvino backend: the OpenVINO device [default: CPU]."),
+        click.option("--ov-precision", type=click.Choice(["auto", "f32", "bf16", "f16"]), default=None,
+                     help="openvino backend: inference precision [default: auto = OpenVINO's own, bf16 on CPUs with "
+                          "AVX512-BF16/AMX; recorded and gated as bf16]; f32 keeps full precision."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _ov(ov_device, ov_precision) -> dict:
+    return {"ov_device": ov_device, "ov_precision": ov_precision}
 
 
 def _speed_options(func):
@@ -384,14 +407,15 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
               help="Overlap-tile inference: any image size, full-size output (for --padding valid nets).")
 @click.option("--tile-size", default=None, metavar="N|HxW",
               help="Tile input size, a valid one [default: the export size in the metadata].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Which default gates apply (default: the candidate's metadata).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Which default gates apply (default: the candidate's metadata, or what the runner ran).")
 @click.option("--gate", "gate_specs", multiple=True, metavar="METRIC=VALUE",
               help="Override a gate, e.g. --gate rel_l2=1e-3 --gate mask_agreement=99.5.")
 @click.option("--allow-tf32", is_flag=True,
               help="Let torch on CUDA run fp32 convolutions/matmuls in TF32 (faster, ~1e-4 rel error); loosens the "
                    "fp32 gates to rel_l2 1e-3, cosine 0.9999. Default: true fp32.")
 @_speed_options
+@_ov_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report.")
 @click.option("--gallery", "gallery_dir", type=click.Path(file_okay=False), default=None,
               help="Write pictures of the samples of lowest mask agreement (image | reference | candidate | "
@@ -407,14 +431,16 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
 @handle_errors
 def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
-                     compile_mode, json_path, gallery_dir, per_layer, layers_json, layers_plot, top):
+                     compile_mode, ov_device, ov_precision, json_path, gallery_dir, per_layer, layers_json,
+                     layers_plot, top):
     """Compare each CANDIDATE's outputs with a reference on the same images; exit 1 when a gate fails."""
     from deploy_unet.report import GALLERY_SAMPLES, gate_table, validation_table, write_galleries, write_json
     from deploy_unet.validate import parse_gates, validate_artifacts, validate_artifacts_many
 
     options = dict(data=data, samples=samples, ref_backend=ref_backend, checkpoint=checkpoint, pad=pad,
                    gates=parse_gates(gate_specs), device=device, allow_tf32=allow_tf32,
-                   candidate_options=_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                   candidate_options={**_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                                      **_ov(ov_device, ov_precision)},
                    tile=tile, tile_size=_tile_size(tile_size), gallery=GALLERY_SAMPLES if gallery_dir else 0)
     if per_layer:
         _check_per_layer(candidates, reference, tile)
@@ -471,7 +497,9 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 
 @cli.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--backend", default=None, help=f"Backend for every artifact: {_BACKEND_HELP}.")
+@click.option("--backend", default=None,
+              help=f"Backend for every artifact: {_BACKEND_HELP}; several, comma-separated (onnxruntime,openvino), "
+                   "time each artifact on each in the same interleaved rounds.")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, e.g. 1,4,8.")
 @click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512 (DxHxW for volumes, e.g. 32x64x64).")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
@@ -493,6 +521,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.option("--tile-size", default=None, metavar="N|HxW",
               help="Tile input size, a valid one [default: the export size in the metadata].")
 @_speed_options
+@_ov_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as Markdown.")
@@ -501,7 +530,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @handle_errors
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, rounds, threads, checkpoint, device, pad,
                   output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
-                  json_path, markdown_path, plot_path):
+                  ov_device, ov_precision, json_path, markdown_path, plot_path):
     """Measure latency, throughput and peak memory of each ARTIFACT per batch and size."""
 
     from deploy_unet.bench import bench, parse_batches, parse_sizes
@@ -514,7 +543,8 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
         artifacts, backend=backend, batches=parse_batches(batch_text), sizes=parse_sizes(size_text), warmup=warmup,
         iters=iters if duration is None else None, duration=duration, rounds=rounds, threads=threads, pad=pad,
         runner_options={"checkpoint": checkpoint, "device": device, "output": output_kind, "allow_tf32": allow_tf32,
-                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                        **_ov(ov_device, ov_precision)},
         tile=tile, tile_size=_tile_size(tile_size),
     )
     console = make_console()
@@ -552,11 +582,12 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--threads", default=None, type=int, help="Intra-op threads (torch and ONNX Runtime).")
 @click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @_speed_options
+@_ov_options
 @handle_errors
 def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
                     output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
-                    cuda_graph, compile_mode):
-    """Run ARTIFACT (.pt, .onnx, .engine) on INPUTS (image files, folders, .npy) and write a mask per image.
+                    cuda_graph, compile_mode, ov_device, ov_precision):
+    """Run ARTIFACT (.pt, .onnx, .engine, OpenVINO .xml) on INPUTS (image files, folders, .npy) and write a mask per image.
 
     Masks come out at each image's own size: indexed PNGs (pixel = class id, with a palette), overlays with a
     legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
@@ -573,7 +604,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
         resize=parse_size(resize_text) if resize_text else None, tile=tile, tile_size=_tile_size(tile_size),
         output=output_kind, save_probs=save_probs, overlays=overlays, threads=threads,
         runner_options={"allow_tf32": allow_tf32 or None,
-                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode)},
+                        **_speed(torch_precision, channels_last, cuda_graph, compile_mode),
+                        **_ov(ov_device, ov_precision)},
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     data = report.to_dict()
@@ -622,10 +654,12 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                    "(searched on synthetic:seed=3, validated on seed=2 as usual).")
 @click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
               help="With --auto-fallback: precision of the kept layers [default: fp16 for tensorrt, fp32 for onnxruntime].")
+@click.option("--openvino/--no-openvino", default=True, show_default=True,
+              help="Also validate and time every ONNX on OpenVINO (CPU) when the openvino extra is installed.")
 @handle_errors
 def pipeline(arch, checkpoint, output_dir, height, width, size_text, precisions, int8_targets, calib_samples,
-             eval_samples,
-             iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision):
+             eval_samples, iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback,
+             fallback_precision, openvino):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
 
@@ -646,7 +680,7 @@ def pipeline(arch, checkpoint, output_dir, height, width, size_text, precisions,
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
         engine_lib=None if engine_lib == "auto" else engine_lib, auto_fallback=auto_fallback,
-        fallback_precision=fallback_precision,
+        fallback_precision=fallback_precision, openvino="auto" if openvino else "off",
     )
     with console.status("working") as status:
         result = run_pipeline(config, log=lambda msg: (console.print(msg), status.update(msg.strip())))
@@ -725,6 +759,29 @@ def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_
     click.echo(f"wrote {result.engine_path} ({result.seconds:.1f} s) and {result.manifest_path}")
 
 
+@cli.command("convert-openvino")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="IR file NAME.xml (NAME.bin and NAME.openvino.json beside it) [default: MODEL with .xml].")
+@click.option("--compress-fp16", is_flag=True,
+              help="Store float weights as fp16 (half the .bin; computed in the inference precision as usual).")
+@click.option("--ov-device", default="CPU", show_default=True, metavar="CPU|GPU|NPU|AUTO",
+              help="The device it is meant for (checked to exist here, recorded in the manifest).")
+@handle_errors
+def convert_openvino_command(model, output, compress_fp16, ov_device):
+    """Convert an ONNX file to OpenVINO IR (.xml + .bin) with a manifest, so a deployment loads it without converting.
+
+    Every command reads the IR like the ONNX (its deploy-unet metadata is carried over in the manifest):
+    `deploy-unet validate model.xml -r models/unet_synthetic.pt`.
+    """
+    from deploy_unet.openvino.convert import convert_openvino
+
+    result = convert_openvino(model, output, compress_fp16=compress_fp16, device=ov_device)
+    m = result.manifest
+    click.echo(f"wrote {result.xml}, {result.bin.name} and {result.manifest_path.name} (OpenVINO {m['openvino_version']}"
+               f", weights {m['precision_hints']['weights']}, {m['concats_rewritten']} Q/DQ Concat(s) folded)")
+
+
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
@@ -749,6 +806,10 @@ def doctor_command(as_json):
 @click.option("--accelerator", type=click.Choice(["none", "tensorrt"]), default="none", show_default=True,
               help="ONNX files: ONNX Runtime's TensorRT execution provider (precision from the graph, engine and "
                    "timing caches on).")
+@click.option("--backend", "repo_backend", type=click.Choice(["auto", "openvino"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime for .onnx, TensorRT for engines; openvino: Triton's OpenVINO backend (each ONNX "
+                   "converted to IR with convert-openvino, instances on the CPU).")
+@click.option("--ov-device", default="CPU", show_default=True, help="--backend openvino: the TARGET_DEVICE.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="instance_group kind of each model.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances per model.")
@@ -762,12 +823,14 @@ def doctor_command(as_json):
 @click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @handle_errors
-def triton_repo_command(artifacts, output_dir, names, accelerator, kind, instances, max_batch, max_queue_delay_us,
+def triton_repo_command(artifacts, output_dir, names, accelerator, repo_backend, ov_device, kind, instances, max_batch,
+                        max_queue_delay_us,
                         no_dynamic_batching, ensemble, no_warmup, force):
     """Write a Triton Inference Server model repository for ONNX files and TensorRT engines."""
     from deploy_unet.serving.repository import RepositoryOptions, write_repository
 
-    options = RepositoryOptions(accelerator=accelerator, instances=instances, kind=kind, max_batch=max_batch,
+    options = RepositoryOptions(accelerator=accelerator, backend=repo_backend, ov_device=ov_device, instances=instances,
+                                kind=kind, max_batch=max_batch,
                                 dynamic_batching=not no_dynamic_batching, max_queue_delay_us=max_queue_delay_us,
                                 ensemble=ensemble, warmup=not no_warmup)
     repo = write_repository(list(artifacts), output_dir, options, names=list(names) or None, force=force)
@@ -818,10 +881,11 @@ def _hw(text: str | None) -> tuple[int, int] | None:
               help="Seconds Triton waits for in-flight requests and open connections at shutdown.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
+@_ov_options
 @handle_errors
 def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
                   model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
-                  output_kind, max_size, exit_timeout, log_file):
+                  output_kind, max_size, exit_timeout, log_file, ov_device, ov_precision):
     """Serve ARTIFACT (.pt, .onnx, .engine) with the project's runner on a real Triton server (PyTriton)."""
     from deploy_unet.serving.server import ServeOptions, serve_until_signal
 
@@ -830,7 +894,7 @@ def serve_command(artifact, backend, checkpoint, device, threads, host, http_por
         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, model_name=model_name,
         max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, dynamic_batching=not no_dynamic_batching,
         instances=instances, input_kind=input_kind, output=output_kind, max_size=_hw(max_size),
-        exit_timeout_s=exit_timeout, log_file=log_file,
+        exit_timeout_s=exit_timeout, log_file=log_file, ov_device=ov_device, ov_precision=ov_precision,
     )
 
     def ready(service):

@@ -51,6 +51,7 @@ class DoctorReport:
     cuda: dict[str, Any]
     cpu: dict[str, Any] = field(default_factory=dict)  # machine.CpuInfo.to_json(): model, CPUs, quota, ISA
     checkpoints: dict[str, Any] = field(default_factory=dict)  # the shipped ones: folder, found, missing, error
+    openvino: dict[str, Any] = field(default_factory=dict)  # openvino/capabilities.py: devices, int8/bf16 ISA
     backends: list[Backend] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def run_doctor() -> DoctorReport:
         "tensorrt": getattr(trt, "__version__", None),
         "tensorrt-rtx": getattr(rtx, "__version__", None),
         "cuda-python": _dist_version("cuda-python", "cuda-bindings"),
+        "openvino": _dist_version("openvino"),
         "numpy": _dist_version("numpy"),
     }
     providers = list(ort.get_available_providers()) if ort else []
@@ -202,6 +204,17 @@ def run_doctor() -> DoctorReport:
         fixes.append(TORCH_CUDA_HINT)
     report.backends.append(
         _verdict("tensorrt-rtx", problems, fixes, lambda: f"TensorRT-RTX {rtx.__version__} on {gpu_text}"))
+
+    # openvino: the package and the devices it sees; the CPU's int8/bf16 flags decide how fast it runs
+    from deploy_unet.openvino.capabilities import openvino_capabilities
+
+    report.openvino = openvino_capabilities()
+    if report.openvino["version"] and report.openvino["devices"]:
+        report.backends.append(Backend("openvino", True, f"OpenVINO {report.openvino['version']} on "
+                                       f"{', '.join(report.openvino['devices'])}"))
+    else:
+        report.backends.append(Backend("openvino", False, report.openvino["error"] or "OpenVINO sees no device",
+                                       "pip install 'deploy-unet[openvino]'"))
     return report
 
 
@@ -261,6 +274,11 @@ def format_report(report: DoctorReport) -> str:
             text = f"not importable ({report.import_errors[name]})"
         lines.append(f"{name:<14} {text}")
     lines.append(f"{'ORT providers':<14} {', '.join(report.onnxruntime_providers) or '-'}")
+    if report.openvino:
+        from deploy_unet.openvino.capabilities import describe
+
+        for line in describe(report.openvino):
+            lines.append(f"{'openvino' if line.startswith('OpenVINO') else 'cpu int8/bf16':<14} {line}")
     ck = report.checkpoints
     if ck:
         text = f"{', '.join(ck['found']) or 'none'} (in {ck['dir']})" if ck["dir"] else f"none ({ck['error']})"

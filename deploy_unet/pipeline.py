@@ -49,6 +49,7 @@ class PipelineConfig:
     bench_tensorrt_qdq: bool = False  # also time the TensorRT-placement int8 ONNX on ONNX Runtime CPU
     auto_fallback: bool = False  # int8: keep the fewest layers in higher precision until the int8 gates hold
     fallback_precision: str | None = None  # fp16 (tensorrt placement default) | fp32
+    openvino: str = "auto"  # auto: also validate and time every ONNX on OpenVINO when it imports | off
 
 
 @dataclass
@@ -156,7 +157,11 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
             result.notes.append(note)
             log(f"      {note}")
 
-    candidates = onnx_artifacts + [e for e in engines if e.runnable]
+    ov_artifacts, ov_note = _openvino_artifacts(config, onnx_artifacts)
+    if ov_note:
+        result.notes.append(ov_note)
+        log(f"      {ov_note}")
+    candidates = onnx_artifacts + ov_artifacts + [e for e in engines if e.runnable]
     with timed("validate", f"validate every artifact against PyTorch ({config.eval_samples} held-out samples)"):
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
         validations = validate_artifacts_many(
@@ -165,7 +170,8 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         )
         times.add("reference (PyTorch) inference", validations[0].reference_seconds, "validate")
         for artifact, report in zip(candidates, validations):
-            times.add(f"{artifact.path.name} inference", report.candidate_seconds, "validate")
+            on = " (openvino)" if artifact.backend == "openvino" else ""
+            times.add(f"{artifact.path.name} inference{on}", report.candidate_seconds, "validate")
             result.failed_gates += [f"{artifact.path.name}: {g.describe()}" for g in report.failed_gates]
 
     timed_artifacts, untimed = _bench_selection(config, candidates)
@@ -176,14 +182,21 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
         log(f"      {note}")
     with timed("bench", f"benchmark (batch {config.bench_batch}, {size_text}, {config.bench_iters} iterations "
                         f"in {rounds} interleaved rounds)"):
-        bench_report = bench([reference.path] + [a.path for a in timed_artifacts], batches=(config.bench_batch,),
-                             sizes=(((depth,) if depth else ()) + (height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
+        bench_report = bench([reference.path] + [(a.path, a.backend) if a.backend else a.path for a in timed_artifacts],
+                             batches=(config.bench_batch,),
+                             sizes=(((depth,) if depth else ()) + (height, width),), warmup=config.bench_warmup,
+                             iters=config.bench_iters,
                              rounds=rounds, threads=threads, progress=False)
         for r in bench_report.results:
-            times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
+            times.add(f"{Path(r.artifact).name}" + (" (openvino)" if r.backend == "openvino" else ""), r.wall_seconds,
+                      "bench")
+        fastest = fastest_cpu_path(bench_report, validations, candidates)
+        if fastest:
+            result.notes.append(fastest)
+            log(f"      {fastest}")
 
     with timed("report", "report"):
-        result.artifacts = [reference] + onnx_artifacts + engines
+        result.artifacts = [reference] + onnx_artifacts + ov_artifacts + engines
         result.validations, result.bench = validations, bench_report
         extra = {
             "pipeline": {
@@ -251,8 +264,63 @@ def _bench_selection(config: PipelineConfig, candidates: list[Artifact]) -> tupl
     timing it there measures a configuration nobody deploys, so it is left out unless asked for."""
     untimed = [a for a in candidates
                if a.precision == "int8" and a.target == "tensorrt" and a.path.suffix == ".onnx"
-               and not config.bench_tensorrt_qdq]
+               and a.backend is None and not config.bench_tensorrt_qdq]  # OpenVINO runs it in int8: timed
     return [a for a in candidates if a not in untimed], untimed
+
+
+def _openvino_artifacts(config: PipelineConfig, onnx_artifacts: list[Artifact]) -> tuple[list[Artifact], str]:
+    """The OpenVINO path of every ONNX made (same files, backend openvino, its default precision: what it ran is
+    read back and gated), when the openvino extra imports; else a note saying how to get the rows."""
+    if config.openvino == "off":
+        return [], ""
+    try:
+        import openvino
+    except ImportError:
+        return [], "OpenVINO rows skipped: openvino is not installed (pip install 'deploy-unet[openvino]')"
+    rows = [Artifact("OpenVINO" + a.label[len("ONNX"):], a.path, a.precision, backend="openvino", target=a.target,
+                     note="OpenVINO on the same file (CPU, its default inference precision, recorded)")
+            for a in onnx_artifacts]
+    return rows, f"OpenVINO {openvino.__version__.split('-')[0]}: every ONNX also validated and timed on its CPU device"
+
+
+def fastest_cpu_path(bench_report, validations, candidates: list[Artifact]) -> str:
+    """One line: the fastest CPU path that passed its gates, against ONNX Runtime fp32 and against ONNX Runtime's
+    fastest, from this run's rounds: ranked by the median of the per-round speedups over ORT fp32; each speedup
+    given as that median and its min-max over the rounds ("not separable" where the min-max includes 1)."""
+    import numpy as np
+
+    from deploy_unet.bench import round_ratios
+
+    passed = {(os.path.abspath(v.candidate), v.candidate_backend.split()[0]) for v in validations if v.passed}
+    cpu = [r for r in bench_report.results if r.backend in ("onnxruntime", "openvino")
+           and (os.path.abspath(r.artifact), r.backend) in passed]
+    base = next((r for r in cpu if r.backend == "onnxruntime" and r.precision == "fp32"), None)
+    if base is None:
+        return ""
+
+    def speedup(r) -> float:  # base's round median over r's, round by round
+        ratios = round_ratios(base, r)
+        return float(np.median(ratios)) if ratios else base.latency_ms.median / r.latency_ms.median
+
+    def name(r) -> str:
+        return f"{Path(r.artifact).name} on {r.backend} ({r.precision})"
+
+    def vs(fast, slow) -> str:
+        ratios = round_ratios(slow, fast)
+        if not ratios:
+            return f"{slow.latency_ms.median / fast.latency_ms.median:.2f}x"
+        low, high = min(ratios), max(ratios)
+        text = f"{float(np.median(ratios)):.2f}x (rounds {low:.2f}-{high:.2f}x)"
+        return text + (", not separable on this run" if low <= 1.0 <= high else "")
+
+    best = max(cpu, key=speedup)
+    line = (f"fastest CPU path on this machine (gates passed): {name(best)}, {best.latency_ms.median:.2f} ms; "
+            f"{vs(best, base)} faster than ONNX Runtime fp32" if best is not base else
+            f"fastest CPU path on this machine (gates passed): {name(best)}, {best.latency_ms.median:.2f} ms")
+    ort_best = max((r for r in cpu if r.backend == "onnxruntime"), key=speedup)
+    if best.backend != "onnxruntime" and ort_best is not base:
+        line += f"; {vs(best, ort_best)} faster than ONNX Runtime's fastest, {name(ort_best)}"
+    return line
 
 
 def _size(config: PipelineConfig, loaded) -> tuple[int, int]:

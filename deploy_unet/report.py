@@ -176,8 +176,10 @@ def _table(title: str, columns: Sequence[str], rows: list[list[str]]):
     for i, col in enumerate(columns):
         # Numbers never wrap mid-digit; the (long) first column folds instead.
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i > 0)
-    for row in rows:
-        table.add_row(*row)
+    from rich.markup import escape
+
+    for row in rows:  # escaped: a label's "[openvino bf16]" is text, not rich markup
+        table.add_row(*(escape(cell) for cell in row))
     return table
 
 
@@ -186,15 +188,17 @@ SUMMARY_COLUMNS = ("artifact", "prec", "rel L2", "agree %", "Dice GT", "gates", 
 
 def summary_rows(validations: Sequence[ValidationReport], bench: BenchReport | None) -> list[list[str]]:
     """One row per artifact: the numbers a person compares first, parity and speed side by side."""
-    timings = {os.path.abspath(r.artifact): r for r in (bench.results if bench else [])}
+    timings = {(os.path.abspath(r.artifact), r.backend): r for r in (bench.results if bench else [])}
     base = _baselines(bench) if bench else {}
     rows = []
     for v in validations:
         out = v.outputs[0]
-        timing = timings.get(os.path.abspath(v.candidate))
+        backend = v.candidate_backend.split()[0] if v.candidate_backend else ""
+        timing = timings.get((os.path.abspath(v.candidate), backend))
         truth = out.candidate_vs_truth.mean_dice if out.candidate_vs_truth else None
         rows.append([
-            os.path.basename(v.candidate), v.precision, _num(out.rel_l2), _num(out.mask_agreement, 3), _num(truth, 4),
+            os.path.basename(v.candidate) + (" [openvino]" if backend == "openvino" else ""), v.precision,
+            _num(out.rel_l2), _num(out.mask_agreement, 3), _num(truth, 4),
             "pass" if v.passed else "FAIL: " + ", ".join(g.metric for g in v.failed_gates),
             _num(timing.latency_ms.median, 2) if timing else "-",
             speedup_cell(timing, base[id(timing)], with_range=True) if timing else "-",
@@ -300,6 +304,8 @@ def write_galleries(folder: str | os.PathLike, validations: Sequence[ValidationR
         if not v.gallery:
             continue
         name = os.path.basename(v.candidate)
+        if v.candidate_backend.startswith("openvino"):  # the same file on ONNX Runtime keeps its own pictures
+            name += ".openvino"
         heading = (f"{name} ({v.candidate_backend}, {v.precision}) vs {os.path.basename(v.reference)} "
                    f"({v.reference_backend}): {len(v.gallery)} lowest mask agreement of {v.num_samples} sample(s)")
         path = save_png(gallery_image(v.gallery, heading), Path(folder) / f"{name}.gallery.png")

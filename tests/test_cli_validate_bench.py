@@ -95,7 +95,7 @@ def test_bench_bad_inputs(paths, tmp_path):
     assert invoke("bench", paths["onnx"], "--size", "30x30", "--iters", 1, "--warmup", 0, "--pad").exit_code == 0
     assert_user_error(invoke("bench", paths["onnx"], "--iters", 2, "--duration", 1), "--iters and --duration")
     assert_user_error(invoke("bench", paths["onnx"], "--iters", 3, "--rounds", 5), "--rounds 5 needs at least 5")
-    assert_user_error(invoke("bench", paths["onnx"], "--backend", "openvino"), "choose one of")
+    assert_user_error(invoke("bench", paths["onnx"], "--backend", "coreml"), "choose one of")
     assert_user_error(invoke("bench", tmp_path / "model.bin"), "unknown extension")
     assert_user_error(invoke("bench", tmp_path / "missing.pt"), "does not exist")
     assert not list(tmp_path.iterdir())  # nothing half-written

@@ -13,7 +13,8 @@ from deploy_unet.cli import cli
 from deploy_unet.engine import device as device_mod
 from deploy_unet.engine.device import DeviceReport
 
-BACKENDS = ["torch-cpu", "torch-cuda", "torch-compile", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx"]
+BACKENDS = ["torch-cpu", "torch-cuda", "torch-compile", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx",
+            "openvino"]
 
 
 def _no_gpu(monkeypatch):

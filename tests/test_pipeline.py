@@ -23,7 +23,7 @@ def pipeline_run(tmp_path_factory):
     out = folder / "out"
     result = CliRunner().invoke(cli, [
         "pipeline", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64", "--width", "64",
-        "--calib-samples", "8", "--eval-samples", "4", "--iters", "3",
+        "--calib-samples", "8", "--eval-samples", "4", "--iters", "3", "--no-openvino",  # its rows: test_openvino.py
     ])
     return result, out
 

@@ -79,7 +79,7 @@ def test_open_runner_errors_name_the_valid_choices(artifacts, tmp_path):
         (tmp_path / "model.txt").write_text("x")
         open_runner(tmp_path / "model.txt")
     with pytest.raises(ConfigError, match="choose one of: " + ", ".join(BACKENDS)):
-        open_runner(artifacts["onnx"], "openvino")
+        open_runner(artifacts["onnx"], "coreml")
     with pytest.raises(ConfigError, match="cannot run a .pt file; for .pt choose one of: torch"):
         open_runner(artifacts["pt"], "onnxruntime")
     with pytest.raises(ArtifactError, match="does not exist"):

@@ -138,8 +138,8 @@ def test_gate_parsing():
         parse_gates(["psnr=30"])
     with pytest.raises(ConfigError, match="not a number"):
         parse_gates(["rel_l2=small"])
-    with pytest.raises(ConfigError, match="choose one of: fp32, fp16, int8"):
-        gates_for("bf16")
+    with pytest.raises(ConfigError, match="choose one of: fp32, fp16, bf16, int8"):
+        gates_for("fp8")
     assert DEFAULT_GATES["fp32"]["rel_l2"] < DEFAULT_GATES["fp16"]["rel_l2"] < DEFAULT_GATES["int8"]["rel_l2"]
 
 

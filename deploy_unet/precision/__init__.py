@@ -78,6 +78,7 @@ def quantize(
     exclude_op_types: Sequence[str] = (),
     rank: str = "revert",
     log: Callable[[str], None] | None = None,
+    gate_backend: str = "onnxruntime",
 ) -> QuantizeResult:
     """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
     (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
@@ -87,7 +88,8 @@ def quantize(
     ``min_mask_agreement``/``max_rel_l2`` when given); it does not raise on a failed gate: call
     ``check_gate(result)``. ``exclude``/``exclude_op_types`` keep the matching groups in ``fallback_precision``
     (fp16 for the tensorrt placement, fp32 for onnxruntime and for fp16 itself); ``auto_fallback`` searches
-    the fewest groups to keep there until the gate holds (``fallback.py``)."""
+    the fewest groups to keep there until the gate holds (``fallback.py``). ``gate_backend="openvino"`` runs the
+    candidates of the gate (and of the search) on OpenVINO's CPU device, as they will deploy there."""
     from deploy_unet.data import check_distinct_sources, load_samples
     from deploy_unet.precision import calibration, gate, mixed
     from deploy_unet.precision.int8 import TARGETS, check_opset
@@ -145,7 +147,8 @@ def quantize(
             with tempfile.TemporaryDirectory(prefix="deploy-unet-ref-") as tmp:
                 fp32_path = Path(tmp) / "fp32.onnx"
                 onnx.save(model, fp32_path)
-                evaluator = gate.GateEvaluator(fp32_path, samples, info.num_classes, spec, threads)
+                evaluator = gate.GateEvaluator(fp32_path, samples, info.num_classes, spec, threads,
+                                               backend=gate_backend)
             searched = search(model, calib_result, precision, target, evaluator, fallback=fallback_precision,
                               exclude=excluded, rank=rank, progress=progress, log=log, threads=threads)
             new_model, excluded = searched.model, {k: v for k, v in searched.kept.items() if k not in kept}
@@ -184,7 +187,8 @@ def quantize(
             keep = onnx_keeper(candidate, out) if keep_failed else None
             with times.stage("accuracy gate"), stage_errors("accuracy gate", name, keep):
                 samples = load_samples(eval_source, info, eval_samples)
-                report = gate.evaluate(model_path, candidate, samples, info.num_classes, threads=threads, spec=spec)
+                report = gate.evaluate(model_path, candidate, samples, info.num_classes, threads=threads, spec=spec,
+                                       backend=gate_backend)
         with atomic_path(out) as dst:
             dst.write_bytes(candidate.read_bytes())
     result = QuantizeResult(

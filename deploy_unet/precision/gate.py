@@ -182,10 +182,25 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return out
 
 
-def _logits(path: str | os.PathLike, images: np.ndarray, batch: int, threads: int | None, emulate: bool = True):
+def _logits(path: str | os.PathLike, images: np.ndarray, batch: int, threads: int | None, emulate: bool = True,
+            backend: str = "onnxruntime"):
     """Logits batches from an ONNX file on ORT CPU (overlap tiles when the net's output is smaller); a
-    file with fp16 tensors runs with their rounding emulated (``emulate_fp16_storage``)."""
+    file with fp16 tensors runs with their rounding emulated (``emulate_fp16_storage``). ``backend="openvino"``:
+    on OpenVINO's CPU device as it deploys (its default inference precision, int8 kernels), no emulation."""
     import tempfile
+
+    if backend == "openvino":
+        from deploy_unet.runtime import open_runner
+
+        runner = open_runner(path, "openvino", threads=threads)
+        if runner.info is not None and runner.info.border:
+            runner.enable_tiling()
+        with runner:
+            name = next(iter(runner.input_spec))
+            out = runner.output_names[0]
+            for start in range(0, len(images), batch):
+                yield np.asarray(runner.infer({name: images[start : start + batch]})[out])
+        return
 
     from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
@@ -219,8 +234,10 @@ class GateEvaluator:
     """The fp32 side of the gate, computed once: masks (and the logits, when a rel L2 gate needs them)."""
 
     def __init__(self, fp32_path, samples, num_classes: int, spec: GateSpec | None = None,
-                 threads: int | None = None, batch: int = 4, keep_logits: bool | None = None):
+                 threads: int | None = None, batch: int = 4, keep_logits: bool | None = None,
+                 backend: str = "onnxruntime"):
         self.samples, self.num_classes, self.threads, self.batch = samples, num_classes, threads, batch
+        self.backend = backend  # where candidates run (the fp32 reference always runs on ORT, exactly)
         self.spec = spec or GateSpec()
         keep = self.spec.max_rel_l2 is not None if keep_logits is None else keep_logits
         masks, logits = [], []
@@ -238,7 +255,7 @@ class GateEvaluator:
         images = self.samples.images[idx]
         ref = self.ref_masks[idx]
         preds, sum_diff, sum_ref = [], 0.0, 0.0
-        for k, x in enumerate(_logits(candidate_path, images, self.batch, self.threads)):
+        for k, x in enumerate(_logits(candidate_path, images, self.batch, self.threads, backend=self.backend)):
             preds.append(_mask(x))
             if self.ref_logits is not None:
                 r = self.ref_logits[idx[k * self.batch : (k + 1) * self.batch]].astype(np.float64)
@@ -277,7 +294,8 @@ def evaluate(
     max_dice_drop: float = 0.01,
     threads: int | None = None,
     spec: GateSpec | None = None,
+    backend: str = "onnxruntime",
 ) -> GateReport:
-    """Compare two ONNX files on ``samples`` (a ``deploy_unet.data.Samples``)."""
+    """Compare two ONNX files on ``samples`` (a ``deploy_unet.data.Samples``); the candidate on ``backend``."""
     spec = spec or GateSpec(max_dice_drop)
-    return GateEvaluator(fp32_path, samples, num_classes, spec, threads).evaluate(candidate_path)
+    return GateEvaluator(fp32_path, samples, num_classes, spec, threads, backend=backend).evaluate(candidate_path)

@@ -27,15 +27,17 @@ ORT_PROVIDERS = {
 BACKENDS_BY_SUFFIX = {
     ".pt": ("torch",),
     ".pth": ("torch",),
-    ".onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "torch"),
+    ".onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "torch", "openvino"),
     ".engine": ("tensorrt",),
     ".plan": ("tensorrt",),
+    ".xml": ("openvino",),  # OpenVINO IR (.xml + .bin), deploy-unet convert-openvino
 }
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "openvino")
 # Runner options only some backends have, with the CLI flag that sets each (for the refusal's wording).
 TORCH_ONLY_OPTIONS = {"torch_precision": "--torch-precision", "channels_last": "--channels-last",
                       "compile": "--compile"}
 CUDA_GRAPH_BACKENDS = ("torch", "tensorrt")
+OPENVINO_ONLY_OPTIONS = {"ov_device": "--ov-device", "ov_precision": "--ov-precision"}
 
 
 def open_runner(
@@ -60,6 +62,9 @@ def open_runner(
       TensorRT execution providers (options: ``threads``, ``providers``); ``torch`` builds the net
       named in the ONNX metadata with the weights of ``checkpoint=`` (options: ``device``).
     - ``.engine``/``.plan`` -> TensorRT (needs the ``tensorrt`` extra and a CUDA device; ``cuda_graph``).
+    - ``.xml`` (OpenVINO IR) and ``.onnx`` with ``backend="openvino"`` -> OpenVINO (the ``openvino`` extra;
+      options: ``ov_device`` CPU (default) | GPU | NPU | AUTO, ``ov_precision`` auto (OpenVINO's default:
+      bf16 on CPUs with AVX512-BF16/AMX, recorded and gated) | f32 | bf16 | f16, ``threads``).
     """
     runner = _open_runner(artifact, backend, pad, **options)
     if tile:
@@ -113,6 +118,13 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
         return OnnxRuntimeRunner(path, providers=list(providers), threads=options.get("threads"), pad=pad,
                                  output=options.get("output") or "logits", spinning=options.get("spinning"))
 
+    if backend == "openvino":
+        from deploy_unet.runtime.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(path, device=options.get("ov_device") or "CPU",
+                              precision=options.get("ov_precision") or "auto", threads=options.get("threads"),
+                              pad=pad, output=options.get("output") or "logits")
+
     try:  # tensorrt: imported only when asked for, it needs TensorRT and CUDA
         from deploy_unet.runtime.tensorrt_runner import TensorRTRunner
     except ImportError as exc:
@@ -120,7 +132,8 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
             f"running {path.name} needs TensorRT ({exc}); install the extra with "
             "`pip install deploy-unet[tensorrt]` on a machine with an NVIDIA GPU"
         ) from None
-    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32", "spinning", *TORCH_ONLY_OPTIONS)
+    ignored = ("checkpoint", "device", "providers", "strict", "threads", "allow_tf32", "spinning", *TORCH_ONLY_OPTIONS,
+               *OPENVINO_ONLY_OPTIONS)
     trt_options = {k: v for k, v in options.items() if k not in ignored and v is not None}
     return TensorRTRunner(path, pad=pad, **trt_options)
 
@@ -132,6 +145,11 @@ def _check_backend_options(backend: str, options: dict[str, Any]) -> None:
             if options.get(key) and not (key == "torch_precision" and options[key] == "fp32"):
                 raise ConfigError(f"{flag} applies to the torch backend only, not {backend!r}; drop it, or run a "
                                   ".pt checkpoint (or the ONNX with --backend torch --checkpoint FILE)")
+    if backend != "openvino":
+        for key, flag in OPENVINO_ONLY_OPTIONS.items():
+            if options.get(key):
+                raise ConfigError(f"{flag} applies to the openvino backend only, not {backend!r}; drop it, or pass "
+                                  "--backend openvino")
     if options.get("cuda_graph") and backend not in CUDA_GRAPH_BACKENDS:
         raise ConfigError(f"--cuda-graph applies to the {' and '.join(CUDA_GRAPH_BACKENDS)} backends, not {backend!r}; "
                           "drop it")

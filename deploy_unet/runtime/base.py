@@ -50,7 +50,7 @@ def argmax_mask(logits: np.ndarray) -> np.ndarray:
 def runner_precision(runner) -> str:
     """What a runner computes in: a torch runner's own setting (it runs what it is told, whatever the ONNX
     metadata it was rebuilt from says), else the precision its artifact records, else fp32."""
-    if getattr(runner, "backend", "") == "torch":
+    if getattr(runner, "backend", "") in ("torch", "openvino"):  # openvino: what it compiled (bf16 on AMX/BF16 CPUs)
         return getattr(runner, "precision", "fp32")
     return getattr(getattr(runner, "info", None), "precision", None) or "fp32"
 

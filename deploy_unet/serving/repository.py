@@ -21,6 +21,12 @@ Per artifact a model folder ``NAME/config.pbtxt`` + ``NAME/1/model.onnx`` (platf
   gets a mask (a few hundred KB instead of tens of MB of logits). Their code needs only NumPy: the
   pre/post-processing of ``deploy_unet.processing`` is copied beside each ``model.py``.
 
+- ``--backend openvino``: Triton's OpenVINO backend (``backend: "openvino"``, ``NAME/1/model.xml`` + ``model.bin``):
+  each ONNX is converted here with ``convert-openvino`` (the Q/DQ Concat fold included, manifest beside it),
+  ``PERFORMANCE_HINT`` LATENCY, one stream, ``TARGET_DEVICE`` CPU, instances ``KIND_CPU``. The backend has no
+  switch to force f32 (only ``HINT_BF16``): on CPUs with AVX512-BF16/AMX OpenVINO computes in bf16, the README
+  says so, and ``deploy-unet validate --backend openvino`` gates that precision.
+
 Every config is parsed back with Triton's own schema when tritonclient is installed (``pbtxt.check_model_config``).
 """
 
@@ -42,6 +48,7 @@ from deploy_unet.serving.artifact import TRITON_TYPES, Artifact, TensorInfo, mas
 from deploy_unet.serving.pbtxt import Comment, Enum, check_model_config, map_entries, to_pbtxt
 
 ACCELERATORS = ("none", "tensorrt")
+REPO_BACKENDS = ("auto", "openvino")  # auto: ONNX Runtime for .onnx, TensorRT for engines
 KINDS = ("gpu", "cpu")
 DEFAULT_MAX_BATCH = 8  # ONNX with a dynamic batch: what a repository allows unless told otherwise
 DEFAULT_QUEUE_DELAY_US = 100
@@ -64,8 +71,14 @@ class RepositoryOptions:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     ensemble: bool = False
     warmup: bool = True
+    backend: str = "auto"  # auto | openvino (Triton's OpenVINO backend, ONNX converted to IR)
+    ov_device: str = "CPU"  # the OpenVINO backend's TARGET_DEVICE
 
     def check(self) -> None:
+        if self.backend not in REPO_BACKENDS:
+            raise ConfigError(f"--backend {self.backend!r} is not valid; choose one of: {', '.join(REPO_BACKENDS)}")
+        if self.backend == "openvino" and self.accelerator != "none":
+            raise ConfigError("--accelerator applies to ONNX Runtime's backend, not --backend openvino; drop it")
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(f"--accelerator {self.accelerator!r} is not valid; choose one of: {', '.join(ACCELERATORS)}")
         if self.kind not in KINDS:
@@ -150,7 +163,10 @@ def main_model_config(artifact: Artifact, name: str, options: RepositoryOptions)
         raise ConfigError(f"{artifact.path.name} is a TensorRT engine: it runs on a GPU only; drop --kind cpu")
     if is_engine and options.accelerator != "none":
         raise ConfigError(f"--accelerator applies to ONNX files (ONNX Runtime backend), not the engine {artifact.path.name}")
-    platform = "tensorrt_plan" if is_engine else "onnxruntime_onnx"
+    openvino = options.backend == "openvino"
+    if openvino and is_engine:
+        raise ConfigError(f"{artifact.path.name} is a TensorRT engine; --backend openvino takes ONNX files")
+    platform = "openvino" if openvino else "tensorrt_plan" if is_engine else "onnxruntime_onnx"
     folder = ModelFolder(name, platform, max_batch, source=artifact.path.name, hw_rule=artifact.hw_rule(),
                          notes=list(artifact.notes))
 
@@ -159,12 +175,23 @@ def main_model_config(artifact: Artifact, name: str, options: RepositoryOptions)
                            f"({artifact.info.arch}, {artifact.precision}, {artifact.info.num_classes} classes)"),
         "#hw": Comment(f"input {artifact.input.name}: {artifact.hw_rule()}"),
         "name": name,
-        "platform": platform,
+        **({"backend": "openvino"} if openvino else {"platform": platform}),
         "max_batch_size": max_batch,
         "input": [_io(artifact.input, batching)],
         "output": [_io(o, batching) for o in artifact.outputs],
-        "instance_group": [{"count": options.instances, "kind": Enum(f"KIND_{options.kind.upper()}")}],
+        "instance_group": [{"count": options.instances,
+                            "kind": Enum("KIND_CPU" if openvino else f"KIND_{options.kind.upper()}")}],
     }
+    if openvino:  # openvino_backend's parameters (its README): OpenVINO picks the precision (bf16 on BF16 CPUs)
+        config["#openvino"] = Comment("OpenVINO IR converted by deploy-unet convert-openvino (manifest beside it); "
+                                      "inference precision: OpenVINO's default for the device (bf16 on CPUs with "
+                                      "AVX512-BF16/AMX, no f32 switch in this backend)")
+        config["parameters"] = map_entries({
+            "PERFORMANCE_HINT": {"string_value": "LATENCY"},
+            "NUM_STREAMS": {"string_value": "1"},
+            "TARGET_DEVICE": {"string_value": options.ov_device},
+        })
+        folder.notes.append(f"OpenVINO backend on {options.ov_device} (model.xml converted from {artifact.path.name})")
     if batching and max_batch > 1 and options.dynamic_batching:
         config["#batching"] = Comment("Triton batches only requests of equal H and W (the -1 dims); "
                                       "others run as separate batches")
@@ -403,7 +430,11 @@ def write_repository(
             (staging / model / "1").mkdir(parents=True)
             (staging / model / "config.pbtxt").write_text(text)
             artifact, extra = files.get(model, (None, {}))
-            if artifact is not None:
+            if artifact is not None and options.backend == "openvino":
+                from deploy_unet.openvino.convert import convert_openvino
+
+                convert_openvino(artifact.path, staging / model / "1" / "model.xml", device=options.ov_device)
+            elif artifact is not None:
                 target = "model.plan" if artifact.kind == "engine" else "model.onnx"
                 shutil.copyfile(artifact.path, staging / model / "1" / target)
             for relative, content in extra.items():
@@ -461,6 +492,15 @@ def repository_readme(folders: list[ModelFolder], artifacts: list[Artifact], nam
         "Logits are large (UNet, 4 classes, batch 8 at 512x512: 33 MB): a gRPC client left at gRPC's 4 MB default "
         "receive limit fails on them (tritonclient raises its limit to 2 GB); prefer the ensemble's mask.",
     ]
+    if options.backend == "openvino":
+        lines += [
+            "",
+            "The main models run on Triton's OpenVINO backend (`backend: \"openvino\"`; the NVIDIA container includes "
+            "it): `1/model.xml` + `model.bin` were converted by `deploy-unet convert-openvino`, its manifest "
+            "`model.openvino.json` beside them. That backend has no switch to force f32: on CPUs with AVX512-BF16 or "
+            "AMX OpenVINO computes in bf16 (check with `deploy-unet validate model.xml --ov-precision auto`, gated "
+            "as bf16).",
+        ]
     if options.ensemble:
         lines += [
             "",

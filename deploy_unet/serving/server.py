@@ -76,6 +76,8 @@ class ServeOptions:
     max_size: tuple[int, int] | None = None  # default: an engine's profile, else DEFAULT_MAX_SIZE
     exit_timeout_s: int = EXIT_TIMEOUT_S
     log_file: str | None = None
+    ov_device: str | None = None  # the openvino backend's device (default CPU) and inference precision
+    ov_precision: str | None = None
 
     def check(self) -> None:
         check_output_kind(self.output)
@@ -217,10 +219,13 @@ class TritonService:
         o = self.options
         path = Path(o.artifact)
         usable = cpu_info().usable_cpus
-        instances = o.instances or (usable if runs_on_cpu(path, o.backend, o.device) else 1)
+        openvino = o.backend == "openvino" or path.suffix.lower() == ".xml"
+        device = (o.ov_device or "CPU") if openvino else o.device
+        instances = o.instances or (usable if runs_on_cpu(path, o.backend, device) else 1)
         threads = o.threads or max(1, usable // instances)
         runner_output = MASK_OUTPUT if o.output == MASK_OUTPUT else "logits"
-        options = {"device": o.device, "threads": threads, "output": runner_output, "checkpoint": o.checkpoint}
+        options = {"device": o.device, "threads": threads, "output": runner_output, "checkpoint": o.checkpoint,
+                   "ov_device": o.ov_device, "ov_precision": o.ov_precision}
         for _ in range(instances):
             runner = open_runner(path, backend=o.backend, **options)
             info = getattr(runner, "info", None)
@@ -394,6 +399,8 @@ def runs_on_cpu(path: Path, backend: str | None, device: str) -> bool:
     chosen = backend or BACKENDS_BY_SUFFIX.get(path.suffix.lower(), ("",))[0]
     if chosen == "onnxruntime":
         return True
+    if chosen == "openvino":  # device: the OpenVINO device (CPU by default); GPU/NPU/AUTO are not the CPU
+        return device.upper() == "CPU"
     if chosen == "torch":
         if device == "cpu":
             return True
