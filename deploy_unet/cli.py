@@ -191,7 +191,73 @@ def inspect_command(file, as_json):
     print_inspection(report)
 
 
-# --- quantize (precision) ---------------------------------------------------------------------------
+# --- describe: ONNX files exported elsewhere (describe.py) ------------------------------------------
+
+
+def _given_options(func):
+    """--mean --std --scale --class-names --divisor: what a file exported elsewhere cannot say about itself.
+
+    Used by every command that reads a model's metadata; a file with deploy-unet metadata ignores them (its
+    metadata wins: restate it with `deploy-unet describe`). Place below @handle_errors."""
+    options = [
+        click.option("--mean", "given_mean", default=None, metavar="M[,M...]",
+                     help="ONNX without deploy-unet metadata: input normalization mean per channel (or `describe` "
+                          "it once).", ),
+        click.option("--std", "given_std", default=None, metavar="S[,S...]",
+                     help="ONNX without deploy-unet metadata: input normalization std per channel."),
+        click.option("--scale", "given_scale", type=float, default=None,
+                     help="ONNX without deploy-unet metadata: pixel range the net takes before mean/std "
+                          "(1: [0, 1], the default; 255: 0..255)."),
+        click.option("--class-names", "given_class_names", default=None, metavar="A,B,C",
+                     help="ONNX without deploy-unet metadata: one name per class id."),
+        click.option("--divisor", "given_divisor", type=int, default=None,
+                     help="ONNX without deploy-unet metadata: the size multiple it needs [default: found by "
+                          "running it in ONNX Runtime]."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, given_mean=None, given_std=None, given_scale=None, given_class_names=None,
+                given_divisor=None, **kwargs):
+        from deploy_unet.describe import given, parse_given
+
+        stated = parse_given(_floats(given_mean, "--mean"), _floats(given_std, "--std"), given_scale,
+                             given_class_names.split(",") if given_class_names is not None else None, given_divisor)
+        with given(stated, note=lambda line: click.echo(f"note: {line}", err=True)):
+            return func(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@cli.command("describe")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The described copy [default: MODEL.described.onnx].")
+@click.option("--arch", default=None, help="A name for the net in reports [default: the file's stem].")
+@handle_errors
+@_given_options
+def describe_command(model, output, arch):
+    """Write MODEL (an ONNX exported elsewhere) with full deploy-unet metadata, so no command needs options.
+
+    Read from the graph: names, channels, classes, layout (an NHWC input gets a Transpose in front: the copy
+    takes NCHW). Found by running it in ONNX Runtime: divisor, output stride. Stated with the options: mean,
+    std, value scale, class names; what is not stated is assumed, and said so.
+    """
+    from deploy_unet.describe import current_given, describe_file
+
+    output = output or (model[: -len(".onnx")] if model.endswith(".onnx") else model) + ".described.onnx"
+    result = describe_file(model, output, current_given(), arch=arch)
+    info = result.info
+    click.echo(f"wrote {result.path} ({info.in_channels} channels NCHW, {info.num_classes} classes, divisor "
+               f"{info.divisor}, output stride {info.output_stride}, mean {info.mean or 'none'}, std "
+               f"{info.std or 'none'}, scale {info.value_scale:g})")
+    for line in result.found:
+        click.echo(f"found: {line}")
+    if result.assumed:
+        click.echo("assumed: " + "; ".join(result.assumed))
+
+
 
 
 @cli.command()
@@ -231,6 +297,7 @@ def inspect_command(file, as_json):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (default: MODEL.fp16.onnx, MODEL.int8.onnx, MODEL.int8.ort.onnx).")
 @handle_errors
+@_given_options
 def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
              no_eval, max_dice_drop, min_mask_agreement, max_rel_l2, auto_fallback, fallback_precision, exclude,
              exclude_op_type, rank, output):
@@ -348,6 +415,7 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
               help="--per-layer PNG of error along depth [default: CANDIDATE with .layers.png].")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="--per-layer: rows in the table.")
 @handle_errors
+@_given_options
 def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
                      compile_mode, json_path, gallery_dir, per_layer, layers_json, layers_plot, top):
@@ -442,6 +510,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a latency distribution plot (PNG).")
 @handle_errors
+@_given_options
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, rounds, threads, checkpoint, device, pad,
                   output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
                   json_path, markdown_path, plot_path):
@@ -496,6 +565,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @_speed_options
 @handle_errors
+@_given_options
 def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
                     output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
                     cuda_graph, compile_mode):
@@ -627,6 +697,7 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @click.option("--layer-info", "layer_info", type=click.Path(dir_okay=False), default=None,
               help="Write the builder's layer table (each fused layer, its tensors' types) to FILE.")
 @handle_errors
+@_given_options
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
                          hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose, layer_info):
     """Build a strongly typed TensorRT or TensorRT-RTX engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
@@ -693,6 +764,7 @@ def doctor_command(as_json):
 @click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @handle_errors
+@_given_options
 def triton_repo_command(artifacts, output_dir, names, accelerator, kind, instances, max_batch, max_queue_delay_us,
                         no_dynamic_batching, ensemble, no_warmup, force):
     """Write a Triton Inference Server model repository for ONNX files and TensorRT engines."""
@@ -750,6 +822,7 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
 @handle_errors
+@_given_options
 def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
                   model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
                   output_kind, max_size, exit_timeout, log_file):
