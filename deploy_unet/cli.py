@@ -126,10 +126,20 @@ def _net_options(**given) -> dict:
 @click.option("--class-names", default=None, metavar="A,B,C",
               help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="torch.export-based (dynamo), the TorchScript tracer, or auto: dynamo, falling back to TorchScript "
+                   "where torch.export cannot take the net (data-dependent branch, unsupported construct or op).")
+@click.option("--output-key", default=None, metavar="NAME",
+              help="A net returning a dict / dataclass / ModelOutput: the logits' key [default: logits, else out].")
+@click.option("--output-index", type=int, default=None, metavar="I",
+              help="A net returning a tuple / list (deep supervision, aux heads): the logits' index [default: 0].")
+@click.option("--upsample-in-graph", is_flag=True,
+              help="Logits below the input's resolution (SegFormer's 1/4): upsample them in the graph (bilinear, "
+                   "align_corners=False), so the file returns full-size logits.")
 @handle_errors
 def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
            norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
-           tolerance, simplify, pad_in_graph, class_names, output):
+           tolerance, simplify, pad_in_graph, class_names, output, exporter, output_key, output_index, upsample_in_graph):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -163,10 +173,14 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
             class_names=(class_names.split(",") if class_names is not None
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
             log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
+            exporter=exporter, output_key=output_key, output_index=output_index, upsample_in_graph=upsample_in_graph,
         )
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
-    click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}{in_graph}, dynamic {dynamic}) "
+    how = f", {result.info.extra.get('exporter', '')}" if exporter != "auto" or result.notes else ""
+    click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}{in_graph}, dynamic {dynamic}{how}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))

@@ -350,6 +350,15 @@ def upsample_logits(output: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.ascontiguousarray(resize_nearest(output, geometry.input_height, geometry.input_width))
 
 
+def upsample_to(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """NCHW logits at 1/k of ``height`` x ``width`` (one integer k for both axes) upsampled to it, bilinearly
+    (half-pixel); any other size is returned as it is. Scores against ground truth at the input's size."""
+    lh, lw = logits.shape[-2:]
+    if (lh, lw) == (height, width) or not lh or not lw or height % lh or width % lw or height // lh != width // lw:
+        return logits
+    return resize_bilinear(logits.astype(np.float32, copy=False), height, width)
+
+
 def probabilities(logits: np.ndarray, geometry: Geometry) -> np.ndarray:
     """NCHW logits -> (N, C, H, W) float32 class probabilities at the images' own size: softmax over C
     (one channel: the sigmoid of the logit, the probability of class 1), cropped back (``pad``) or

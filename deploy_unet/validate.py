@@ -258,6 +258,10 @@ class _OutputAccumulator:
                 self.checkerboard_sums = [s + float(v.sum()) for s, v in zip(self.checkerboard_sums, scores)]
                 self.checkerboard_maps += scores[1].size
                 self.last_scores = scores
+        if truth is not None and cand.ndim == 4:  # logits at 1/k (SegFormer): scored at the truth's size
+            from deploy_unet.processing import upsample_to
+
+            cand, ref = (upsample_to(a, *np.shape(truth)[-2:]) for a in (cand, ref))
         cand_mask, ref_mask = to_mask(cand), to_mask(ref)
         self.last_masks = (cand_mask, ref_mask)  # read by _GalleryKeeper right after, then replaced
         self.agree += int(np.count_nonzero(cand_mask == ref_mask))

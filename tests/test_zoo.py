@@ -109,3 +109,29 @@ def test_segformer_traced_at_batch_1_is_refused_by_the_per_axis_check(tmp_path):
     assert "the exported graph only runs at the traced batch 1" in text
     assert "Reshape" in text and "--dynamic hw" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smp_unet_from_plain_torch_onnx_export_goes_everywhere_after_describe(tmp_path):
+    """Issue 27's "done when": an smp Unet exported by the user's own plain torch.onnx.export (TorchScript
+    exporter, input 'images', dynamic N/H/W, no deploy-unet metadata) is described once, then quantize int8
+    (both placements), validate against the original file, predict (masks at each image's size) and
+    triton-repo run with no further options."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    import warnings
+
+    from tests.test_foreign_onnx import through_everything
+
+    torch.manual_seed(0)
+    net = smp.Unet(encoder_name="resnet18", encoder_weights=None, classes=3).eval()
+    foreign = tmp_path / "smp_unet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(foreign), input_names=["images"], output_names=["masks"],
+                          dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, "masks": {0: "n", 2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False)
+    described = tmp_path / "unet.onnx"
+    result = invoke("describe", foreign, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "-o", described)
+    assert result.exit_code == 0, result.output
+    info = read_model_info(described)
+    assert (info.divisor, info.in_channels, info.num_classes, info.input_names) == (32, 3, 3, ["images"])
+    through_everything(described, foreign, tmp_path)

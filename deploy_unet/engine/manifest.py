@@ -53,6 +53,10 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         "export_shape": list(info.export_shape),
         # True: the engine pads H, W to the divisor itself; feed any size in the profile, do not pad.
         "pad_in_graph": info.pad_in_graph,
+        # Logits at 1/k of the input (SegFormer: 4) and the input's pixel range (describe --scale): the C++
+        # sample refuses either when it is not 1 (it neither upsamples logits nor rescales pixels).
+        "output_stride": info.output_stride,
+        "value_scale": info.value_scale,
     }
 
 
