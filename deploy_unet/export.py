@@ -199,7 +199,9 @@ def export_onnx(
                 dynamo=lambda: _torch_export(net, traced_sample, dynamic, opset),
                 torchscript=lambda: _torchscript_export(net, traced_sample, dynamic, opset, dims_out))
     except Exception as exc:
-        _keep_log(output, getattr(exc, "log", ""), keep_failed)
+        kept_log = _keep_log(output, getattr(exc, "log", ""), keep_failed)
+        if kept_log and exc.args:
+            exc.args = (f"{exc.args[0]} (the exporters' output is kept in {kept_log})", *exc.args[1:])
         raise
     _keep_log(output, exported.log, keep_failed)
     notes += exported.notes
@@ -220,7 +222,7 @@ def export_onnx(
         divisor=int(divisor),
         in_channels=int(in_channels),
         num_classes=num_classes,
-        net_config=dict(net_config if net_config is not None else getattr(net, "config", {}) or {}),
+        net_config=dict(net_config if net_config is not None else _plain_config(getattr(net, "config", {}))),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         mean=list(mean) if mean else [],
@@ -266,16 +268,33 @@ def export_onnx(
     return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced, notes)
 
 
+def _plain_config(config) -> dict:
+    """A net's ``.config`` as JSON-able dict: a dict as it is, a transformers PretrainedConfig by ``to_dict``,
+    anything else (or what does not serialize) as {}."""
+    import json
+
+    if not isinstance(config, dict):
+        config = config.to_dict() if hasattr(config, "to_dict") else {}
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError):
+        return {}
+    return dict(config or {})
+
+
 def _upsampler():
     from deploy_unet.exporters import UpsampleLogits
 
     return UpsampleLogits
 
 
-def _keep_log(output, text: str, keep: bool) -> None:
-    """--debug: what the exporters printed, beside the output as NAME.export.log."""
+def _keep_log(output, text: str, keep: bool) -> str | None:
+    """--debug: what the exporters printed, beside the output as NAME.export.log (its path)."""
     if keep and text:
-        Path(f"{os.fspath(output)}.export.log").write_text(text)
+        path = f"{os.fspath(output)}.export.log"
+        Path(path).write_text(text)
+        return path
+    return None
 
 
 def _torchscript_export(net: nn.Module, sample: torch.Tensor, dynamic: str, opset: int, dims_out: dict[int, str]):
