@@ -193,7 +193,8 @@ def export_onnx(
     dims_out = {AXIS_INDEX[a]: (a if a == "batch" or selection.output_stride == 1 and same_size else "out_" + a)
                 for a in DYNAMIC_AXES[dynamic]}
     try:
-        with times.stage("torch.onnx.export"), stage_errors("torch.onnx.export", model_name):
+        with times.stage(f"torch.onnx.export ({'torchscript' if exporter == 'torchscript' else 'dynamo'})"), \
+                stage_errors("torch.onnx.export", model_name):
             exported = export_graph(
                 net, traced_sample, exporter,
                 dynamo=lambda: _torch_export(net, traced_sample, dynamic, opset),
@@ -204,6 +205,9 @@ def export_onnx(
             exc.args = (f"{exc.args[0]} (the exporters' output is kept in {kept_log})", *exc.args[1:])
         raise
     _keep_log(output, exported.log, keep_failed)
+    if exported.exporter == "torchscript":  # auto fell back: the stage took both tries
+        times.stages[-1].name = "torch.onnx.export (dynamo, then torchscript)" if exporter == "auto" else \
+            "torch.onnx.export (torchscript)"
     notes += exported.notes
     model = exported.model
     _check_dynamic_inputs(model, dynamic, traced, keeper(model))
@@ -247,7 +251,7 @@ def export_onnx(
             **({"output_selected": selection.chosen} if selection.chosen else {}),
             **({"output_stride": str(selection.output_stride), "upsample": "bilinear"}
                if selection.output_stride > 1 else {}),
-            **({"upsampled_in_graph": "bilinear"} if upsample_in_graph and isinstance(net, _upsampler()) else {}),
+            **({"upsampled_in_graph": f"bilinear from 1/{selection.upsampled_from}"} if selection.upsampled_from else {}),
             **({"traced_branches": "; ".join(exported.branches)} if exported.branches else {}),
         },
     )
@@ -280,12 +284,6 @@ def _plain_config(config) -> dict:
     except (TypeError, ValueError):
         return {}
     return dict(config or {})
-
-
-def _upsampler():
-    from deploy_unet.exporters import UpsampleLogits
-
-    return UpsampleLogits
 
 
 def _keep_log(output, text: str, keep: bool) -> str | None:

@@ -100,6 +100,7 @@ class Selection:
     output_stride: int = 1
     chosen: str = ""  # "logits" (key), "[0]" (index), "" (one tensor)
     note: str = ""
+    upsampled_from: int = 0  # --upsample-in-graph: the stride the graph upsamples from (0: none)
 
 
 def select_output(net: nn.Module, sample: torch.Tensor, key: str | None = None, index: int | None = None,
@@ -184,7 +185,7 @@ def select_output(net: nn.Module, sample: torch.Tensor, key: str | None = None, 
                 setattr(net, attr, getattr(net.net, attr))
         note = "; ".join(filter(None, [note, f"logits at 1/{stride}: upsampled in the graph (bilinear, "
                                                    "align_corners=False)"]))
-        return Selection(net, 1, chosen, note)
+        return Selection(net, 1, chosen, note, upsampled_from=stride)
     if stride > 1:
         note = "; ".join(filter(None, [note, f"logits at 1/{stride} of the input: recorded (output_stride "
                                              f"{stride}); masks are upsampled bilinearly where they are made "

@@ -85,9 +85,17 @@ def test_model_output_dataclass_upsampled_in_graph(tmp_path):
     assert result.exit_code == 0, result.output
     assert "SemanticSegmenterOutput (logits)" in result.output and "upsampled in the graph" in result.output
     info = read_model_info(out)
-    assert info.output_stride == 1 and info.extra["upsampled_in_graph"] == "bilinear"
+    assert info.output_stride == 1 and info.extra["upsampled_in_graph"] == "bilinear from 1/4"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.ones((1, 3, 40, 24), np.float32)})[0].shape == (1, 4, 40, 24)
+    # with --pad-in-graph too: any size in, full-size logits out (the upsampling inside the padding)
+    padded, result = export(tmp_path, "QuarterLogits", "--upsample-in-graph", "--pad-in-graph")
+    assert result.exit_code == 0, result.output
+    assert read_model_info(padded).extra["upsampled_in_graph"] == "bilinear from 1/4"
+    session = ort.InferenceSession(str(padded), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.ones((1, 3, 37, 29), np.float32)})[0].shape == (1, 4, 37, 29)
+    _, result = export(tmp_path, "QuarterLogits", "--pad-in-graph")
+    assert result.exit_code == 2 and "add --upsample-in-graph" in result.output
     # without it: recorded at 1/4; with a key the dataclass lacks: one line listing its tensors
     out, result = export(tmp_path, "QuarterLogits", "--output-key", "pred")
     assert result.exit_code == 2
