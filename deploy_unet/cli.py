@@ -135,10 +135,21 @@ def _net_options(**given) -> dict:
 @click.option("--class-names", default=None, metavar="A,B,C",
               help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="torch.export-based (dynamo), the TorchScript tracer, or auto: dynamo, falling back to TorchScript "
+                   "where torch.export cannot take the net (data-dependent branch, unsupported construct or op).")
+@click.option("--output-key", default=None, metavar="NAME",
+              help="A net returning a dict / dataclass / ModelOutput: the logits' key [default: logits, else out].")
+@click.option("--output-index", type=int, default=None, metavar="I",
+              help="A net returning a tuple / list (deep supervision, aux heads): the logits' index [default: 0].")
+@click.option("--upsample-in-graph", is_flag=True,
+              help="Logits below the input's resolution (SegFormer's 1/4): upsample them in the graph (bilinear, "
+                   "align_corners=False), so the file returns full-size logits.")
 @handle_errors
 def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, in_channels, num_classes, depth,
            base_channels, up_mode, norm, padding, heads, prune, width_mult, fc_channels, height, width, size_text,
-           spatial_dims, batch, dynamic, opset, mean, std, tolerance, simplify, pad_in_graph, class_names, output):
+           spatial_dims, batch, dynamic, opset, mean, std, tolerance, simplify, pad_in_graph, class_names, output,
+           exporter, output_key, output_index, upsample_in_graph):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -181,12 +192,16 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, 
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
             log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
             **_volume_export_args(loaded.net, volume_depth, spatial_dims, divisors, checkpoint is not None),
+            exporter=exporter, output_key=output_key, output_index=output_index, upsample_in_graph=upsample_in_graph,
         )
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
     rule = (f"divisors {'x'.join(map(str, result.info.axis_divisors))} (DxHxW)" if result.info.divisors
             else f"divisor {result.info.divisor}") + (", volumes NCDHW" if result.info.spatial_dims == 3 else "")
-    click.echo(f"wrote {result.path} ({result.info.arch}, {rule}{in_graph}, dynamic {dynamic}) "
+    how = f", {result.info.extra.get('exporter', '')}" if exporter != "auto" or result.notes else ""
+    click.echo(f"wrote {result.path} ({result.info.arch}, {rule}{in_graph}, dynamic {dynamic}{how}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))
@@ -247,7 +262,73 @@ def inspect_command(file, as_json):
     print_inspection(report)
 
 
-# --- quantize (precision) ---------------------------------------------------------------------------
+# --- describe: ONNX files exported elsewhere (describe.py) ------------------------------------------
+
+
+def _given_options(func):
+    """--mean --std --scale --class-names --divisor: what a file exported elsewhere cannot say about itself.
+
+    Used by every command that reads a model's metadata; a file with deploy-unet metadata ignores them (its
+    metadata wins: restate it with `deploy-unet describe`). Place below @handle_errors."""
+    options = [
+        click.option("--mean", "given_mean", default=None, metavar="M[,M...]",
+                     help="ONNX without deploy-unet metadata: input normalization mean per channel (or `describe` "
+                          "it once).", ),
+        click.option("--std", "given_std", default=None, metavar="S[,S...]",
+                     help="ONNX without deploy-unet metadata: input normalization std per channel."),
+        click.option("--scale", "given_scale", type=float, default=None,
+                     help="ONNX without deploy-unet metadata: pixel range the net takes before mean/std "
+                          "(1: [0, 1], the default; 255: 0..255)."),
+        click.option("--class-names", "given_class_names", default=None, metavar="A,B,C",
+                     help="ONNX without deploy-unet metadata: one name per class id."),
+        click.option("--divisor", "given_divisor", type=int, default=None,
+                     help="ONNX without deploy-unet metadata: the size multiple it needs [default: found by "
+                          "running it in ONNX Runtime]."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, given_mean=None, given_std=None, given_scale=None, given_class_names=None,
+                given_divisor=None, **kwargs):
+        from deploy_unet.describe import given, parse_given
+
+        stated = parse_given(_floats(given_mean, "--mean"), _floats(given_std, "--std"), given_scale,
+                             given_class_names.split(",") if given_class_names is not None else None, given_divisor)
+        with given(stated, note=lambda line: click.echo(f"note: {line}", err=True)):
+            return func(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@cli.command("describe")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The described copy [default: MODEL.described.onnx].")
+@click.option("--arch", default=None, help="A name for the net in reports [default: the file's stem].")
+@handle_errors
+@_given_options
+def describe_command(model, output, arch):
+    """Write MODEL (an ONNX exported elsewhere) with full deploy-unet metadata, so no command needs options.
+
+    Read from the graph: names, channels, classes, layout (an NHWC input gets a Transpose in front: the copy
+    takes NCHW). Found by running it in ONNX Runtime: divisor, output stride. Stated with the options: mean,
+    std, value scale, class names; what is not stated is assumed, and said so.
+    """
+    from deploy_unet.describe import current_given, describe_file
+
+    output = output or (model[: -len(".onnx")] if model.endswith(".onnx") else model) + ".described.onnx"
+    result = describe_file(model, output, current_given(), arch=arch)
+    info = result.info
+    click.echo(f"wrote {result.path} ({info.in_channels} channels NCHW, {info.num_classes} classes, divisor "
+               f"{info.divisor}, output stride {info.output_stride}, mean {info.mean or 'none'}, std "
+               f"{info.std or 'none'}, scale {info.value_scale:g})")
+    for line in result.found:
+        click.echo(f"found: {line}")
+    if result.assumed:
+        click.echo("assumed: " + "; ".join(result.assumed))
+
+
 
 
 @cli.command()
@@ -290,6 +371,7 @@ def inspect_command(file, as_json):
               show_default=True, help="Where the accuracy gate (and --auto-fallback's search) runs the candidates: "
                                       "openvino measures them as OpenVINO's CPU device runs them.")
 @handle_errors
+@_given_options
 def quantize(model, precision, target, calib, calib_samples, method, calib_cache, eval_source, eval_samples,
              no_eval, max_dice_drop, min_mask_agreement, max_rel_l2, auto_fallback, fallback_precision, exclude,
              exclude_op_type, rank, output, gate_backend):
@@ -429,6 +511,7 @@ def _tile_size(text: str | None) -> tuple[int, int] | None:
               help="--per-layer PNG of error along depth [default: CANDIDATE with .layers.png].")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="--per-layer: rows in the table.")
 @handle_errors
+@_given_options
 def validate_command(candidates, reference, data, samples, backend, ref_backend, checkpoint, device, pad, tile,
                      tile_size, precision, gate_specs, allow_tf32, torch_precision, channels_last, cuda_graph,
                      compile_mode, ov_device, ov_precision, json_path, gallery_dir, per_layer, layers_json,
@@ -528,6 +611,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a latency distribution plot (PNG).")
 @handle_errors
+@_given_options
 def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, duration, rounds, threads, checkpoint, device, pad,
                   output_kind, allow_tf32, tile, tile_size, torch_precision, channels_last, cuda_graph, compile_mode,
                   ov_device, ov_precision, json_path, markdown_path, plot_path):
@@ -584,6 +668,7 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @_speed_options
 @_ov_options
 @handle_errors
+@_given_options
 def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
                     output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
                     cuda_graph, compile_mode, ov_device, ov_precision):
@@ -730,6 +815,7 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @click.option("--layer-info", "layer_info", type=click.Path(dir_okay=False), default=None,
               help="Write the builder's layer table (each fused layer, its tensors' types) to FILE.")
 @handle_errors
+@_given_options
 def build_engine_command(model, output, min_shape, opt_shape, max_shape, timing_cache, workspace, opt_level,
                          hardware_compat, version_compatible, refit, plan_only, engine_lib, verbose, layer_info):
     """Build a strongly typed TensorRT or TensorRT-RTX engine (and FILE.engine.json manifest) from a deploy-unet ONNX.
@@ -823,6 +909,7 @@ def doctor_command(as_json):
 @click.option("--no-warmup", is_flag=True, help="Leave model_warmup out.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @handle_errors
+@_given_options
 def triton_repo_command(artifacts, output_dir, names, accelerator, repo_backend, ov_device, kind, instances, max_batch,
                         max_queue_delay_us,
                         no_dynamic_batching, ensemble, no_warmup, force):
@@ -883,6 +970,7 @@ def _hw(text: str | None) -> tuple[int, int] | None:
               help="Keep tritonserver's log here [default: in the run's workspace, removed at exit].")
 @_ov_options
 @handle_errors
+@_given_options
 def serve_command(artifact, backend, checkpoint, device, threads, host, http_port, grpc_port, metrics_port,
                   model_name, max_batch, max_queue_delay_us, no_dynamic_batching, instances, input_kind,
                   output_kind, max_size, exit_timeout, log_file, ov_device, ov_precision):

@@ -611,8 +611,9 @@ def load_samples(
             notes.append(f"padded {h}x{w} -> {images.shape[2]}x{images.shape[3]} (divisor {divisor})")
     raw = images.astype(np.float32, copy=False)
     check_finite(raw, src.text)  # every source, whatever its reader checked
+    scale = float(getattr(info, "value_scale", 1.0) or 1.0)  # a net trained on 0..255 (describe --scale 255)
     return Samples(
-        images=normalize(raw, mean, std), masks=labels, source=src.text, raw=raw, padding=padding, notes=notes
+        images=normalize(raw * np.float32(scale) if scale != 1.0 else raw, mean, std), masks=labels, source=src.text, raw=raw, padding=padding, notes=notes
     )
 
 

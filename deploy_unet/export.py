@@ -94,6 +94,7 @@ class ExportResult:
     seconds: float = 0.0
     stages: StageTimes = field(default_factory=StageTimes)  # where the time went
     trace_shape: tuple[int, ...] = ()  # the sample torch.export traced (not the export shape; see trace_shape())
+    notes: list[str] = field(default_factory=list)  # what was chosen or fell back (exporters.py), one line each
 
 
 def export_onnx(
@@ -123,6 +124,10 @@ def export_onnx(
     depth: int | None = None,
     spatial_dims: int | None = None,
     divisors: Sequence[int] | None = None,
+    exporter: str = "auto",
+    output_key: str | None = None,
+    output_index: int | None = None,
+    upsample_in_graph: bool = False,
 ) -> ExportResult:
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
 
@@ -139,6 +144,8 @@ def export_onnx(
     ``spatial_dims=3``) exports NCDHW at ``depth`` x ``height`` x ``width``, each axis checked against its
     divisor, with dynamic N, D, H, W and the specialization check on each of the three axes. ``divisors``:
     one per axis (depth, height, width) for a net that states none (``--divisor 4,32,32``).
+    ``exporter``: auto | dynamo | torchscript; ``output_key``/``output_index``: the logits of a structured
+    output; ``upsample_in_graph``: low-resolution logits brought to full size in the graph (exporters.py).
     """
     if not isinstance(net, nn.Module):
         from deploy_unet.nets.loading import load_net
@@ -190,6 +197,24 @@ def export_onnx(
         if depth is None:
             raise ConfigError("a net with 3 spatial dims needs a depth: pass --size DxHxW (e.g. 32x64x64)")
         contract.validate((depth, height, width), pad_hint="choose a valid --size DxHxW")
+    from deploy_unet.exporters import EXPORTER_NAMES, check_branches, export_graph, select_output
+
+    if exporter not in EXPORTER_NAMES and exporter != "auto":
+        raise ConfigError(f"--exporter {exporter!r} is not valid; choose one of: auto, dynamo, torchscript")
+    same_size = contract is None or contract.is_divisor_only
+    d = int(divisor)
+    if dims == 3:  # validated above: the export size itself
+        probe = (batch, in_channels, depth, height, width)
+    else:
+        probe = (batch, in_channels) + ((-(-height // d) * d, -(-width // d) * d) if same_size else (height, width))
+    selection = select_output(net, torch.from_numpy(_sample(*probe, seed=0)), output_key,
+                              output_index, upsample_in_graph, sizes_free=not same_size)
+    net, notes = selection.net, [selection.note] if selection.note else []
+    if selection.output_stride > 1 and pad_in_graph:
+        raise ConfigError(f"--pad-in-graph crops full-size logits; this net's are at 1/{selection.output_stride}: "
+                          "add --upsample-in-graph (or drop --pad-in-graph)")
+    if dims == 3:
+        pass  # checked per axis above
     elif pad_in_graph:
         if contract is not None and not contract.is_divisor_only:
             raise ConfigError("--pad-in-graph pads to the divisor of a net whose output equals its input; a "
@@ -228,11 +253,32 @@ def export_onnx(
         """With keep_failed, a failing stage leaves ``model`` as ``NAME.failed-<stage>.onnx``."""
         return onnx_keeper(model, output) if keep_failed else None
 
-    log(f"exporting with torch.onnx.export(dynamo=True), sample {_key(traced)}")
-    with times.stage("torch.onnx.export (dynamo)"), stage_errors("torch.onnx.export", model_name):
-        model = _torch_export(net, torch.from_numpy(_sample(*traced, seed=0)), dynamic, opset)
+    log(f"exporting ({exporter}), sample {_key(traced)}")
+    traced_sample = torch.from_numpy(_sample(*traced, seed=0))
+    rank = len(traced)
+    dims_out = {axis_index(a, rank): (a if a == "batch" or selection.output_stride == 1 and same_size else "out_" + a)
+                for a in dynamic_axes(dynamic, rank)}
+    try:
+        with times.stage(f"torch.onnx.export ({'torchscript' if exporter == 'torchscript' else 'dynamo'})"), \
+                stage_errors("torch.onnx.export", model_name):
+            exported = export_graph(
+                net, traced_sample, exporter,
+                dynamo=lambda: _torch_export(net, traced_sample, dynamic, opset),
+                torchscript=lambda: _torchscript_export(net, traced_sample, dynamic, opset, dims_out))
+    except Exception as exc:
+        kept_log = _keep_log(output, getattr(exc, "log", ""), keep_failed)
+        if kept_log and exc.args:
+            exc.args = (f"{exc.args[0]} (the exporters' output is kept in {kept_log})", *exc.args[1:])
+        raise
+    _keep_log(output, exported.log, keep_failed)
+    if exported.exporter == "torchscript":  # auto fell back: the stage took both tries
+        times.stages[-1].name = "torch.onnx.export (dynamo, then torchscript)" if exporter == "auto" else \
+            "torch.onnx.export (torchscript)"
+    notes += exported.notes
+    model = exported.model
     _check_dynamic_inputs(model, dynamic, traced, keeper(model))
-    _name_dims(model, dynamic, same_size=contract is None or contract.border == 0, rank=len(export_shape))
+    _name_dims(model, dynamic, same_size=(contract is None or contract.border == 0) and selection.output_stride == 1,
+               rank=len(export_shape))
     log("checking (onnx.checker, full shape inference)")
     with times.stage("onnx.checker + shape inference"), stage_errors("onnx.checker", model_name, keeper(model)):
         model = _check(model)
@@ -247,7 +293,7 @@ def export_onnx(
         divisor=int(divisor),
         in_channels=int(in_channels),
         num_classes=num_classes,
-        net_config=dict(net_config if net_config is not None else getattr(net, "config", {}) or {}),
+        net_config=dict(net_config if net_config is not None else _plain_config(getattr(net, "config", {}))),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         mean=list(mean) if mean else [],
@@ -257,7 +303,7 @@ def export_onnx(
         class_names=names,
         **(ModelInfo.contract_fields(contract, getattr(net, "padding", "same")) if contract is not None else {}),
         extra={
-            "exporter": "torch.onnx.export(dynamo=True)",
+            "exporter": EXPORTER_NAMES[exported.exporter],
             "torch_version": torch.__version__,
             "onnx_version": onnx.__version__,
             "deploy_unet_version": __version__,
@@ -268,6 +314,12 @@ def export_onnx(
             PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
             # A net with several outputs to choose from (UNet++ heads / pruning) says which one this is.
             **({"output_mode": output_mode} if output_mode else {}),
+            # Structured or low-resolution outputs (exporters.py): which tensor, and at what stride.
+            **({"output_selected": selection.chosen} if selection.chosen else {}),
+            **({"output_stride": str(selection.output_stride), "upsample": "bilinear"}
+               if selection.output_stride > 1 else {}),
+            **({"upsampled_in_graph": f"bilinear from 1/{selection.upsampled_from}"} if selection.upsampled_from else {}),
+            **({"traced_branches": "; ".join(exported.branches)} if exported.branches else {}),
         },
     )
     write_props(model, info.to_props())
@@ -275,11 +327,49 @@ def export_onnx(
     with atomic_path(output) as tmp:
         onnx.save(model, os.fspath(tmp))
         parity: dict[str, float] = {}
+        if verify and exported.branches:  # the tracer followed one branch of a data-dependent condition: move it
+            with times.stage("branch check (ORT vs PyTorch)"):
+                checked = check_branches(net, tmp, exported.branches, traced, INPUT_NAME, tolerance, _sample)
+            notes.append(f"the TorchScript exporter traced one branch of the data-dependent condition at "
+                         f"{exported.branches[0]}; ONNX Runtime equals PyTorch on {checked} inputs chosen to move it")
         if verify:
             log("verifying in ONNX Runtime against PyTorch")
             with times.stage("parity check (ORT vs PyTorch)"):
                 parity = _verify(net, tmp, shapes, references, traced, dynamic, tolerance, model_name, keeper(model))
-    return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced)
+    return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced, notes)
+
+
+def _plain_config(config) -> dict:
+    """A net's ``.config`` as JSON-able dict: a dict as it is, a transformers PretrainedConfig by ``to_dict``,
+    anything else (or what does not serialize) as {}."""
+    import json
+
+    if not isinstance(config, dict):
+        config = config.to_dict() if hasattr(config, "to_dict") else {}
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError):
+        return {}
+    return dict(config or {})
+
+
+def _keep_log(output, text: str, keep: bool) -> str | None:
+    """--debug: what the exporters printed, beside the output as NAME.export.log (its path)."""
+    if keep and text:
+        path = f"{os.fspath(output)}.export.log"
+        Path(path).write_text(text)
+        return path
+    return None
+
+
+def _torchscript_export(net: nn.Module, sample: torch.Tensor, dynamic: str, opset: int, dims_out: dict[int, str]):
+    """The TorchScript exporter (exporters.torchscript_export) with this module's names and dynamic axes."""
+    from deploy_unet.exporters import torchscript_export
+
+    rank = sample.dim()
+    dims = {axis_index(a, rank): a for a in dynamic_axes(dynamic, rank)}
+    with _quiet_exporter():
+        return torchscript_export(net, sample, dims, opset, INPUT_NAME, OUTPUT_NAME, dims_out)
 
 
 def trace_shape(export_shape: tuple[int, ...], dynamic: str, step) -> tuple[int, ...]:

@@ -117,6 +117,16 @@ class ModelInfo:
         """The graph pads to the divisor itself (export --pad-in-graph): any H, W is a valid input."""
         return self.extra.get(PAD_IN_GRAPH_KEY, "none") not in ("", "none")
 
+    @property
+    def output_stride(self) -> int:
+        """Input H / logits H: 1 for full-size logits, 4 for SegFormer's (export or describe records it)."""
+        return int(self.extra.get("output_stride", "1") or 1)
+
+    @property
+    def value_scale(self) -> float:
+        """The net takes pixels in [0, value_scale] before mean/std (1.0: [0, 1]; 255.0: 0..255)."""
+        return float(self.extra.get("value_scale", "1.0") or 1.0)
+
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {}
         for key, value in asdict(self).items():
@@ -171,8 +181,21 @@ def load_onnx(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelP
         raise ArtifactError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from None
 
 
-def read_model_info(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelInfo:
+def read_model_info(model_or_path: onnx.ModelProto | str | os.PathLike, source: str | None = None) -> ModelInfo:
+    """The model's ModelInfo: its deploy-unet metadata, or (a file exported elsewhere) what
+    ``describe.info_for`` reads from its graph, finds by running it and is told by the user's options."""
     if isinstance(model_or_path, onnx.ModelProto):
-        return ModelInfo.from_props(read_props(model_or_path))
-    model = load_onnx(model_or_path, load_weights=False)
-    return ModelInfo.from_props(read_props(model), source=os.fspath(model_or_path))
+        model, path = model_or_path, None
+    else:
+        model, path = load_onnx(model_or_path, load_weights=False), os.fspath(model_or_path)
+    source = source or path or "model"
+    props = read_props(model)
+    if not has_deploy_unet_metadata(props):
+        from deploy_unet.describe import info_for
+
+        return info_for(model, source, path=path)
+    return ModelInfo.from_props(props, source=source)
+
+
+def has_deploy_unet_metadata(props: dict[str, str]) -> bool:
+    return all(k in props for k in ("arch", "divisor", "in_channels", "num_classes"))

@@ -353,8 +353,9 @@ def predict(
     try:
         info = runner_info(runner)
         if info is None:
-            raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor); "
-                                "export it with `deploy-unet export` so predict can prepare images for it")
+            why = "".join(f"; {w}" for w in getattr(runner, "undescribed", [])[:1])
+            raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor) and could "
+                                f"not be described{why}; export it with `deploy-unet export`, or fix the file")
         if output == "mask" and info.num_classes == 1:
             raise ConfigError("a one-channel (binary) net's mask is logit > 0, not the argmax the runners' "
                               "--output mask computes; drop --output mask")

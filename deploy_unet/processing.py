@@ -72,6 +72,9 @@ class Preprocessing:
     fit: str = "pad"
     size: tuple[int, int] | None = None  # fit="resize": the model input size (H, W)
     pad_mode: str = "reflect"
+    # A model described from a foreign ONNX (describe.py) or with low-resolution logits (export):
+    scale: float = 1.0  # pixels in [0, 1] are multiplied by it before mean/std (255: a net trained on 0..255)
+    output_stride: int = 1  # input H / logits H (4: SegFormer); logits are upsampled bilinearly (half-pixel)
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:
@@ -120,6 +123,8 @@ class Preprocessing:
             fit=fit,
             size=tuple(int(v) for v in size) if size is not None else None,
             pad_mode=pad_mode,
+            scale=float(getattr(info, "value_scale", 1.0) or 1.0),
+            output_stride=int(getattr(info, "output_stride", 1) or 1),
         )
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -141,6 +146,7 @@ class Geometry:
     input_height: int  # what the model was fed
     input_width: int
     fit: str
+    output_stride: int = 1  # the model's logits are input / output_stride (postprocess upsamples them)
 
     @property
     def padding(self) -> tuple[int, int]:
@@ -274,6 +280,8 @@ def preprocess(images, spec: Preprocessing) -> Preprocessed:
     chw = np.stack([adapt_channels(to_unit_float(im), spec.in_channels) for im in items])
     if spec.fit == "resize":
         chw = resize_bilinear(chw, *spec.size)  # type: ignore[misc]
+    if spec.scale != 1.0:
+        chw = chw * np.float32(spec.scale)
     batch = normalize(chw, spec.mean, spec.std)
     if spec.fit == "pad":
         if spec.pad_in_graph:
@@ -281,7 +289,7 @@ def preprocess(images, spec: Preprocessing) -> Preprocessed:
         else:
             batch, _ = pad_to_multiple(batch, spec.contract.divisor, spec.pad_mode)
     in_h, in_w = batch.shape[-2:]
-    geometry = Geometry(height, width, int(in_h), int(in_w), spec.fit)
+    geometry = Geometry(height, width, int(in_h), int(in_w), spec.fit, spec.output_stride)
     return Preprocessed(np.ascontiguousarray(batch, dtype=np.float32), geometry)
 
 
@@ -303,7 +311,7 @@ def postprocess(output: np.ndarray, geometry: Geometry) -> np.ndarray:
     spatial size is the model input's (cropped or resized back here) or already the image's (a runner that
     padded in the graph, cropped, or tiled): both are accepted, anything else is refused.
     """
-    output = np.asarray(output)
+    output = upsample_logits(np.asarray(output), geometry)
     if output.ndim == 4:
         mask = logits_to_mask(output)
     elif output.ndim == 3 and (np.issubdtype(output.dtype, np.integer) or output.dtype == np.bool_):
@@ -328,11 +336,34 @@ def postprocess(output: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.ascontiguousarray(mask[..., : geometry.height, : geometry.width])
 
 
+def upsample_logits(output: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Logits (or class ids) at 1/output_stride of the model input -> the model input's size: logits
+    bilinearly with half-pixel centres (``F.interpolate(mode="bilinear", align_corners=False)``, as
+    SegFormer's ``post_process_semantic_segmentation`` does), class ids by nearest neighbour. Anything else
+    is returned as it is."""
+    stride = geometry.output_stride
+    low = (geometry.input_height // stride, geometry.input_width // stride) if stride > 1 else None
+    if low is None or output.ndim not in (3, 4) or tuple(output.shape[-2:]) != low:
+        return output
+    if output.ndim == 4:
+        return resize_bilinear(output.astype(np.float32, copy=False), geometry.input_height, geometry.input_width)
+    return np.ascontiguousarray(resize_nearest(output, geometry.input_height, geometry.input_width))
+
+
+def upsample_to(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """NCHW logits at 1/k of ``height`` x ``width`` (one integer k for both axes) upsampled to it, bilinearly
+    (half-pixel); any other size is returned as it is. Scores against ground truth at the input's size."""
+    lh, lw = logits.shape[-2:]
+    if (lh, lw) == (height, width) or not lh or not lw or height % lh or width % lw or height // lh != width // lw:
+        return logits
+    return resize_bilinear(logits.astype(np.float32, copy=False), height, width)
+
+
 def probabilities(logits: np.ndarray, geometry: Geometry) -> np.ndarray:
     """NCHW logits -> (N, C, H, W) float32 class probabilities at the images' own size: softmax over C
     (one channel: the sigmoid of the logit, the probability of class 1), cropped back (``pad``) or
     resized back bilinearly (``resize``)."""
-    logits = np.asarray(logits, dtype=np.float32)
+    logits = upsample_logits(np.asarray(logits, dtype=np.float32), geometry)
     if logits.ndim != 4:
         raise ShapeContractError(f"logits have shape {logits.shape}; expected N x C x H x W")
     if logits.shape[1] == 1:

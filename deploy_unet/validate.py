@@ -266,6 +266,10 @@ class _OutputAccumulator:
                 self.checkerboard_sums = [s + float(v.sum()) for s, v in zip(self.checkerboard_sums, scores)]
                 self.checkerboard_maps += scores[1].size
                 self.last_scores = scores
+        if truth is not None and cand.ndim == 4:  # logits at 1/k (SegFormer): scored at the truth's size
+            from deploy_unet.processing import upsample_to
+
+            cand, ref = (upsample_to(a, *np.shape(truth)[-2:]) for a in (cand, ref))
         cand_mask, ref_mask = to_mask(cand), to_mask(ref)
         if cand.ndim == 5:
             same = (cand_mask == ref_mask).reshape(len(cand_mask), -1)

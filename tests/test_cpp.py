@@ -366,3 +366,16 @@ def test_a_build_without_libpng_says_so_and_reads_ppm_only(tmp_path):
     assert proc.returncode == 2 and "PNG support was not built" in proc.stderr and "libpng-dev" in proc.stderr
     ppm = write_image(tmp_path / "in.ppm", 4, 5, 3, seed=1)
     assert run_tool(build, "unet_convert", ppm, tmp_path / "out.ppm").returncode == 0
+
+
+@pytest.mark.parametrize("key, value, words", [("output_stride", 4, "logits are at 1/4 of the input"),
+                                               ("value_scale", 255.0, "(value_scale)")])
+def test_cpp_refuses_low_resolution_logits_and_scaled_pixels_in_one_line(cpp_tools, tmp_path, key, value, words):
+    """Issue 27: the C++ sample makes masks from full-size logits of [0, 1] pixels; other engines are refused."""
+    manifest = make_manifest()
+    manifest.model[key] = value
+    path = tmp_path / "m.engine.json"
+    write_manifest(manifest, path)
+    proc = run_tool(cpp_tools, "unet_manifest", path)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert words in proc.stderr

@@ -200,18 +200,26 @@ def test_numbers_off_at_the_traced_shape_stay_a_parity_failure(tmp_path):
 # --- stage errors ---------------------------------------------------------------------------------------------
 
 
-def test_torch_export_failure_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path, nets):
+def test_torch_export_failure_is_one_line_exit_2_and_debug_shows_the_traceback(tmp_path, nets):
+    """Issue 27: the line names the cause class and the user's line; --debug adds the traceback and the log."""
     out = tmp_path / "d.onnx"
-    result = invoke("export", "--model", "trap_nets:DataDependent", "--height", 8, "--width", 8, "-o", out)
-    assert result.exit_code == 1, result.output
+    args = ["export", "--model", "trap_nets:DataDependent", "--height", 8, "--width", 8, "-o", out]
+    result = invoke(*args, "--exporter", "dynamo")
+    assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1
-    assert lines[0].startswith("error: torch.onnx.export failed for custom:trap_nets:DataDependent: ")
-    assert "Traceback" not in result.output
+    assert lines[0].startswith("error: torch.export cannot export the net: data-dependent branch: a condition on "
+                               "tensor values at ")
+    assert "trap_nets.py:" in lines[0] and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
-    debug = invoke("--debug", "export", "--model", "trap_nets:DataDependent", "--height", 8, "--width", 8, "-o", out)
-    assert debug.exit_code == 1
-    assert "Traceback" in debug.output and "error: torch.onnx.export failed" in debug.output
+    # auto falls back to the TorchScript exporter, whose one-branch trace is caught on inputs that move the branch
+    result = invoke(*args)
+    assert result.exit_code == 2 and "traced one branch of the data-dependent condition" in result.output
+    assert list(tmp_path.iterdir()) == []
+    debug = invoke("--debug", *args, "--exporter", "dynamo")
+    assert debug.exit_code == 2
+    assert "Traceback" in debug.output and "error: torch.export cannot export the net" in debug.output
+    assert (tmp_path / "d.onnx.export.log").read_text()  # what torch printed, kept out of the terminal
 
 
 @pytest.mark.parametrize("stage, target, hint", [

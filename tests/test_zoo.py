@@ -184,3 +184,62 @@ def test_swinunetr_at_a_size_not_divisible_by_32_is_refused_naming_the_axis(tmp_
     assert len(errors) == 1 and "Traceback" not in result.output
     assert __import__("re").search(net.refused_match, errors[0]), errors[0]
     assert "nearest valid: 64 or 32" in errors[0] and not out.exists()
+
+
+def test_smp_unet_from_plain_torch_onnx_export_goes_everywhere_after_describe(tmp_path):
+    """Issue 27's "done when": an smp Unet exported by the user's own plain torch.onnx.export (TorchScript
+    exporter, input 'images', dynamic N/H/W, no deploy-unet metadata) is described once, then quantize int8
+    (both placements), validate against the original file, predict (masks at each image's size) and
+    triton-repo run with no further options."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    import warnings
+
+    from tests.test_foreign_onnx import through_everything
+
+    torch.manual_seed(0)
+    net = smp.Unet(encoder_name="resnet18", encoder_weights=None, classes=3).eval()
+    foreign = tmp_path / "smp_unet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(foreign), input_names=["images"], output_names=["masks"],
+                          dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, "masks": {0: "n", 2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False)
+    described = tmp_path / "unet.onnx"
+    result = invoke("describe", foreign, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "-o", described)
+    assert result.exit_code == 0, result.output
+    info = read_model_info(described)
+    # smp's own "divisible by 32" check is Python (check_input_shape): the tracer drops it, and its decoder
+    # resizes to each skip's size, so the graph itself runs at any size, which the probe finds (divisor 1).
+    assert (info.divisor, info.in_channels, info.num_classes, info.input_names) == (1, 3, 3, ["images"])
+    assert "divisor 1 (runs at any size)" in result.output
+    through_everything(described, foreign, tmp_path)
+
+
+def test_transformers_segformer_quarter_logits_export_and_predict_at_image_size(tmp_path):
+    """A real Hugging Face SegformerForSemanticSegmentation (small random config, nothing downloaded): its
+    SemanticSegmenterOutput is exported at 'logits' with a note, the 1/4-resolution logits are recorded
+    (output_stride 4), and every command after it upsamples them where masks are made."""
+    transformers = pytest.importorskip("transformers")
+
+    from tests.test_foreign_onnx import through_everything
+
+    config = transformers.SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                                          hidden_sizes=[8, 16], num_attention_heads=[1, 1], patch_sizes=[7, 3],
+                                          strides=[4, 2], decoder_hidden_size=16, num_labels=3)
+    torch.manual_seed(0)
+    net = transformers.SegformerForSemanticSegmentation(config).eval()
+    from deploy_unet.export import export_onnx
+
+    out = tmp_path / "segformer.onnx"
+    result = export_onnx(net, out, height=64, width=64, divisor=8)
+    assert any("exporting 'logits'" in n and "1/4" in n for n in result.notes), result.notes
+    info = read_model_info(out)
+    assert (info.output_stride, info.extra["output_selected"], info.num_classes) == (4, "logits", 3)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 48, 72)
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = net(pixel_values=x).logits.numpy()
+    assert got.shape == (1, 3, 12, 18)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    through_everything(out, out, tmp_path)

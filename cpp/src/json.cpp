@@ -242,6 +242,16 @@ EngineModelInfo read_engine_model_info(const std::string& manifest_path) {
         }
         // Absent in manifests written before export --pad-in-graph existed: the host pads.
         info.pad_in_graph = model.has("pad_in_graph") && model["pad_in_graph"].as_bool();
+        // Written by deploy-unet for low-resolution logits (SegFormer) and foreign ONNX (describe --scale):
+        // this sample neither upsamples logits nor rescales pixels, so it refuses such an engine in one line.
+        if (optional_int("output_stride") > 1)
+            throw std::runtime_error("the engine's logits are at 1/" + std::to_string(optional_int("output_stride")) +
+                                     " of the input (output_stride); the C++ sample makes masks from full-size logits: "
+                                     "export with --upsample-in-graph and rebuild the engine");
+        if (model.has("value_scale") && !model["value_scale"].is_null() && model["value_scale"].as_number() != 1.0)
+            throw std::runtime_error("the engine takes pixels in [0, " + std::to_string(model["value_scale"].as_number()) +
+                                     "] (value_scale); the C++ sample feeds [0, 1]: fold the scale into --mean/--std "
+                                     "(mean*scale, std*scale are equivalent) with deploy-unet describe, and rebuild");
         return info;
     } catch (const std::runtime_error& e) {
         throw std::runtime_error(manifest_path + ": " + e.what());

@@ -56,6 +56,10 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         # Volumes: 3 spatial dims (NCDHW) and the divisor of each axis (depth, height, width).
         "spatial_dims": info.spatial_dims,
         "divisors": list(info.axis_divisors),
+        # Logits at 1/k of the input (SegFormer: 4) and the input's pixel range (describe --scale): the C++
+        # sample refuses either when it is not 1 (it neither upsamples logits nor rescales pixels).
+        "output_stride": info.output_stride,
+        "value_scale": info.value_scale,
     }
 
 

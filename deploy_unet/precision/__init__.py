@@ -20,7 +20,7 @@ import onnx
 
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError, stage_errors
 from deploy_unet.fileio import atomic_path, onnx_keeper
-from deploy_unet.metadata import ModelInfo, load_onnx, read_props, write_props
+from deploy_unet.metadata import load_onnx, read_model_info, read_props, write_props
 from deploy_unet.timing import StageTimes
 
 PRECISIONS = ("fp16", "int8")
@@ -108,7 +108,7 @@ def quantize(
         raise ConfigError("--auto-fallback measures the gate on held-out data; drop --no-eval (or pass --eval SRC)")
     model = load_onnx(model_path)
     props = read_props(model)
-    info = ModelInfo.from_props(props, source=os.fspath(model_path))
+    info = read_model_info(model, source=os.fspath(model_path))  # a foreign file: described (describe.py)
     if info.precision != "fp32":
         raise ArtifactError(
             f"{model_path} is already {info.precision}; quantize the fp32 export (precision fp32 in its metadata)"
@@ -173,7 +173,7 @@ def quantize(
     if searched is not None:
         meta["auto_fallback"] = json.dumps(searched.metadata())
     del new_model.metadata_props[:]
-    write_props(new_model, {**props, **meta})
+    write_props(new_model, {**props, **info.to_props(), **meta})
 
     # Gate before the rename: a failing file is still written (the user may want to inspect it), but
     # only after evaluation succeeds technically; the exit code tells the verdict.

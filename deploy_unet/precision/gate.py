@@ -22,6 +22,7 @@ import onnx
 
 from deploy_unet import metrics
 from deploy_unet.errors import ConfigError
+from deploy_unet.processing import upsample_to
 
 DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
@@ -242,6 +243,7 @@ class GateEvaluator:
         keep = self.spec.max_rel_l2 is not None if keep_logits is None else keep_logits
         masks, logits = [], []
         for x in _logits(fp32_path, samples.images, batch, threads):
+            x = upsample_to(x, *samples.images.shape[-2:])  # logits at 1/k (SegFormer): scored at the input's size
             masks.append(_mask(x))
             if keep:
                 logits.append(x.astype(np.float32, copy=False))
@@ -256,6 +258,7 @@ class GateEvaluator:
         ref = self.ref_masks[idx]
         preds, sum_diff, sum_ref = [], 0.0, 0.0
         for k, x in enumerate(_logits(candidate_path, images, self.batch, self.threads, backend=self.backend)):
+            x = upsample_to(x, *images.shape[-2:])  # as the fp32 side's
             preds.append(_mask(x))
             if self.ref_logits is not None:
                 r = self.ref_logits[idx[k * self.batch : (k + 1) * self.batch]].astype(np.float64)

@@ -34,6 +34,22 @@ def _graph_spatial_dims(model) -> int | None:
     return None
 
 
+def _described(model, path, why: list[str] | None = None) -> ModelInfo | None:
+    """A file exported elsewhere: what describe.py reads and finds (None where it cannot tell; an NHWC input
+    is refused in one line)."""
+    from deploy_unet.describe import LayoutError
+    from deploy_unet.metadata import read_model_info
+
+    try:
+        return read_model_info(model, source=os.fspath(path))
+    except LayoutError:
+        raise
+    except ArtifactError as exc:
+        if why is not None:
+            why.append(str(exc))
+        return None
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
@@ -53,7 +69,9 @@ class OnnxRuntimeRunner(Runner):
         self.output = check_output_kind(output)
         model = load_onnx(self.path, load_weights=False)
         props = read_props(model)
-        self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else None
+        self.undescribed: list[str] = []  # why a file without deploy-unet metadata could not be described
+        self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else \
+            _described(model, path, self.undescribed)
         if divisor is None:
             divisor = self.info.divisor if self.info else 1
         super().__init__(

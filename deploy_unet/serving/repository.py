@@ -284,6 +284,8 @@ def preprocessing_parameters(artifact: Artifact) -> dict[str, Any]:
         "divisor": int(info.divisor),
         "contract_reason": contract.reason,
         "pad_in_graph": bool(info.pad_in_graph),
+        "scale": float(info.value_scale),  # a net trained on 0..255 (describe --scale): 255
+        "output_stride": int(info.output_stride),  # logits at 1/k (SegFormer: 4): the postprocess upsamples
     }
     if artifact.profile is not None:
         params["min_hw"] = list(artifact.profile.min[2:])
@@ -321,6 +323,7 @@ def ensemble_configs(artifact: Artifact, name: str, max_batch: int, options: Rep
         "#what": Comment("logits -> argmax over classes -> mask cropped back to each image's H, W"),
         "name": post, "backend": "python", "max_batch_size": max_batch,
         "input": [logits_io, image_size], "output": [mask], "instance_group": cpu,
+        "parameters": map_entries({"output_stride": {"string_value": str(int(info.output_stride))}}),
     }
     ensemble = {
         "#what": Comment(f"image in, mask out: {pre} -> {name} -> {post}"),

@@ -236,8 +236,9 @@ class TritonService:
         first = self._runners[0]
         info = getattr(first, "info", None)
         if info is None:
-            raise ArtifactError(f"{path.name} carries no deploy-unet metadata (divisor, channels, classes); "
-                                "serve an artifact written by deploy-unet export / build-engine")
+            why = "".join(f"; {w}" for w in getattr(first, "undescribed", [])[:1])
+            raise ArtifactError(f"{path.name} carries no deploy-unet metadata (divisor, channels, classes) and could "
+                                f"not be described{why}; serve an artifact written by deploy-unet export / build-engine")
         (input_name,) = first.input_spec
         output_name = MASK_OUTPUT if o.output == MASK_OUTPUT else first.output_names[0]
         profile = _engine_profile(path)

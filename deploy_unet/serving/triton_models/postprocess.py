@@ -17,6 +17,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.logits_name = config["input"][0]["name"]
+        # logits at 1/k of the model input (SegFormer: 4), upsampled bilinearly before the argmax
+        self.stride = int(config.get("parameters", {}).get("output_stride", {}).get("string_value", "1"))
 
     def execute(self, requests):
         responses = []
@@ -27,7 +29,8 @@ class TritonPythonModel:
                 if len({(int(h), int(w)) for h, w in sizes}) != 1:
                     raise DeployUnetError(f"one request holds images of sizes {sizes.tolist()}; send one size")
                 height, width = (int(v) for v in sizes[0])
-                geometry = Geometry(height, width, logits.shape[-2], logits.shape[-1], "pad")
+                geometry = Geometry(height, width, logits.shape[-2] * self.stride, logits.shape[-1] * self.stride, "pad",
+                                    self.stride)
                 mask = np.ascontiguousarray(postprocess(logits, geometry))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("mask", mask)]))
             except (DeployUnetError, ValueError) as exc:

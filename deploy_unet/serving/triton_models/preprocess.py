@@ -30,6 +30,8 @@ class TritonPythonModel:
             contract=ShapeContract(int(params["divisor"]), reason=params.get("contract_reason", "")),
             pad_in_graph=bool(params["pad_in_graph"]),
             fit="pad",
+            scale=float(params.get("scale", 1.0)),
+            output_stride=int(params.get("output_stride", 1)),
         )
         self.min_hw = params.get("min_hw")
         self.max_hw = params.get("max_hw")
