@@ -15,7 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, DataError, first_line
-from deploy_unet.io.base import Geometry, Image, LazyImage, Reader, native, register_reader
+from deploy_unet.io.base import (
+    Geometry,
+    Image,
+    LazyImage,
+    Reader,
+    Writer,
+    atomic_files,
+    native,
+    register_reader,
+    register_writer,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -195,3 +205,20 @@ register_reader(NumpyReader())
 
 __all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "NumpyReader", "PillowReader", "check_finite", "decode_sample",
            "header_size", "native", "read_image", "read_samples_array"]
+
+
+class NumpyWriter(Writer):
+    """A mask for an ``.npy`` input: an ``.npy`` of the same spatial shape."""
+
+    name = "npy"
+    formats = ("npy",)
+
+    def suffix(self, like) -> str:
+        return ".npy"
+
+    def write(self, path: Path, array: np.ndarray, like) -> None:
+        with atomic_files(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+
+register_writer(NumpyWriter())
