@@ -16,8 +16,11 @@ import onnx
 from deploy_unet.errors import ArtifactError
 
 # Keys whose values are JSON in the ONNX file.
-_JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape", "class_names"}
-_INT_KEYS = {"divisor", "in_channels", "num_classes", "size_remainder", "border", "output_offset", "min_size"}
+_JSON_KEYS = {"net_config", "mean", "std", "input_names", "output_names", "export_shape", "class_names", "divisors"}
+_INT_KEYS = {"divisor", "in_channels", "num_classes", "size_remainder", "border", "output_offset", "min_size",
+             "spatial_dims"}
+# Written only when not the default, so a 2D file's metadata stays what it was (and old files mean 2D).
+_DEFAULT_OMITTED = {"spatial_dims": 2, "divisors": []}
 # export --pad-in-graph: "reflect" when the graph pads H, W up to the divisor itself and crops back
 # (the caller feeds any size), "none" (or absent, files from before) when the caller must.
 PAD_IN_GRAPH_KEY = "pad_in_graph"
@@ -46,6 +49,11 @@ class ModelInfo:
     min_size: int = 0
     # One name per class id (``export --class-names``), for legends and reports; empty: ids only.
     class_names: list[str] = field(default_factory=list)
+    # Volumes: 3 for an NCDHW net (absent in a file: 2, NCHW); ``divisors``: one per spatial axis (depth,
+    # height, width) where they differ (anisotropic nets), ``divisor`` then being their lcm; empty: ``divisor``
+    # on every axis.
+    spatial_dims: int = 2
+    divisors: list[int] = field(default_factory=list)
     # Anything else (exporter, versions, checkpoint hash, quantization settings) as plain strings.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -60,6 +68,8 @@ class ModelInfo:
             if prune:
                 return f"2**{prune} for UNet++ pruned to level {prune}"
             return f"2**{depth} for UNet++ depth {depth}"
+        if self.arch == "unet3d" and depth:
+            return f"2**{depth} for UNet3D depth {depth}" if not self.divisors else f"the pooling of UNet3D depth {depth}"
         if self.arch.startswith("fcn"):
             return f"{self.divisor} for the five pooling stages of FCN"
         return f"the divisor of {self.arch}"
@@ -70,18 +80,31 @@ class ModelInfo:
         from deploy_unet.shapes import ShapeContract
 
         if self.size_remainder == 0 and self.border == 0:
-            return ShapeContract(self.divisor, reason=self.contract_reason)
+            if self.divisors:
+                return ShapeContract.per_axis(self.divisors, self.spatial_dims, reason=self.contract_reason)
+            return ShapeContract(self.divisor, reason=self.contract_reason, spatial_dims=self.spatial_dims)
         depth = self.net_config.get("depth")
         reason = "unpadded " + ("UNet" if self.arch == "unet" else self.arch) + (f" depth {depth}" if depth else "")
         reason += ": every level even before pooling"
-        return ShapeContract(self.divisor, self.size_remainder, self.border, self.min_size, reason)
+        return ShapeContract(
+            self.divisor, self.size_remainder, self.border, self.min_size, reason, spatial_dims=self.spatial_dims)
+
+    @property
+    def axis_divisors(self) -> tuple[int, ...]:
+        """The divisor of each spatial axis."""
+        return tuple(self.divisors) or (self.divisor,) * self.spatial_dims
 
     @classmethod
     def contract_fields(cls, contract, padding: str = "same") -> dict[str, Any]:
         """The ModelInfo fields that store ``contract`` (a shapes.ShapeContract)."""
+        dims = {}
+        if getattr(contract, "spatial_dims", 2) != 2:
+            dims["spatial_dims"] = contract.spatial_dims
+        if getattr(contract, "divisors", ()):
+            dims["divisors"] = list(contract.divisors)
         if contract.is_divisor_only:
-            return {"padding": padding}
-        return {
+            return {"padding": padding, **dims}
+        return {**dims,
             "padding": padding, "size_remainder": contract.remainder, "border": contract.border,
             "output_offset": contract.border_per_side, "min_size": contract.smallest,
         }
@@ -94,7 +117,7 @@ class ModelInfo:
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {}
         for key, value in asdict(self).items():
-            if key == "extra":
+            if key == "extra" or (key in _DEFAULT_OMITTED and value == _DEFAULT_OMITTED[key]):
                 continue
             props[key] = json.dumps(value) if key in _JSON_KEYS else str(value)
         props.update({k: str(v) for k, v in self.extra.items()})

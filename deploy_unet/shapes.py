@@ -3,6 +3,10 @@
 A UNet of depth d pools d times; a 7x7 map pools to 3x3 and upsamples to 6x6, which then cannot be
 concatenated with its 7x7 skip. So H and W must be multiples of ``2**depth`` (32 for a five-pool FCN).
 This module validates shapes, suggests the nearest valid sizes, and pads to a multiple / crops back.
+
+Volumes (NCDHW) are the same rule in three spatial dims: a divisor per axis, either one int for every axis
+or one per axis (nnU-Net's anisotropic nets pool depth fewer times than height and width), checked and
+padded per axis; the 2D API and its messages are the N = 2 case.
 """
 
 from __future__ import annotations
@@ -15,6 +19,49 @@ import numpy as np
 from deploy_unet.errors import ShapeContractError
 
 PAD_MODES = ("reflect", "constant", "edge")
+# The names of the spatial axes, by how many there are (NCHW: height, width; NCDHW: depth, height, width).
+AXIS_NAMES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+_AXIS_LETTERS = {1: "W", 2: "H, W", 3: "D, H, W"}
+
+
+def axis_names(spatial_dims: int) -> tuple[str, ...]:
+    """``height, width`` for 2 spatial dims, ``depth, height, width`` for 3."""
+    if spatial_dims not in AXIS_NAMES:
+        raise ShapeContractError(f"{spatial_dims} spatial dims are not supported; use 2 (NCHW) or 3 (NCDHW)")
+    return AXIS_NAMES[spatial_dims]
+
+
+def layout_name(spatial_dims: int) -> str:
+    """``NCHW`` / ``NCDHW``: the layout a runner takes, for messages."""
+    return "NC" + _AXIS_LETTERS.get(spatial_dims, "?").replace(", ", "")
+
+
+def per_axis(divisor: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """One divisor per spatial axis: an int repeated, or a sequence checked for its length."""
+    if isinstance(divisor, (int, np.integer)):
+        return (int(divisor),) * spatial_dims
+    values = tuple(int(d) for d in divisor)
+    if len(values) != spatial_dims:
+        raise ShapeContractError(
+            f"{len(values)} divisors {values} given for {spatial_dims} spatial dims "
+            f"({', '.join(axis_names(spatial_dims))}); give one divisor, or one per axis"
+        )
+    if any(d < 1 for d in values):
+        raise ShapeContractError(f"divisors {values} must all be >= 1")
+    return values
+
+
+def lcm_divisor(divisors: Sequence[int]) -> int:
+    """The one int that every per-axis divisor divides (a size divisible by it is valid on every axis)."""
+    out = 1
+    for d in divisors:
+        out = out * int(d) // np.gcd(out, int(d))
+    return int(out)
+
+
+def _spatial_shape_error(shape: Sequence[int], spatial_dims: int | None = None) -> ShapeContractError:
+    letters = _AXIS_LETTERS.get(spatial_dims or 2, "H, W")
+    return ShapeContractError(f"expected a spatial shape ({letters}), got {tuple(shape)}")
 
 
 def nearest_valid(value: int, divisor: int) -> tuple[int | None, int]:
@@ -38,50 +85,96 @@ def check_dim(name: str, value: int, divisor: int, reason: str = "", pad_hint: s
 
 
 def validate_shape(
-    hw: Sequence[int], divisor: int, depth_hint: str = "", pad_hint: str = "or pass --pad"
+    hw: Sequence[int],
+    divisor: int | Sequence[int],
+    depth_hint: str = "",
+    pad_hint: str = "or pass --pad",
+    spatial_dims: int | None = None,
 ) -> None:
-    """Check (H, W) against the divisor; the first failing dim raises a one-line ShapeContractError."""
-    if len(hw) != 2:
-        raise ShapeContractError(f"expected a spatial shape (H, W), got {tuple(hw)}")
-    for name, value in zip(("height", "width"), hw):
-        check_dim(name, int(value), divisor, depth_hint, pad_hint)
+    """Check (H, W), or (D, H, W), against the divisor (one int, or one per axis); the first failing axis
+    raises a one-line ShapeContractError naming it. ``spatial_dims`` (default: 2, or the number of per-axis
+    divisors) is how many spatial dims the net takes."""
+    if spatial_dims is None:
+        spatial_dims = 2 if isinstance(divisor, (int, np.integer)) else len(tuple(divisor))
+    if len(hw) != spatial_dims:
+        raise _spatial_shape_error(hw, spatial_dims)
+    divisors = per_axis(divisor, spatial_dims)
+    for name, value, axis_divisor in zip(axis_names(spatial_dims), hw, divisors):
+        check_dim(name, int(value), axis_divisor, depth_hint, pad_hint)
 
 
-def is_valid(hw: Sequence[int], divisor: int) -> bool:
-    return all(int(v) > 0 and int(v) % divisor == 0 for v in hw)
+def is_valid(hw: Sequence[int], divisor: int | Sequence[int]) -> bool:
+    divisors = per_axis(divisor, len(hw))
+    return all(int(v) > 0 and int(v) % d == 0 for v, d in zip(hw, divisors))
+
+
+def nearest_valid_shape(shape: Sequence[int], divisor: int | Sequence[int]) -> tuple[int, ...]:
+    """The smallest valid size >= each axis (per-axis divisors allowed)."""
+    divisors = per_axis(divisor, len(shape))
+    return tuple(nearest_valid(int(v), d)[1] for v, d in zip(shape, divisors))
 
 
 @dataclass(frozen=True)
 class Padding:
-    """How an NCHW array was padded (bottom and right), so it can be cropped back."""
+    """How an NCHW (or NCDHW) array was padded (bottom and right, and back for depth), so it can be cropped
+    back. ``depth`` is None for 2D arrays."""
 
     height: int
     width: int
     pad_bottom: int
     pad_right: int
+    depth: int | None = None
+    pad_back: int = 0
 
     @property
     def is_noop(self) -> bool:
-        return self.pad_bottom == 0 and self.pad_right == 0
+        return self.pad_bottom == 0 and self.pad_right == 0 and self.pad_back == 0
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.depth is None else 3
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The spatial size before padding: (H, W) or (D, H, W)."""
+        return (self.height, self.width) if self.depth is None else (self.depth, self.height, self.width)
+
+    @property
+    def pads(self) -> tuple[int, ...]:
+        """What was added at the end of each spatial axis."""
+        return (self.pad_bottom, self.pad_right) if self.depth is None else (self.pad_back, self.pad_bottom, self.pad_right)
 
 
 def pad_to_multiple(
-    array: np.ndarray, divisor: int, mode: str = "reflect", value: float = 0.0
+    array: np.ndarray,
+    divisor: int | Sequence[int],
+    mode: str = "reflect",
+    value: float = 0.0,
+    spatial_dims: int | None = None,
 ) -> tuple[np.ndarray, Padding]:
-    """Pad the last two dims up to a multiple of ``divisor`` at the bottom/right.
+    """Pad the last two dims (or the last three: ``spatial_dims=3``, or three per-axis divisors) up to a
+    multiple of the divisor of each axis, at the end of each axis (bottom/right/back).
 
     ``reflect`` (default) avoids the hard edge that constant padding puts in front of the first convs,
     which otherwise changes predictions near the border.
     """
     if mode not in PAD_MODES:
         raise ShapeContractError(f"pad mode {mode!r} is not valid; choose one of: {', '.join(PAD_MODES)}")
-    h, w = array.shape[-2:]
-    pad_h = (-h) % divisor
-    pad_w = (-w) % divisor
-    info = Padding(h, w, pad_h, pad_w)
+    if spatial_dims is None:
+        spatial_dims = 2 if isinstance(divisor, (int, np.integer)) else len(tuple(divisor))
+    axis_names(spatial_dims)
+    if spatial_dims not in (2, 3) or array.ndim < spatial_dims:
+        raise ShapeContractError(f"cannot pad {spatial_dims} spatial dims of an array of shape {array.shape}")
+    divisors = per_axis(divisor, spatial_dims)
+    sizes = tuple(int(v) for v in array.shape[-spatial_dims:])
+    pads = tuple((-v) % d for v, d in zip(sizes, divisors))
+    if spatial_dims == 2:
+        info = Padding(sizes[0], sizes[1], pads[0], pads[1])
+    else:
+        info = Padding(sizes[1], sizes[2], pads[1], pads[2], depth=sizes[0], pad_back=pads[0])
     if info.is_noop:
         return array, info
-    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
+    widths = [(0, 0)] * (array.ndim - spatial_dims) + [(0, p) for p in pads]
     if mode == "constant":
         return np.pad(array, widths, mode="constant", constant_values=value), info
     return np.pad(array, widths, mode=mode), info
@@ -89,7 +182,9 @@ def pad_to_multiple(
 
 def crop_back(array: np.ndarray, padding: Padding) -> np.ndarray:
     """Undo ``pad_to_multiple`` on an output whose spatial size equals the padded input's."""
-    return array[..., : padding.height, : padding.width]
+    if padding.depth is None:
+        return array[..., : padding.height, : padding.width]
+    return array[..., : padding.depth, : padding.height, : padding.width]
 
 
 # -- the general contract: valid sizes and the output size for each ---------------------------------
@@ -108,12 +203,46 @@ class ShapeContract:
     border: int = 0
     min_size: int = 0  # 0: the smallest positive size of the form divisor * k + remainder
     reason: str = ""
+    # Volumes: how many spatial dims the net takes (2: NCHW, 3: NCDHW), and a divisor per axis where they
+    # differ (divisor-only contracts; ``divisor`` is then their lcm, a size valid on every axis). Empty: the
+    # one ``divisor`` on every axis.
+    spatial_dims: int = 2
+    divisors: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.divisor < 1 or not 0 <= self.remainder < self.divisor or self.border < 0 or self.border % 2:
             raise ValueError(f"inconsistent shape contract {self}")
+        if self.spatial_dims not in AXIS_NAMES:
+            raise ValueError(f"shape contract with {self.spatial_dims} spatial dims; use 2 or 3")
+        if self.divisors:
+            divisors = tuple(int(d) for d in self.divisors)
+            if len(divisors) != self.spatial_dims or self.remainder or self.border or min(divisors) < 1:
+                raise ValueError(f"inconsistent per-axis shape contract {self}")
+            if len(set(divisors)) == 1:  # one value: the plain contract, so equal contracts compare equal
+                object.__setattr__(self, "divisor", divisors[0])
+                divisors = ()
+            else:
+                object.__setattr__(self, "divisor", lcm_divisor(divisors))
+            object.__setattr__(self, "divisors", divisors)
         if self.min_size > 0:  # store the smallest valid size itself, so equal contracts compare equal
             object.__setattr__(self, "min_size", self.smallest)
+
+    @classmethod
+    def per_axis(cls, divisors: int | Sequence[int], spatial_dims: int | None = None, reason: str = "") -> ShapeContract:
+        """A divisor-only contract: one int for every axis, or one divisor per axis (its length gives the dims)."""
+        if spatial_dims is None:
+            spatial_dims = 2 if isinstance(divisors, (int, np.integer)) else len(tuple(divisors))
+        values = per_axis(divisors, spatial_dims)
+        return cls(lcm_divisor(values), reason=reason, spatial_dims=spatial_dims, divisors=values)
+
+    @property
+    def axis_divisors(self) -> tuple[int, ...]:
+        """The divisor of each spatial axis (depth, height, width for volumes)."""
+        return self.divisors or (self.divisor,) * self.spatial_dims
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return axis_names(self.spatial_dims)
 
     @property
     def is_divisor_only(self) -> bool:
@@ -167,18 +296,49 @@ class ShapeContract:
 
     def check_dim(self, name: str, value: int, pad_hint: str = "") -> None:
         if self.is_divisor_only:
-            check_dim(name, value, self.divisor, self.reason, pad_hint)
+            check_dim(name, value, self.axis_divisor(name), self.reason, pad_hint)
         elif not self.is_valid_input(value):
             raise ShapeContractError(self.describe_invalid(name, value, pad_hint))
 
+    def axis_divisor(self, name: str) -> int:
+        """The divisor of the axis called ``name`` (``depth``, ``height``, ``width``); ``divisor`` otherwise."""
+        if self.divisors and name in self.axis_names:
+            return self.divisors[self.axis_names.index(name)]
+        return self.divisor
+
     def validate(self, hw: Sequence[int], pad_hint: str = "") -> None:
-        if len(hw) != 2:
-            raise ShapeContractError(f"expected a spatial shape (H, W), got {tuple(hw)}")
-        for name, value in zip(("height", "width"), hw):
+        if len(hw) != self.spatial_dims:
+            raise _spatial_shape_error(hw, self.spatial_dims)
+        for name, value in zip(self.axis_names, hw):
             self.check_dim(name, int(value), pad_hint)
+
+    def is_valid_shape(self, shape: Sequence[int]) -> bool:
+        if len(shape) != self.spatial_dims:
+            return False
+        if self.is_divisor_only:
+            return is_valid(shape, self.axis_divisors)
+        return all(self.is_valid_input(int(v)) for v in shape)
+
+    def with_spatial_dims(self, spatial_dims: int) -> ShapeContract:
+        """The same rule on ``spatial_dims`` axes (a net that says nothing, given ``--spatial-dims 3``)."""
+        from dataclasses import replace
+
+        if spatial_dims == self.spatial_dims:
+            return self
+        return replace(self, spatial_dims=spatial_dims, divisors=())
 
     def to_props(self) -> dict[str, int]:
         return {"size_remainder": self.remainder, "border": self.border, "min_size": self.smallest}
+
+    def rule_text(self) -> str:
+        """The rule for every axis, for docs and reports: ``divisible by 16`` or
+        ``depth divisible by 4, height by 16, width by 16``."""
+        if not self.divisors:
+            return self.rule()
+        names = self.axis_names
+        parts = [f"{names[0]} divisible by {self.divisors[0]}"]
+        parts += [f"{n} by {d}" for n, d in zip(names[1:], self.divisors[1:])]
+        return ", ".join(parts) + (f" (= {self.reason})" if self.reason else "")
 
 
 VALID_BLOCK_LOSS = 4  # two unpadded 3x3 convs per level lose 1 pixel per side each

@@ -53,6 +53,9 @@ def model_section(info: ModelInfo) -> dict[str, Any]:
         "export_shape": list(info.export_shape),
         # True: the engine pads H, W to the divisor itself; feed any size in the profile, do not pad.
         "pad_in_graph": info.pad_in_graph,
+        # Volumes: 3 spatial dims (NCDHW) and the divisor of each axis (depth, height, width).
+        "spatial_dims": info.spatial_dims,
+        "divisors": list(info.axis_divisors),
     }
 
 
@@ -107,6 +110,8 @@ class EngineManifest:
                 input_names=[m.get("input_name", "input")],
                 output_names=[m.get("output_name", "logits")],
                 precision=self.precision,
+                spatial_dims=int(m.get("spatial_dims", 2)),
+                divisors=[int(d) for d in m.get("divisors") or []] if len(set(m.get("divisors") or [])) > 1 else [],
                 extra={PAD_IN_GRAPH_KEY: "reflect" if m.get("pad_in_graph") else "none"},
             )
 

@@ -5,6 +5,8 @@ The base class owns the checks every backend needs, so they are stated once: inp
 rank, channel count, finite values, and the shape contract (clear error, or pad and crop back).
 A model that pads inside its graph (``export --pad-in-graph``) takes any H, W above its minimum:
 the runner neither refuses nor pads those.
+Volumes are the same checks on NCDHW arrays: the contract's ``spatial_dims`` (3) sets the rank, and a
+divisor per axis is checked (and padded to) on depth, height and width.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from deploy_unet.shapes import (
     ShapeContract,
     check_size_pad_in_graph,
     crop_back,
+    layout_name,
     pad_to_multiple,
     validate_shape,
 )
@@ -83,6 +86,7 @@ class Runner(abc.ABC):
         contract_reason: str = "",
         contract: ShapeContract | None = None,
         pad_in_graph: bool = False,
+        spatial_dims: int | None = None,
     ):
         self.divisor = divisor
         self.pad_in_graph = pad_in_graph
@@ -91,8 +95,12 @@ class Runner(abc.ABC):
         self.pad_mode = pad_mode
         self.contract_reason = contract_reason
         # The general contract (valid sizes, output size); a divisor-only one keeps the divisor's messages.
-        if contract is None or contract.is_divisor_only:
-            contract = ShapeContract(divisor, reason=contract_reason)
+        # Spatial dims: the contract's (3 for a volume net), else ``spatial_dims``, else 2 (NCHW).
+        dims = spatial_dims or (contract.spatial_dims if contract is not None else 2)
+        if contract is None or (contract.is_divisor_only and not contract.divisors):
+            contract = ShapeContract(divisor, reason=contract_reason, spatial_dims=dims)
+        elif contract.spatial_dims != dims:
+            contract = contract.with_spatial_dims(dims)
         self.contract = contract
         # Overlap-tile inference (runtime/tiling.py): set with ``enable_tiling``.
         self.tile = False
@@ -147,6 +155,10 @@ class Runner(abc.ABC):
         """Check the feeds against the contract, run (padding when asked), crop outputs back."""
         if not self.is_active:
             raise RuntimeError(f"{type(self).__name__} is not active; use it as a context manager")
+        if self.tile and self.contract.spatial_dims != 2:
+            raise ConfigError(
+                "--tile runs 2D images; for a volume use sliding-window inference (predict --sw-batch/--overlap)"
+            )
         if self.pad and not self.contract.is_divisor_only:
             raise ConfigError(
                 "--pad cannot give a full-size output for a net whose output is smaller than its input "
@@ -158,14 +170,16 @@ class Runner(abc.ABC):
         if not self.pad or self.pad_in_graph:
             return self._infer(feeds)
         padded, paddings = {}, {}
+        dims = self.contract.spatial_dims
+        divisor = self.contract.divisors or self.divisor
         for name, array in feeds.items():
-            padded[name], paddings[name] = pad_to_multiple(array, self.divisor, self.pad_mode)
+            padded[name], paddings[name] = pad_to_multiple(array, divisor, self.pad_mode, spatial_dims=dims)
         outputs = self._infer(padded)
         padding = next(iter(paddings.values()))
-        padded_hw = next(iter(padded.values())).shape[-2:]
+        padded_hw = next(iter(padded.values())).shape[-dims:]
         # Crop only outputs at the padded input's resolution (segmentation maps); leave others alone.
         return {
-            name: crop_back(out, padding) if out.ndim >= 2 and out.shape[-2:] == padded_hw else out
+            name: crop_back(out, padding) if out.ndim >= dims and out.shape[-dims:] == padded_hw else out
             for name, out in outputs.items()
         }
 
@@ -185,11 +199,15 @@ class Runner(abc.ABC):
                 if not np.issubdtype(array.dtype, np.number):
                     raise DeployUnetError(f"input {name!r} has dtype {array.dtype}; feed float32 NCHW data")
                 array = array.astype(np.float32)
-            if array.ndim != 4:
-                raise ShapeContractError(f"input {name!r} has shape {array.shape}; expected 4-D NCHW (N, C, H, W)")
+            dims = self.contract.spatial_dims
+            layout = layout_name(dims)
+            if array.ndim != 2 + dims:
+                letters = ", ".join(layout)
+                raise ShapeContractError(
+                    f"input {name!r} has shape {array.shape}; expected {2 + dims}-D {layout} ({letters})")
             if self.in_channels is not None and array.shape[1] != self.in_channels:
                 raise ShapeContractError(
-                    f"input {name!r} has {array.shape[1]} channels; the model takes {self.in_channels} (NCHW layout)"
+                    f"input {name!r} has {array.shape[1]} channels; the model takes {self.in_channels} ({layout} layout)"
                 )
             if not np.isfinite(array).all():
                 raise DeployUnetError(f"input {name!r} contains NaN or Inf values; clean the input data first")
@@ -198,9 +216,10 @@ class Runner(abc.ABC):
             elif self.pad_in_graph:
                 check_size_pad_in_graph(array.shape[-2:], self.divisor)
             elif self.contract.is_divisor_only and not self.pad:
-                validate_shape(array.shape[-2:], self.divisor, self.contract_reason, "or run with pad=True (--pad)")
+                validate_shape(array.shape[2:], self.contract.divisors or self.divisor,
+                               self.contract_reason or self.contract.reason, "or run with pad=True (--pad)", dims)
             elif not self.contract.is_divisor_only:
-                self.contract.validate(array.shape[-2:], "or run with tile=True (--tile) for any size")
+                self.contract.validate(array.shape[2:], "or run with tile=True (--tile) for any size")
             checked[name] = np.ascontiguousarray(array)
         return checked
 

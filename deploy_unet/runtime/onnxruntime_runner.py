@@ -23,6 +23,17 @@ _ORT_DTYPES = {
 }
 
 
+def _graph_spatial_dims(model) -> int | None:
+    """A file without deploy-unet metadata: its first input's rank minus N and C (5-D input: 3), else None."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        rank = len(value.type.tensor_type.shape.dim)
+        return rank - 2 if rank in (4, 5) else None
+    return None
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
@@ -53,6 +64,7 @@ class OnnxRuntimeRunner(Runner):
             contract_reason=self.info.contract_reason if self.info else "",
             contract=self.info.shape_contract if self.info else None,
             pad_in_graph=bool(self.info and self.info.pad_in_graph),
+            spatial_dims=self.info.spatial_dims if self.info else _graph_spatial_dims(model),
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
