@@ -261,6 +261,14 @@ def predict(
     runner_options: dict[str, Any] | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    window: tuple[int, ...] | int | None = None,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    sw_batch: int = 4,
+    mirror: bool = False,
+    intensity: str | None = None,
+    resample: bool = False,
+    spacing: str | Sequence[float] | None = None,
 ) -> PredictionReport:
     """Run ``artifact`` (``.pt``, ``.onnx``, ``.engine``) on ``inputs`` and give each image its mask.
 
@@ -275,6 +283,10 @@ def predict(
     (``report.masks``; ``keep_masks`` overrides). ``output="mask"`` has the runner return only the argmax
     (computed on the GPU by the CUDA runners). Unreadable images are skipped and listed in ``report.skipped``
     (call ``report.raise_for_skipped()`` to fail on them); usage errors raise before anything is written.
+
+    Volumes (NIfTI, NRRD, MHA/MHD, DICOM series folders; ``.npy`` with a 3D net) run by sliding window
+    (``window``, ``overlap``, ``blend``, ``sw_batch``, ``mirror``; ``intensity``/``resample``/``spacing``
+    override the metadata): ``deploy_unet.predict_volume``.
     """
     from deploy_unet.machine import machine_info
     from deploy_unet.runtime import open_runner, runner_info
@@ -293,9 +305,10 @@ def predict(
         raise ConfigError("--tile stitches logits; drop --output mask with --tile")
     keep = keep_masks if keep_masks is not None else output_dir is None
     times = StageTimes()
+    volume_run = _volume_run(inputs)
     with times.stage("find inputs"):
-        images, skipped = collect_inputs(inputs, warn)
-    if not images and not skipped:
+        images, skipped = collect_inputs(inputs, warn) if not volume_run else ([], [])
+    if not images and not skipped and not volume_run:
         raise ConfigError("no inputs given; pass image files, folders or .npy files")
 
     options = {"device": device, "threads": threads, "checkpoint": checkpoint, "output": output,
@@ -306,6 +319,15 @@ def predict(
         runner.activate()
     try:
         info = runner_info(runner)
+        if volume_run or runner.contract.spatial_dims == 3:
+            from deploy_unet.predict_volume import SlidingWindow, predict_volumes
+
+            sw = SlidingWindow(window=(window,) if isinstance(window, int) else window, overlap=overlap,
+                               blend=blend, sw_batch=sw_batch, mirror=mirror)
+            return predict_volumes(runner, info, inputs, output_dir, artifact=artifact, sw=sw, times=times,
+                                   intensity=intensity, resample=resample, spacing=spacing, save_probs=save_probs,
+                                   overlays=overlays, keep_masks=keep_masks, threads=threads, progress=progress,
+                                   warn=warn, started=started)
         if info is None:
             raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor); "
                                 "export it with `deploy-unet export` so predict can prepare images for it")
@@ -388,6 +410,18 @@ def predict(
     if out_dir is not None:
         write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
     return report
+
+
+def _volume_run(inputs) -> bool:
+    """True when every input is a volume (NIfTI, NRRD, MHA/MHD, a DICOM folder); images and volumes mixed in one
+    run are refused (they need different nets)."""
+    from deploy_unet.predict_volume import is_volume_input
+
+    kinds = {is_volume_input(item) for item in inputs} - {None}  # None: an .npy, either (the net decides)
+    if kinds == {True, False}:
+        raise ConfigError("inputs mix volumes and 2D images; predict them in separate runs (they need a 3D and a "
+                          "2D net)")
+    return kinds == {True}
 
 
 def _backend_label(runner) -> str:
