@@ -33,11 +33,11 @@ import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError, InputsSkippedError
 from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
+from deploy_unet.io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, _pixels, read_image  # noqa: F401 (moved to io)
+from deploy_unet.io.images import header_size as _header_size
 from deploy_unet.processing import Preprocessing, postprocess, preprocess, probabilities
 from deploy_unet.timing import StageTimes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-ARRAY_SUFFIXES = (".npy",)
 LOOP_STAGES = ("read images", "preprocess", "inference", "postprocess", "write outputs")
 
 
@@ -54,52 +54,6 @@ class ImageInput:
     index: int | None = None  # position inside an .npy holding several images
     array: np.ndarray | None = None  # in-memory image
     size: tuple[int, int] | None = None  # (H, W), read from the header where possible
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as Pillow decodes it: (H, W) or (H, W, C) uint8; uint16 for 16-bit greyscale PNG/TIFF;
-    float32 for floating-point TIFF. Pixels as stored: EXIF orientation is not applied, as in the training
-    readers (``deploy_unet.data``) and the C++ runtime, so a mask lies on the very pixel grid a net was fed.
-    Palette images become RGB (RGBA when they have transparency); CMYK/YCbCr/LAB become RGB; the first frame
-    of a multi-frame file. Raises ``ArtifactError`` with the reason when the file cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _pixels(im)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"cannot read {path} ({reason})") from None
-
-
-def _pixels(im) -> np.ndarray:
-    mode = im.mode
-    if mode in ("L", "LA", "RGB", "RGBA"):
-        return np.asarray(im)
-    if mode == "1":
-        return np.asarray(im.convert("L"))
-    if mode == "P" or mode == "PA":
-        return np.asarray(im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB"))
-    if mode.startswith("I;16"):
-        return np.asarray(im).astype(np.uint16)
-    if mode == "I":  # 32-bit integer: how Pillow opens some 16-bit PNGs
-        arr = np.asarray(im)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError(f"32-bit integer pixels up to {arr.max()} do not fit 16 bits")
-        return arr.astype(np.uint16)
-    if mode == "F":
-        return np.asarray(im, dtype=np.float32)
-    return np.asarray(im.convert("RGB"))
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) without decoding the pixels."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-    return int(h), int(w)
 
 
 def _array_images(array: np.ndarray, source: str) -> np.ndarray:
