@@ -261,11 +261,9 @@ def predict(
     runner_options: dict[str, Any] | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
-    window: tuple[int, ...] | int | None = None,
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    sw_batch: int = 4,
-    mirror: bool = False,
+    stream: bool | None = None,
+    stream_options: Any = None,
+    note: Callable[[str], None] | None = None,
     intensity: str | None = None,
     resample: bool = False,
     spacing: str | Sequence[float] | None = None,
@@ -284,8 +282,14 @@ def predict(
     (computed on the GPU by the CUDA runners). Unreadable images are skipped and listed in ``report.skipped``
     (call ``report.raise_for_skipped()`` to fail on them); usage errors raise before anything is written.
 
+    Large images (``scale.stream``): tiled/BigTIFF/OME/GeoTIFF and Zarr inputs, and any image over
+    ``stream_options.limit_pixels`` (or an engine profile's max), are streamed chunk by chunk into
+    NAME.mask.ome.zarr (or NAME.mask.tif) in bounded memory, with one ``note`` line saying so; ``stream=True``
+    streams every image, ``False`` none; ``stream_options`` (a ``scale.stream.StreamOptions``) sets the windows,
+    chunks, format, ``resume`` and a Dask cluster (``dask``).
+
     Volumes (NIfTI, NRRD, MHA/MHD, DICOM series folders; ``.npy`` with a 3D net) run by sliding window
-    (``window``, ``overlap``, ``blend``, ``sw_batch``, ``mirror``; ``intensity``/``resample``/``spacing``
+    (``stream_options``' window, overlap, blend, sw_batch, mirror_axes; ``intensity``/``resample``/``spacing``
     override the metadata): ``deploy_unet.predict_volume``.
     """
     from deploy_unet.machine import machine_info
@@ -307,7 +311,9 @@ def predict(
     times = StageTimes()
     volume_run = _volume_run(inputs)
     with times.stage("find inputs"):
+        inputs, large = _split_large_inputs(inputs, stream) if not volume_run else (inputs, [])
         images, skipped = collect_inputs(inputs, warn) if not volume_run else ([], [])
+        images += _large_items(large, images)
     if not images and not skipped and not volume_run:
         raise ConfigError("no inputs given; pass image files, folders or .npy files")
 
@@ -322,12 +328,13 @@ def predict(
         if volume_run or runner.contract.spatial_dims == 3:
             from deploy_unet.predict_volume import SlidingWindow, predict_volumes
 
-            sw = SlidingWindow(window=(window,) if isinstance(window, int) else window, overlap=overlap,
-                               blend=blend, sw_batch=sw_batch, mirror=mirror)
+            sw = SlidingWindow.from_options(stream_options)
             return predict_volumes(runner, info, inputs, output_dir, artifact=artifact, sw=sw, times=times,
                                    intensity=intensity, resample=resample, spacing=spacing, save_probs=save_probs,
                                    overlays=overlays, keep_masks=keep_masks, threads=threads, progress=progress,
                                    warn=warn, started=started)
+        if stream_options is not None and any(a > 1 for a in (stream_options.mirror_axes or ())):
+            raise ConfigError("--mirror axis 2 is for volumes; images have axes 0 (rows) and 1 (columns)")
         if info is None:
             raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor); "
                                 "export it with `deploy-unet export` so predict can prepare images for it")
@@ -344,8 +351,11 @@ def predict(
         spent = dict.fromkeys(LOOP_STAGES, 0.0)
         results: dict[str, ImagePrediction] = {}
         loop_start = time.perf_counter()
-        with _progress(progress, f"predict {Path(artifact).name}", len(images)) as tick:
-            for chunk in _batches_by_size(images, batch):
+        results.update(_predict_streamed(images, runner, spec, info, artifact, out_dir, stream, stream_options,
+                                         save_probs, output, backend, options, note or warn, skipped, warn))
+        whole = [item for item in images if item.name not in results]
+        with _progress(progress, f"predict {Path(artifact).name}", len(whole)) as tick:
+            for chunk in _batches_by_size(whole, batch):
                 t0 = time.perf_counter()
                 arrays, ok = [], []
                 for item in chunk:
@@ -469,6 +479,91 @@ def _progress(enabled: bool, description: str, total: int):
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
+
+
+# --- large images: streamed chunk by chunk (scale.stream) ---------------------------------------------------
+
+
+def _split_large_inputs(inputs, stream: bool | None) -> tuple[list, list[Path]]:
+    """Inputs read by region (a Zarr store, a tiled/BigTIFF/OME/GeoTIFF) apart from the rest."""
+    if stream is False:
+        return list(inputs), []
+    from deploy_unet.io.rasters import is_raster_path
+
+    rest, large = [], []
+    for item in inputs:
+        if not isinstance(item, np.ndarray) and is_raster_path(item):
+            large.append(Path(item))
+        else:
+            rest.append(item)
+    return rest, large
+
+
+def _large_items(paths: Sequence[Path], images: Sequence[ImageInput]) -> list[ImageInput]:
+    from deploy_unet.io import reader_for
+
+    used = {i.name for i in images}
+    items = []
+    for path in paths:
+        stem = reader_for(path).stem(path)
+        name = stem if stem not in used else next(f"{stem}-{n}" for n in range(2, 10**6) if f"{stem}-{n}" not in used)
+        used.add(name)
+        items.append(ImageInput(name, str(path), path, size=None))
+    return items
+
+
+def _predict_streamed(images, runner, spec, info, artifact, out_dir, stream, stream_options, save_probs, output,
+                      backend, options, note, skipped, warn) -> dict[str, ImagePrediction]:
+    """Stream the images that are read by region or are too large to run whole; their predictions by name."""
+    import functools
+
+    from deploy_unet.io import open_image
+    from deploy_unet.io.base import LazyImage
+    from deploy_unet.scale.cluster import RunnerSpec
+    from deploy_unet.scale.stream import StreamOptions, should_stream, stream_predict
+
+    opts = stream_options or StreamOptions()
+    results: dict[str, ImagePrediction] = {}
+    for item in images:
+        by_region = item.size is None  # a raster path
+        if not by_region and should_stream(runner, item.size, opts, stream) is None:
+            continue
+        if output == "mask":
+            raise ConfigError("--output mask gives no logits to blend; drop --output mask for streamed images")
+        if out_dir is None:
+            raise ConfigError(f"{item.source} is streamed chunk by chunk to disk; pass an output folder")
+        try:
+            source = open_image(item.path) if by_region else LazyImage(_load(item), "array")
+        except (ArtifactError, OSError, ValueError) as exc:
+            _skip(skipped, warn, item.source, str(exc))
+            continue
+        shape = tuple(int(s) for s in source.shape[:2])
+        why = should_stream(runner, shape, opts, stream) or f"{item.source} is read by region"
+        note(f"streaming {item.source} ({shape[0]}x{shape[1]}): {why}; chunks of {opts.chunk[0]}x{opts.chunk[1]}"
+             + (f" on Dask {opts.dask}" if opts.dask else ""))
+        spec_options = tuple(sorted((k, v) for k, v in options.items() if v is not None and k != "output"))
+        result = stream_predict(
+            runner, source, item.name, out_dir, prepare=functools.partial(_prepare, spec=spec),
+            num_classes=int(info.num_classes), artifact=os.fspath(artifact), options=opts, save_probs=save_probs,
+            runner_spec=RunnerSpec(os.fspath(artifact), backend, spec_options))
+        source.close()
+        total = max(sum(result.counts), 1)
+        from deploy_unet.visualize import class_label
+
+        names = list(getattr(info, "class_names", None) or [])
+        fractions = {class_label(i, names): round(c / total, 6) for i, c in enumerate(result.counts)
+                     if i < max(int(info.num_classes), 2)}
+        results[item.name] = ImagePrediction(
+            name=item.name, source=item.source, height=shape[0], width=shape[1], class_fractions=fractions,
+            inference_ms=round(1000 * result.seconds, 3), batch=1, files=result.files)
+        item.size = shape
+    return results
+
+
+def _prepare(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    from deploy_unet.processing import prepare_region
+
+    return prepare_region(pixels, spec)
 
 
 # ``deploy_unet.predict(artifact, inputs, output_dir, ...)`` is this stage's entry point.

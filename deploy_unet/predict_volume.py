@@ -48,14 +48,35 @@ VOLUME_STAGES = ("read", "preprocess", "model", "windows + blend", "postprocess"
 class SlidingWindow:
     """Sliding-window settings (MONAI's ``sliding_window_inference`` names): ``window`` a valid size per axis
     (None: the export size in the metadata), ``overlap`` in [0, 1), ``blend`` gaussian | constant, ``sw_batch``
-    windows per runner call, ``mirror``: also run each window flipped over every subset of the 3 axes."""
+    windows per runner call, ``mirror_axes``: also run each window flipped over every subset of these axes
+    (nnU-Net mirrors over all three: ``(0, 1, 2)``, 7 flipped copies)."""
 
     window: tuple[int, ...] | None = None
     overlap: float = 0.5
     blend: str = "gaussian"
     sw_batch: int = 4
-    mirror: bool = False
+    mirror_axes: tuple[int, ...] = ()
     sigma_scale: float = 0.125
+
+    def __post_init__(self) -> None:
+        if self.blend not in ("gaussian", "constant"):
+            raise ConfigError(f"--blend {self.blend!r} does not apply to volumes; use gaussian or constant")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes):
+            raise ConfigError(f"--mirror {','.join(map(str, self.mirror_axes))}: a volume has axes 0, 1 and 2")
+        if self.sw_batch < 1:
+            raise ConfigError(f"--sw-batch {self.sw_batch} must be >= 1")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"--overlap {self.overlap} must be in [0, 1)")
+
+    @classmethod
+    def from_options(cls, options) -> SlidingWindow:
+        """predict's window settings (a ``scale.stream.StreamOptions``, shared with large images; None: defaults)."""
+        if options is None:
+            return cls()
+        window = options.window
+        return cls(window=(window,) if isinstance(window, int) else (tuple(window) if window else None),
+                   overlap=float(options.overlap), blend=options.blend, sw_batch=int(options.sw_batch),
+                   mirror_axes=tuple(options.mirror_axes or ()))
 
 
 def is_volume_input(item) -> bool | None:
@@ -130,7 +151,7 @@ def sliding_window_logits(runner, volume: np.ndarray, window: Sequence[int], sw:
     started = time.perf_counter()
     zeros = (0,) * (volume.ndim - 1)
     logits = blend_region(run_batch, array_reader(volume), grid, zeros, volume.shape[1:], sw_batch=sw.sw_batch,
-                          mirror_axes=(0, 1, 2) if sw.mirror else ())
+                          mirror_axes=sw.mirror_axes)
     total = time.perf_counter() - started
     if spent is not None:
         spent["model"] = spent.get("model", 0.0) + model[0]
@@ -213,8 +234,6 @@ def predict_volumes(
     if runner.contract.spatial_dims != 3:
         raise ConfigError(f"{artifact} is a 2D net (NCHW); volumes need a 3D net (NCDHW). Export one with "
                           "--spatial-dims 3 / --size DxHxW, or predict on 2D images")
-    if sw.sw_batch < 1:
-        raise ConfigError(f"--sw-batch {sw.sw_batch} must be >= 1")
     meta_intensity, meta_spacing = volume_settings(info) if info is not None else (Intensity(), None)
     how = Intensity.parse(intensity) if intensity else meta_intensity
     target = parse_spacing(spacing) if spacing else meta_spacing
@@ -313,7 +332,7 @@ def predict_volumes(
         output_dir=os.fspath(out_dir) if out_dir is not None else None,
         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         sliding_window={"window": list(window), "overlap": sw.overlap, "blend": sw.blend, "sw_batch": sw.sw_batch,
-                        "mirror": sw.mirror, "intensity": str(how), "resample": bool(resample),
+                        "mirror_axes": list(sw.mirror_axes), "intensity": str(how), "resample": bool(resample),
                         "spacing": list(target) if target else None},
     )
     report.seconds = time.perf_counter() - (started if started is not None else loop_start)

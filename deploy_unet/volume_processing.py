@@ -108,6 +108,17 @@ def parse_spacing(text: str | Sequence[float] | None, dims: int = 3) -> tuple[fl
     return values
 
 
+def parse_window(text: str) -> tuple[int, int, int] | None:
+    """``DxHxW`` -> (D, H, W); None for any other form (``N``, ``HxW``: the caller's 2D parser)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        return None
+    dims = tuple(int(g) for g in m.groups())
+    if min(dims) < 1:
+        raise ConfigError(f"window {text!r} must be positive")
+    return dims  # type: ignore[return-value]
+
+
 def volume_settings(info) -> tuple[Intensity, tuple[float, ...] | None]:
     """The intensity handling and target spacing a net's metadata records (``ModelInfo.extra``)."""
     extra = dict(getattr(info, "extra", None) or {})

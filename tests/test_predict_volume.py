@@ -128,7 +128,7 @@ def test_mirroring_equals_monai_over_all_flips(onnx3d, net3d):
     volume = np.random.default_rng(4).random((1, 20, 18, 17), np.float32)
     ref = _monai(net3d, volume, WINDOW, 0.5, "gaussian", mirror=True)
     with open_runner(onnx3d) as runner:
-        logits, _ = sliding_window_logits(runner, volume, WINDOW, SlidingWindow(mirror=True, sw_batch=2))
+        logits, _ = sliding_window_logits(runner, volume, WINDOW, SlidingWindow(mirror_axes=(0, 1, 2), sw_batch=2))
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -204,6 +204,7 @@ def test_predict_mha_and_dicom_and_npy(tmp_path, onnx3d):
 
 def test_refusals(tmp_path, onnx3d):
     from deploy_unet.predict import predict
+    from deploy_unet.scale.stream import StreamOptions
 
     nib.save(nib.Nifti1Image(_scan((20, 20, 20)), np.eye(4)), str(tmp_path / "s.nii.gz"))
     from PIL import Image
@@ -212,7 +213,8 @@ def test_refusals(tmp_path, onnx3d):
     with pytest.raises(ConfigError, match="mix volumes and 2D images"):
         predict(onnx3d, [tmp_path / "s.nii.gz", tmp_path / "i.png"], tmp_path / "o", progress=False)
     with pytest.raises(ShapeContractError, match="nearest valid"):
-        predict(onnx3d, [tmp_path / "s.nii.gz"], tmp_path / "o", window=(16, 18, 16), progress=False)
+        predict(onnx3d, [tmp_path / "s.nii.gz"], tmp_path / "o", stream_options=StreamOptions(window=(16, 18, 16)),
+                progress=False)
     with pytest.raises(ConfigError, match="intensity"):
         predict(onnx3d, [tmp_path / "s.nii.gz"], tmp_path / "o", intensity="ct:400,100", progress=False)
     (tmp_path / "bad.nii.gz").write_bytes(b"junk")
@@ -252,3 +254,27 @@ def test_slice_picture_goes_through_the_largest_structure():
     assert 10 <= at[0] < 16 and 20 <= at[1] < 28 and 6 <= at[2] < 9
     picture = volume_slices_image(np.random.default_rng(0).random(mask.shape), mask, 3, None, (1.0, 1.0, 4.0))
     assert picture.mode == "RGB" and picture.width > 300
+
+
+def test_cli_predict_on_a_nifti(tmp_path, onnx3d):
+    """`deploy-unet predict ART scan.nii.gz -o out/` with the shared window options in their volume form."""
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+
+    nib.save(nib.Nifti1Image(_scan((24, 20, 18)), _affine()), str(tmp_path / "scan.nii.gz"))
+    args = ["predict", str(onnx3d), str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, [*args, "--window", "16x16x16", "--overlap", "0.25", "--sw-batch", "2",
+                                      "--mirror", "0,1,2", "--intensity", "zscore"])
+    assert result.exit_code == 0, result.output
+    assert "scan.mask" in result.output or "NAME.mask.<the input's format>" in result.output
+    back = nib.load(str(tmp_path / "out" / "scan.mask.nii.gz"))
+    assert back.shape == (24, 20, 18)
+    np.testing.assert_allclose(back.affine, _affine(), atol=1e-6)
+    data = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert data["sliding_window"] | {"spacing": None} == {
+        "window": [16, 16, 16], "overlap": 0.25, "blend": "gaussian", "sw_batch": 2, "mirror_axes": [0, 1, 2],
+        "intensity": "zscore", "resample": False, "spacing": None}
+    bad = CliRunner().invoke(cli, [*args, "--window", "16x18x16"])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "height 18" in bad.output
+    assert "Traceback" not in bad.output
