@@ -126,10 +126,15 @@ def _net_options(**given) -> dict:
 @click.option("--class-names", default=None, metavar="A,B,C",
               help="One name per class id, stored in the metadata (predict's legends) [default: the checkpoint's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Output file (default: ARCH.onnx).")
+@click.option("--intensity", "volume_intensity", default=None, metavar="SPEC",
+              help="Volume nets: how predict prepares a scan's values, stored in the metadata: none | zscore | "
+                   "ct:LO,HI | ct:LO,HI,MEAN,STD.")
+@click.option("--spacing", "volume_spacing", default=None, metavar="S|SxSxS",
+              help="Volume nets: the voxel spacing the net was trained at (predict --resample), stored in the metadata.")
 @handle_errors
 def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
            norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
-           tolerance, simplify, pad_in_graph, class_names, output):
+           tolerance, simplify, pad_in_graph, class_names, output, volume_intensity=None, volume_spacing=None):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -163,6 +168,7 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
             class_names=(class_names.split(",") if class_names is not None
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
             log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
+            metadata_extra=_volume_props(volume_intensity, volume_spacing),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
@@ -170,6 +176,12 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))
+
+
+def _volume_props(intensity, spacing) -> dict[str, str]:
+    from deploy_unet.volume_processing import volume_props
+
+    return volume_props(intensity, spacing)
 
 
 @cli.command("inspect")

@@ -91,6 +91,7 @@ def export_onnx(
     log: Callable[[str], None] | None = None,
     keep_failed: bool = False,
     trace: tuple[int, int, int, int] | None = None,
+    metadata_extra: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
 
@@ -103,6 +104,8 @@ def export_onnx(
     ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
     and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
     ``class_names``: one name per class, stored in the metadata (legends of ``predict``, reports).
+    ``metadata_extra``: more metadata entries (strings), e.g. a volume net's ``intensity`` and ``spacing``
+    (``volume_processing.volume_props``, from ``export --intensity/--spacing``).
     """
     if not isinstance(net, nn.Module):
         from deploy_unet.nets.loading import load_net
@@ -208,6 +211,7 @@ def export_onnx(
             PAD_IN_GRAPH_KEY: "reflect" if pad_in_graph else "none",
             # A net with several outputs to choose from (UNet++ heads / pruning) says which one this is.
             **({"output_mode": output_mode} if output_mode else {}),
+            **(metadata_extra or {}),
         },
     )
     write_props(model, info.to_props())

@@ -278,3 +278,23 @@ def test_cli_predict_on_a_nifti(tmp_path, onnx3d):
     bad = CliRunner().invoke(cli, [*args, "--window", "16x18x16"])
     assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "height 18" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_export_stores_intensity_and_spacing(tmp_path):
+    """export --intensity/--spacing write the metadata predict reads (checked before the export runs)."""
+    from click.testing import CliRunner
+
+    from deploy_unet.cli import cli
+    from deploy_unet.metadata import read_model_info
+    from deploy_unet.volume_processing import volume_settings
+
+    out = tmp_path / "u.onnx"
+    base = ["export", "--depth", "1", "--base-channels", "2", "--height", "16", "--width", "16", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*base, "--intensity", "ct:-57,164", "--spacing", "1.5x1.5x2"])
+    assert result.exit_code == 0, result.output
+    info = read_model_info(out)
+    assert info.extra["intensity"] == "ct:-57,164" and info.extra["spacing"] == "1.5,1.5,2"
+    intensity, spacing = volume_settings(info)
+    assert (intensity.kind, intensity.low, intensity.high, spacing) == ("ct", -57, 164, (1.5, 1.5, 2.0))
+    bad = CliRunner().invoke(cli, [*base[:-1], str(tmp_path / "v.onnx"), "--intensity", "ct:1"])
+    assert bad.exit_code == 2 and "intensity" in bad.output and not (tmp_path / "v.onnx").exists()
