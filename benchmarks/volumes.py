@@ -348,7 +348,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"One synthetic CT scan of {size} voxels (int16 HU, `scan.nii.gz`), windows {results['window']}^3, overlap "
         f"{results['overlap']}, Gaussian blending, {results['sw_batch']} windows per call, "
         f"{results['rounds']} interleaved rounds; seconds are medians over the rounds, the ratio is per round "
-        "(configuration / MONAI, whole volume from file to file), peak RSS is above the process's level before "
+        "(configuration / MONAI, whole volume from file to file) "
         "(each configuration and round runs in a fresh process: its peak RSS, imports included, from `wait4`; its "
         "seconds from opening the net (building the PyTorch module / the ONNX Runtime session) to the written mask), "
         "agreement is the share of voxels whose class equals MONAI's.",
