@@ -94,10 +94,11 @@ class BenchResult:
     round_medians_ms: list[float] = field(default_factory=list)
     speedup_rounds: list[float] = field(default_factory=list)  # per round: the first entry's round median / this one's
     not_separable_from: list[str] = field(default_factory=list)  # labels some rounds found faster and others slower
+    depth: int = 0  # volumes (NCDHW inputs): the depth; 0 for images
 
     @property
     def size(self) -> str:
-        return f"{self.height}x{self.width}"
+        return f"{self.depth}x{self.height}x{self.width}" if self.depth else f"{self.height}x{self.width}"
 
     @property
     def round_range_ms(self) -> tuple[float, float] | None:
@@ -254,17 +255,20 @@ class ConfigTimer:
         label: str | None = None,
         artifact: str = "",
         seed: int = 0,
+        depth: int = 0,
     ):
         if batch < 1:
             raise ConfigError(f"batch {batch} out of range; need batch >= 1")
-        _check_size(runner, height, width)
+        _check_size(runner, height, width, depth)
         self.runner, self.batch, self.height, self.width, self.clock = runner, batch, height, width, clock
+        self.depth = depth  # volumes: NCDHW inputs
         self.label = label or _label(runner, artifact)
         self.artifact = artifact or _source(runner)
         (name,) = runner.input_spec
         channels = runner.in_channels or _spec_channels(runner, name)
         # Latency does not depend on pixel values; a fixed seed keeps runs comparable.
-        x = np.random.default_rng(seed).standard_normal((batch, channels, height, width), dtype=np.float32)
+        spatial = (depth, height, width) if depth else (height, width)
+        x = np.random.default_rng(seed).standard_normal((batch, channels, *spatial), dtype=np.float32)
         self.feeds = {name: x}
         # Phases bypass infer()'s padding and tiling, so they are timed only on contract-sized inputs.
         tiled = getattr(runner, "tile", False)
@@ -366,6 +370,7 @@ class ConfigTimer:
             rounds=len(self.round_iters),
             round_iters=list(self.round_iters),
             round_medians_ms=medians,
+            depth=self.depth,
         )
 
 
@@ -408,6 +413,7 @@ def bench_runner(
     on_iter: Callable[[int, int | None], None] | None = None,
     seed: int = 0,
     keep_samples: bool = True,
+    depth: int = 0,
 ) -> BenchResult:
     """Time ``runner`` (activated by the caller or here) alone on one (batch, height, width) configuration,
     in one block: a single round. ``bench_rounds`` interleaves several.
@@ -418,10 +424,10 @@ def bench_runner(
     if batch < 1 or warmup < 0:
         raise ConfigError(f"batch {batch} / warmup {warmup} out of range; need batch >= 1 and warmup >= 0")
     _check_counts(warmup, iters, duration)
-    _check_size(runner, height, width)  # before activation: a refused size loads nothing
+    _check_size(runner, height, width, depth)  # before activation: a refused size loads nothing
     with _activated([runner]):
         timer = ConfigTimer(runner, batch=batch, height=height, width=width, clock=clock, phase_clock=phase_clock,
-                            label=label, artifact=artifact, seed=seed)
+                            label=label, artifact=artifact, seed=seed, depth=depth)
         timer.warm(warmup)
         timer.turn(iters, duration, on_iter)
     return timer.result(keep_samples)
@@ -446,6 +452,7 @@ def bench_rounds(
     lead_in: int = 1,
     seed: int = 0,
     keep_samples: bool = True,
+    depth: int = 0,
 ) -> list[BenchResult]:
     """Time ``runners`` against each other at one batch and size: all warmed up, then ``rounds`` rounds in
     which each runner gets one turn of ``iters / rounds`` timed calls (or ``duration / rounds`` seconds), in
@@ -458,13 +465,13 @@ def bench_rounds(
     _check_counts(warmup, iters, duration)
     n = resolve_rounds(rounds, iters)
     for runner in runners:
-        _check_size(runner, height, width)
+        _check_size(runner, height, width, depth)
     per_round = [iters // n + (k < iters % n) for k in range(n)] if iters is not None else [None] * n
     labels = list(labels or [None] * len(runners))
     artifacts = list(artifacts or [""] * len(runners))
     with _activated(runners):
         timers = [ConfigTimer(r, batch=batch, height=height, width=width, clock=clock, phase_clock=phase_clock,
-                              label=label, artifact=artifact, seed=seed)
+                              label=label, artifact=artifact, seed=seed, depth=depth)
                   for r, label, artifact in zip(runners, labels, artifacts)]
         for timer in timers:
             timer.warm(warmup)
@@ -487,9 +494,18 @@ def _activated(runners: Sequence[Runner]):
         yield
 
 
-def _check_size(runner: Runner, height: int, width: int) -> None:
+def _check_size(runner: Runner, height: int, width: int, depth: int = 0) -> None:
     contract = getattr(runner, "contract", None)
-    if getattr(runner, "tile", False):
+    dims = getattr(contract, "spatial_dims", 2)
+    if bool(depth) != (dims == 3):
+        given = f"{depth}x{height}x{width}" if depth else f"{height}x{width}"
+        want = "volumes: give DxHxW, e.g. --size 32x64x64" if dims == 3 else "images: give HxW"
+        raise ConfigError(f"size {given} does not fit {getattr(runner, 'backend', 'the model')}'s input; it takes {want}")
+    if depth:
+        if not runner.pad:
+            validate_shape((depth, height, width), contract.divisors or runner.divisor,
+                           runner.contract_reason or contract.reason, "or pass --pad", 3)
+    elif getattr(runner, "tile", False):
         pass  # tiling takes any size
     elif getattr(runner, "pad_in_graph", False):  # export --pad-in-graph: any size above the minimum
         check_size_pad_in_graph((height, width), runner.divisor)
@@ -519,9 +535,9 @@ def add_ratios(results: list[BenchResult]) -> list[BenchResult]:
     """Per (net, batch, size), against its first entry: ``speedup_rounds`` (the first entry's round median
     over this one's, round by round, when both ran the same rounds), ``speedup_vs_first`` (their median, or
     the ratio of the overall medians), and ``not_separable_from`` (the entries ``not_separable`` from it)."""
-    groups: dict[tuple[str, int, int, int], list[BenchResult]] = {}
+    groups: dict[tuple[str, int, int, int, int], list[BenchResult]] = {}
     for r in results:
-        groups.setdefault((r.arch, r.batch, r.height, r.width), []).append(r)
+        groups.setdefault((r.arch, r.batch, r.height, r.width, r.depth), []).append(r)
     for members in groups.values():
         base = members[0]
         for r in members:
@@ -574,7 +590,7 @@ def bench(
     options = dict(runner_options or {})
     if threads:
         options["threads"] = threads
-    groups = [(b, h, w) for b in batches for h, w in sizes]
+    groups = [(b, size) for b in batches for size in sizes]
     order: dict[tuple, int] = {}
     results: list[BenchResult] = []
     with contextlib.ExitStack() as stack, _progress(progress) as bar:
@@ -587,7 +603,7 @@ def bench(
         def turn(k: int, n: int, timer: ConfigTimer) -> None:
             if bar:
                 bar.update(task, description=f"round {k + 1}/{n}: {timer.label} b{timer.batch} "
-                                             f"{timer.height}x{timer.width}")
+                                             f"{'x'.join(map(str, (timer.depth, timer.height, timer.width)[not timer.depth:]))}")
                 if not iters:
                     bar.advance(task)
 
@@ -595,10 +611,11 @@ def bench(
             if bar and total:
                 bar.advance(task)
 
-        for g, (b, h, w) in enumerate(groups):
+        for g, (b, size) in enumerate(groups):
+            h, w = size[-2:]
             group = bench_rounds(runners, batch=b, height=h, width=w, warmup=warmup, iters=iters, duration=duration,
                                  rounds=n_rounds, labels=labels, artifacts=[str(a) for a in artifacts],
-                                 on_iter=step, on_turn=turn)
+                                 on_iter=step, on_turn=turn, depth=size[0] if len(size) == 3 else 0)
             for a, result in enumerate(group):
                 order[id(result)] = a * len(groups) + g  # reported per artifact, as before rounds
             results += group
@@ -612,13 +629,17 @@ def bench(
                        schedule)
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"256x256,512x384"`` -> ``[(256, 256), (512, 384)]`` (H x W); ``"256"`` means square."""
+def parse_sizes(text: str) -> list[tuple[int, ...]]:
+    """``"256x256,512x384"`` -> ``[(256, 256), (512, 384)]`` (H x W); ``"256"`` means square; ``"32x64x64"``
+    is a volume (D x H x W)."""
     sizes = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         h, sep, w = part.lower().partition("x")
         try:
-            size = (int(h), int(w) if sep else int(h))
+            if w.count("x") == 1:
+                size = (int(h), *(int(v) for v in w.split("x")))
+            else:
+                size = (int(h), int(w) if sep else int(h))
         except ValueError:
             raise ConfigError(f"size {part!r} is not HxW; e.g. --size 256x256,512x512") from None
         if min(size) < 1:

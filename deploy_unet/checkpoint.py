@@ -41,9 +41,10 @@ class Checkpoint:
         training = self.extra.get("training") or {}
         classes = (self.net_config or {}).get("num_classes")
         if str(training.get("data", "")).startswith("synthetic") and isinstance(classes, int):
-            from deploy_unet.data import CLASS_NAMES
+            from deploy_unet.data import CLASS_NAMES, CLASS_NAMES_3D
 
-            return list(CLASS_NAMES[:classes]) if classes <= len(CLASS_NAMES) else []
+            names = CLASS_NAMES_3D if str(training.get("data", "")).count("x") == 2 else CLASS_NAMES  # DxHxW: volumes
+            return list(names[:classes]) if classes <= len(names) else []
         return []
 
 

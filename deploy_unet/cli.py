@@ -81,7 +81,7 @@ def _net_options(**given) -> dict:
 
 
 @cli.command()
-@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s", "fcn16s", "fcn32s"]), default=None,
+@click.option("--arch", type=click.Choice(["unet", "unetpp", "fcn8s", "fcn16s", "fcn32s", "unet3d"]), default=None,
               help="Reference net (default: the checkpoint's arch, else unet); must agree with a deploy-unet checkpoint.")
 @click.option("--model", "model_spec", metavar="PKG.MODULE:CALLABLE", default=None,
               help="Your own nn.Module class or factory instead of --arch (e.g. segmentation_models_pytorch:Unet); "
@@ -95,13 +95,17 @@ def _net_options(**given) -> dict:
 @click.option("--strict/--no-strict", default=True, show_default=True,
               help="Missing or unexpected checkpoint keys, or an option the weights no longer fit, are an error; "
                    "--no-strict loads the tensors that fit.")
-@click.option("--divisor", type=int, default=None, help="Spatial multiple the net needs (only with --model).")
+@click.option("--divisor", "divisor_text", default=None, metavar="N|D,H,W",
+              help="Spatial multiple the net needs (only with --model): one int, or one per axis for volumes "
+                   "(e.g. 4,32,32 for a net that pools depth fewer times).")
 @click.option("--in-channels", type=int, default=None)
 @click.option("--num-classes", type=int, default=None)
 @click.option("--depth", type=int, default=None, help="UNet: number of poolings (1..6); divisor = 2**depth.")
 @click.option("--base-channels", type=int, default=None, help="UNet: channels of the first block.")
-@click.option("--up-mode", type=click.Choice(["transpose", "bilinear", "nearest"]), default=None, help="UNet upsampling.")
-@click.option("--norm", type=click.Choice(["batch", "none"]), default=None)
+@click.option("--up-mode", type=click.Choice(["transpose", "bilinear", "nearest", "trilinear"]), default=None,
+              help="UNet upsampling (unet3d: transpose, trilinear, nearest).")
+@click.option("--norm", type=click.Choice(["batch", "none", "instance", "group"]), default=None,
+              help="Normalization (instance/group: unet3d).")
 @click.option("--padding", type=click.Choice(["same", "valid"]), default=None,
               help="UNet convs: same (padded, output = input size) or valid (the paper's; smaller output, use --tile).")
 @click.option("--heads", type=click.Choice(["mean", "last"]), default=None,
@@ -112,9 +116,14 @@ def _net_options(**given) -> dict:
 @click.option("--fc-channels", type=int, default=None, help="FCN: channels of fc6/fc7 (before --width-mult).")
 @click.option("--height", type=int, default=256, show_default=True)
 @click.option("--width", type=int, default=256, show_default=True)
+@click.option("--size", "size_text", default=None, metavar="HxW|DxHxW",
+              help="Export size, instead of --height/--width; DxHxW for a volume net (e.g. 32x64x64).")
+@click.option("--spatial-dims", type=click.IntRange(2, 3), default=None,
+              help="3 for a --model volume net that does not say (NCDHW input) [default: what the net states, "
+                   "else 2, or 3 with --size DxHxW].")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--dynamic", type=click.Choice(["all", "batch", "hw", "none"]), default="all", show_default=True,
-              help="Which axes stay dynamic.")
+              help="Which axes stay dynamic (hw: the spatial axes, D, H, W for volumes).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--mean", default=None, help="Input normalization mean per channel, e.g. 0.485,0.456,0.406.")
 @click.option("--std", default=None, help="Input normalization std per channel.")
@@ -132,9 +141,10 @@ def _net_options(**given) -> dict:
 @click.option("--spacing", "volume_spacing", default=None, metavar="S|SxSxS",
               help="Volume nets: the voxel spacing the net was trained at (predict --resample), stored in the metadata.")
 @handle_errors
-def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_channels, num_classes, depth, base_channels, up_mode,
-           norm, padding, heads, prune, width_mult, fc_channels, height, width, batch, dynamic, opset, mean, std,
-           tolerance, simplify, pad_in_graph, class_names, output, volume_intensity=None, volume_spacing=None):
+def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, in_channels, num_classes, depth,
+           base_channels, up_mode, norm, padding, heads, prune, width_mult, fc_channels, height, width, size_text,
+           spatial_dims, batch, dynamic, opset, mean, std, tolerance, simplify, pad_in_graph, class_names, output, volume_intensity=None,
+           volume_spacing=None):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -142,6 +152,14 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
     from deploy_unet.nets.loading import load_net, parse_model_args
 
     console = Console(stderr=True)
+    divisor, divisors = _divisor_option(divisor_text)
+    volume_depth = None
+    if size_text is not None:
+        from deploy_unet.data import parse_spatial_size
+
+        dims = parse_spatial_size(size_text)
+        height, width = dims[-2:]
+        volume_depth = dims[0] if len(dims) == 3 else None
     if prune is not None and heads == "mean":
         raise click.BadParameter("--prune L outputs head L alone; drop --heads mean", param_hint="--heads")
     if prune is not None:
@@ -150,7 +168,7 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
                            norm=norm, padding=padding, heads=heads, prune=prune, width_mult=width_mult,
                            fc_channels=fc_channels)
     loaded = load_net(arch=arch, options=options, model=model_spec, checkpoint=checkpoint, strict=strict,
-                      divisor=divisor, in_channels=in_channels,
+                      divisor=divisor if divisors is None or model_spec else None, in_channels=in_channels,
                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                       model_args=parse_model_args(model_arg_items))
     for warning in loaded.warnings:
@@ -169,10 +187,13 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor, in_ch
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
             log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
             metadata_extra=_volume_props(volume_intensity, volume_spacing),
+            **_volume_export_args(loaded.net, volume_depth, spatial_dims, divisors, checkpoint is not None),
         )
     parity = ", ".join(f"{shape}: {err:.2e}" for shape, err in result.parity.items())
     in_graph = ", pads to it in the graph" if pad_in_graph else ""
-    click.echo(f"wrote {result.path} ({result.info.arch}, divisor {result.info.divisor}{in_graph}, dynamic {dynamic}) "
+    rule = (f"divisors {'x'.join(map(str, result.info.axis_divisors))} (DxHxW)" if result.info.divisors
+            else f"divisor {result.info.divisor}") + (", volumes NCDHW" if result.info.spatial_dims == 3 else "")
+    click.echo(f"wrote {result.path} ({result.info.arch}, {rule}{in_graph}, dynamic {dynamic}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))
@@ -182,6 +203,42 @@ def _volume_props(intensity, spacing) -> dict[str, str]:
     from deploy_unet.volume_processing import volume_props
 
     return volume_props(intensity, spacing)
+
+
+def _divisor_option(text: str | None) -> tuple[int | None, tuple[int, ...] | None]:
+    """``--divisor 16`` -> (16, None); ``--divisor 4,32,32`` -> (32, (4, 32, 32)): one per axis, their lcm."""
+    if text is None:
+        return None, None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an int or D,H,W ints", param_hint="--divisor") from None
+    if len(values) == 1:
+        return values[0], None
+    if len(values) not in (2, 3) or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: give one divisor, or one per spatial axis (D,H,W)",
+                                 param_hint="--divisor")
+    from deploy_unet.shapes import lcm_divisor
+
+    return lcm_divisor(values), values
+
+
+def _volume_export_args(net, depth, spatial_dims, divisors, from_checkpoint: bool) -> dict:
+    """export_onnx's volume arguments: the depth of --size DxHxW, --spatial-dims, per-axis --divisor; a
+    volume net needs --size DxHxW (one usage line otherwise)."""
+    args: dict = {}
+    if divisors is not None:
+        args["divisors"] = divisors
+    if spatial_dims is not None:
+        args["spatial_dims"] = spatial_dims
+    is_volume = (getattr(getattr(net, "shape_contract", None), "spatial_dims", 2) == 3 or spatial_dims == 3
+                 or (divisors is not None and len(divisors) == 3))
+    if depth is None and is_volume:
+        raise click.BadParameter("a volume net (NCDHW) needs --size DxHxW, e.g. --size 32x64x64",
+                                 param_hint="--size")
+    if depth is not None:
+        args["depth"] = depth
+    return args
 
 
 @cli.command("inspect")
@@ -262,7 +319,8 @@ def quantize(model, precision, target, calib, calib_samples, method, calib_cache
     click.echo(f"wrote {result.path} ({precision}{where}, {result.size_bytes / 1e6:.2f} MB; {how}: "
                f"{result.method} on {result.calib_samples} samples of {result.calib_source})")
     if result.kept_fp32:
-        click.echo(f"kept in fp32 (activations beyond the fp16 range): {', '.join(result.kept_fp32)}")
+        click.echo(f"kept in fp32 (activations beyond the fp16 range; in volumes also the whole-volume norms): "
+                   f"{', '.join(result.kept_fp32)}")
     if result.kept_higher:
         higher = "fp32" if precision == "fp16" else (fallback_precision or ("fp16" if target == "tensorrt" else "fp32"))
         click.echo(f"kept in {higher} ({len(result.kept_higher)}): "
@@ -428,7 +486,7 @@ def _per_layer(console, candidates, reference, data, samples, layers_json, layer
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--backend", default=None, help=f"Backend for every artifact: {_BACKEND_HELP}.")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, e.g. 1,4,8.")
-@click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512.")
+@click.option("--size", "size_text", default="256x256", show_default=True, help="HxW sizes, e.g. 256x256,512x512 (DxHxW for volumes, e.g. 32x64x64).")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
 @click.option("--iters", default=None, type=int, help="Timed runs per configuration [default: 50].")
 @click.option("--duration", default=None, type=float, help="Instead of --iters: seconds of timed runs.")
@@ -635,6 +693,9 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="deploy-out", show_default=True)
 @click.option("--height", type=int, default=None, help="Export/bench height (default: the checkpoint's recommended size).")
 @click.option("--width", type=int, default=None)
+@click.option("--size", "size_text", default=None, metavar="HxW|DxHxW",
+              help="Export/bench size instead of --height/--width; DxHxW for a volume net (--arch unet3d) "
+                   "[default: the checkpoint's recommended size].")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which ONNX precisions to make.")
 @click.option("--int8-targets", default="tensorrt,onnxruntime", show_default=True,
               help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU).")
@@ -658,7 +719,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
 @click.option("--fallback-precision", type=click.Choice(["fp16", "fp32"]), default=None,
               help="With --auto-fallback: precision of the kept layers [default: fp16 for tensorrt, fp32 for onnxruntime].")
 @handle_errors
-def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targets, calib_samples, eval_samples,
+def pipeline(arch, checkpoint, output_dir, height, width, size_text, precisions, int8_targets, calib_samples,
+             eval_samples,
              iters, rounds, engines, threads, bench_tensorrt_qdq, engine_lib, auto_fallback, fallback_precision):
     """The main job: export, fp16/int8, engines, validate all against PyTorch, benchmark, report."""
     from pathlib import Path
@@ -667,9 +729,15 @@ def pipeline(arch, checkpoint, output_dir, height, width, precisions, int8_targe
     from deploy_unet.report import stage_table, summary_table
 
     console = make_console()
+    depth = None
+    if size_text is not None:
+        from deploy_unet.data import parse_spatial_size
+
+        dims = parse_spatial_size(size_text)
+        (height, width), depth = dims[-2:], (dims[0] if len(dims) == 3 else None)
     config = PipelineConfig(
         output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
-        height=height, width=width, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
+        height=height, width=width, depth=depth, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
         int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
@@ -699,9 +767,11 @@ def _choices(value: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]
 @cli.command("build-engine")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
-@click.option("--min-shape", metavar="BxCxHxW", help="Smallest input shape [default: 1xCxDxD, D = divisor].")
+@click.option("--min-shape", metavar="BxCxHxW", help="Smallest input shape [default: 1xCxDxD, D = divisor]; "
+                                                     "volumes: BxCxDxHxW, one divisor step per axis.")
 @click.option("--opt-shape", metavar="BxCxHxW", help="Shape TensorRT tunes for [default: the export shape].")
-@click.option("--max-shape", metavar="BxCxHxW", help="Largest input shape [default: 2x the export H and W].")
+@click.option("--max-shape", metavar="BxCxHxW", help="Largest input shape [default: 2x the export H and W "
+                                                     "(and D, for volumes)].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache to load and update (safe to share).")
 @click.option("--workspace", type=int, metavar="MiB", help="Workspace memory pool limit [default: TensorRT's].")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="Builder optimization level.")

@@ -10,6 +10,10 @@ Sources (strings, as the CLI takes them):
   warm with a radial shading, polygons green with stripes, thin structures blue and flat). Object sizes
   are in pixels, not fractions of the image, so a net trained on 96 px crops sees the same objects at
   256 px.
+- ``synthetic:size=DxHxW`` (or any ``synthetic`` source for a net with 3 spatial dims) -- synthetic
+  **volumes** (NCDHW, one channel as CT/MRI): a smooth noisy background with bright ellipsoids (class 1,
+  "blob") and dark tubes of radius 1.5-3 voxels (class 2, "tube"); seeded the same way (sample ``i`` of seed
+  ``s`` depends only on ``(s, i)``), object sizes in voxels.
 - a folder of images (PNG/JPEG/BMP/TIFF via Pillow), optionally with masks: ``DIR`` holding ``images/`` and
   ``masks/`` subfolders (masks matched by file stem, single-channel PNG of class indices), or the
   ``masks=`` argument.
@@ -34,13 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy_unet.errors import ArtifactError, ConfigError
-from deploy_unet.io.images import IMAGE_SUFFIXES, check_finite  # noqa: F401 (moved to io, re-exported)
+from deploy_unet.errors import ArtifactError, ConfigError, DataError
+from deploy_unet.io.images import IMAGE_SUFFIXES, _check_dtype, check_finite  # noqa: F401 (moved to io, re-exported)
 from deploy_unet.io.images import decode_sample as _decode
 from deploy_unet.io.images import read_samples_array as _read_array
-from deploy_unet.shapes import Padding, is_valid, nearest_valid, pad_to_multiple
+from deploy_unet.shapes import Padding, is_valid, nearest_valid, nearest_valid_shape, pad_to_multiple
 
 CLASS_NAMES = ("background", "ellipse", "polygon", "thin")
+CLASS_NAMES_3D = ("background", "blob", "tube")
+DEFAULT_VOLUME_SIZE = (32, 64, 64)
 DEFAULT_SIZE = (256, 256)
 
 # Base colour per foreground class (RGB); each object jitters around it.
@@ -59,6 +65,11 @@ class SyntheticSpec:
     width: int = DEFAULT_SIZE[1]
     noise: float = 0.06
     objects_per_64px: float = 1.2  # objects per 64x64 area (density, so any image size looks alike)
+    depth: int = 0  # > 0: volumes of depth x height x width (synthetic_volume); 0: 2D scenes
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return (self.depth, self.height, self.width) if self.depth else (self.height, self.width)
 
 
 def synthetic_sample(
@@ -92,6 +103,70 @@ def synthetic_batch(
     """Samples ``start .. start+n-1``: images (N, C, H, W) float32, masks (N, H, W) int64."""
     pairs = [synthetic_sample(spec, start + i, num_classes, in_channels) for i in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# --- synthetic volumes (NCDHW) -----------------------------------------------------------------------
+
+
+def synthetic_volume(
+    spec: SyntheticSpec, index: int, num_classes: int = 3, in_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """One volume: image float32 (C, D, H, W) in [0, 1] and mask int64 (D, H, W). Classes: 0 background,
+    1 blob (bright ellipsoid, radially shaded), 2 tube (dark cylinder segment, radius 1.5-3 voxels); fewer
+    kinds when the net has fewer classes. Density: 4 x ``objects_per_64px`` objects per 32x64x64 voxels."""
+    rng = np.random.default_rng([spec.seed, index, 3])
+    d, h, w = spec.depth or DEFAULT_VOLUME_SIZE[0], spec.height, spec.width
+    kinds = [k for k in (1, 2) if k < num_classes]
+    zz, yy, xx = np.mgrid[0:d, 0:h, 0:w].astype(np.float32)
+    coarse = rng.uniform(-0.12, 0.12, size=(max(2, d // 12), max(2, h // 16), max(2, w // 16))).astype(np.float32)
+    image = rng.uniform(0.35, 0.5) + _resize_trilinear(coarse, d, h, w)
+    mask = np.zeros((d, h, w), dtype=np.int64)
+    if kinds:
+        n_objects = max(1, int(rng.poisson(4 * spec.objects_per_64px * d * h * w / (32 * 64 * 64))))
+        for _ in range(n_objects):
+            kind = int(rng.choice(kinds))
+            centre = rng.uniform(0, 1, 3) * (d, h, w)
+            if kind == 1:
+                radii = rng.uniform(3, 9, 3)
+                dist = np.sqrt(((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2
+                               + ((xx - centre[2]) / radii[2]) ** 2)
+                region = dist <= 1.0
+                fill = rng.uniform(0.3, 0.4) * (1.0 - 0.3 * dist)
+            else:
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction) + 1e-9
+                length, radius = rng.uniform(12, 40), rng.uniform(1.5, 3.0)
+                rel = np.stack([zz - centre[0], yy - centre[1], xx - centre[2]])
+                t = np.clip(np.tensordot(direction, rel, axes=1), -length / 2, length / 2)
+                dist = np.linalg.norm(rel - t[None] * direction[:, None, None, None], axis=0)
+                region = dist <= radius
+                fill = -rng.uniform(0.25, 0.32) * np.ones_like(dist)
+            if not region.any():
+                continue
+            image = np.where(region, image + fill, image)
+            mask[region] = kind
+    image = image + rng.normal(0.0, spec.noise, image.shape).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)[None]
+    return (np.repeat(image, in_channels, axis=0) if in_channels != 1 else image), mask
+
+
+def synthetic_volume_batch(
+    spec: SyntheticSpec, start: int, n: int, num_classes: int = 3, in_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Volumes ``start .. start+n-1``: images (N, C, D, H, W) float32, masks (N, D, H, W) int64."""
+    pairs = [synthetic_volume(spec, start + i, num_classes, in_channels) for i in range(n)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _resize_trilinear(array: np.ndarray, d: int, h: int, w: int) -> np.ndarray:
+    """(d0, h0, w0) -> (d, h, w), linear along each axis with half-pixel centres."""
+    planes = _resize_bilinear(array, h, w)  # (d0, h, w)
+    d0 = array.shape[0]
+    zs = np.clip((np.arange(d) + 0.5) * d0 / d - 0.5, 0, d0 - 1)
+    z0 = np.floor(zs).astype(int)
+    z1 = np.minimum(z0 + 1, d0 - 1)
+    fz = (zs - z0)[:, None, None]
+    return (planes[z0] * (1 - fz) + planes[z1] * fz).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -223,12 +298,25 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_source(text: str, default_size: tuple[int, int] | None = None) -> Source:
+def parse_spatial_size(text: str) -> tuple[int, ...]:
+    """``HxW`` (or one number for a square) -> (H, W); ``DxHxW`` -> (D, H, W), for volumes."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        return parse_size(text)
+    dims = tuple(int(g) for g in m.groups())
+    if min(dims) < 1:
+        raise ConfigError(f"size {text!r} must be positive")
+    return dims
+
+
+def parse_source(text: str, default_size: tuple[int, ...] | None = None) -> Source:
     """Parse ``synthetic[:k=v,...]``, a folder, or a .npy/.npz path."""
     text = str(text).strip()
     if text == "synthetic" or text.startswith("synthetic:"):
         size = default_size or DEFAULT_SIZE
-        params: dict = {"height": size[0], "width": size[1]}
+        params: dict = {"height": size[-2], "width": size[-1]}
+        if len(size) == 3:
+            params["depth"] = size[0]
         body = text[len("synthetic:"):] if ":" in text else ""
         for item in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = item.partition("=")
@@ -239,7 +327,9 @@ def parse_source(text: str, default_size: tuple[int, int] | None = None) -> Sour
                 if key == "seed":
                     params["seed"] = int(value)
                 elif key == "size":
-                    params["height"], params["width"] = parse_size(value)
+                    dims = parse_spatial_size(value)
+                    params["height"], params["width"] = dims[-2:]
+                    params["depth"] = dims[0] if len(dims) == 3 else 0
                 elif key == "noise":
                     params["noise"] = float(value)
                 elif key == "density":
@@ -248,7 +338,7 @@ def parse_source(text: str, default_size: tuple[int, int] | None = None) -> Sour
                     raise KeyError(key)
             except KeyError:
                 raise ConfigError(
-                    f"synthetic option {key!r} is unknown; use seed=INT, size=HxW, noise=FLOAT, density=FLOAT"
+                    f"synthetic option {key!r} is unknown; use seed=INT, size=HxW (or DxHxW), noise=FLOAT, density=FLOAT"
                 ) from None
             except ValueError:
                 raise ConfigError(
@@ -331,8 +421,9 @@ def normalize(images: np.ndarray, mean: list[float] | None, std: list[float] | N
     if not mean and not std:
         return images.astype(np.float32, copy=False)
     c = images.shape[1]
-    m = np.asarray(mean or [0.0] * c, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std or [1.0] * c, dtype=np.float32).reshape(1, -1, 1, 1)
+    ones = (1,) * (images.ndim - 2)  # NCHW or NCDHW
+    m = np.asarray(mean or [0.0] * c, dtype=np.float32).reshape(1, -1, *ones)
+    s = np.asarray(std or [1.0] * c, dtype=np.float32).reshape(1, -1, *ones)
     if m.shape[1] not in (1, c) or s.shape[1] not in (1, c):
         raise ConfigError(f"normalization has {m.shape[1]} mean / {s.shape[1]} std values for {c} channels")
     return ((images - m) / s).astype(np.float32)
@@ -342,8 +433,8 @@ def _target_size(info, size: tuple[int, int] | None) -> tuple[int, int] | None:
     if size:
         return size
     shape = list(getattr(info, "export_shape", None) or [])
-    if len(shape) == 4 and all(isinstance(v, int) and v > 0 for v in shape[2:]):
-        return int(shape[2]), int(shape[3])
+    if len(shape) in (4, 5) and all(isinstance(v, int) and v > 0 for v in shape[2:]):
+        return tuple(int(v) for v in shape[2:])
     return None
 
 
@@ -378,7 +469,15 @@ def load_samples(
     std = std if std is not None else (list(info.std) if info and info.std else None)
     divisor = divisor or (info.divisor if info else 1)
     target = _target_size(info, size)
+    if getattr(info, "spatial_dims", 2) == 3 and target is not None and len(target) == 2:
+        raise ConfigError(f"size {'x'.join(map(str, target))} has 2 axes; this model takes volumes: give DxHxW")
+    if (target is None or len(target) == 2) and getattr(info, "spatial_dims", 2) == 3:
+        target = DEFAULT_VOLUME_SIZE
     src = source if isinstance(source, Source) else parse_source(source, default_size=target)
+    if getattr(info, "spatial_dims", 2) == 3 or (target is not None and len(target) == 3) or (
+            src.synthetic is not None and src.synthetic.depth):
+        return _load_volumes(src, info, n, size, num_classes if info else 3, in_channels if info else 1,
+                             mean, std)
     notes: list[str] = []
 
     if src.kind == "synthetic":
@@ -443,3 +542,89 @@ def _resize_mask(mask: np.ndarray, hw: tuple[int, int], fit: str) -> np.ndarray:
     if tuple(mask.shape) == tuple(hw) or fit == "pad":
         return mask
     return _resize_nearest(mask, int(hw[0]), int(hw[1]))
+
+
+def _load_volumes(src: Source, info, n: int | None, size: tuple[int, ...] | None, num_classes: int,
+                  in_channels: int, mean, std) -> Samples:
+    """Volumes (N, C, D, H, W) for a net with 3 spatial dims: synthetic volumes at a valid size, or a
+    .npy/.npz of NCDHW (or NDHW) arrays padded per axis to the net's divisors (the runners crop back).
+    Reading volume files (NIfTI, NRRD, DICOM) is ``deploy_unet.io``'s."""
+    from deploy_unet.shapes import ShapeContract
+
+    contract = info.shape_contract if info is not None else ShapeContract(1, spatial_dims=3)
+    if contract.spatial_dims != 3:
+        raise ConfigError(f"{src.text} holds volumes, but the model takes 2D images (NCHW); pass 2D data")
+    notes: list[str] = []
+    padding = None
+    if src.kind == "synthetic":
+        spec = src.synthetic
+        shape = tuple(size) if size and len(size) == 3 else (spec.depth or DEFAULT_VOLUME_SIZE[0], spec.height,
+                                                             spec.width)
+        if contract.is_divisor_only:
+            valid = nearest_valid_shape(shape, contract.axis_divisors)
+        else:
+            valid = tuple(contract.nearest_valid_inputs(v)[1] for v in shape)
+        if valid != shape:
+            notes.append(f"synthetic size {'x'.join(map(str, shape))} -> {'x'.join(map(str, valid))} "
+                         f"({contract.rule_text()})")
+        spec = SyntheticSpec(**{**spec.__dict__, "depth": valid[0], "height": valid[1], "width": valid[2]})
+        images, labels = synthetic_volume_batch(spec, 0, n or 4, num_classes, in_channels)
+    elif src.kind == "array":
+        images, labels = _read_volume_array(src.path, n)
+        if images.shape[1] != in_channels:
+            raise DataError(f"{src.path}: volumes have {images.shape[1]} channels, the model takes {in_channels}")
+        if not contract.is_valid_shape(images.shape[2:]):
+            before = "x".join(map(str, images.shape[2:]))
+            images, padding = pad_to_multiple(images, contract.axis_divisors)
+            if labels is not None:
+                labels, _ = pad_to_multiple(labels[:, None], contract.axis_divisors, "constant")
+                labels = labels[:, 0]
+            notes.append(f"padded {before} -> {'x'.join(map(str, images.shape[2:]))} ({contract.rule_text()})")
+    else:
+        raise ConfigError(
+            f"data source {src.text!r}: a folder of images is 2D; for volumes pass synthetic[:size=DxHxW] or an "
+            ".npy/.npz of NCDHW arrays (volume files: deploy-unet predict)"
+        )
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ArtifactError(
+            f"masks from {src.text} hold labels up to {labels.max()}, but the model has {num_classes} classes"
+        )
+    raw = images.astype(np.float32, copy=False)
+    check_finite(raw, src.text)
+    return Samples(images=normalize(raw, mean, std), masks=labels, source=src.text, raw=raw, padding=padding,
+                   notes=notes)
+
+
+def _read_volume_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A .npy (volumes) or .npz (``images`` and optional ``masks``) of NCDHW or NDHW volumes."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable NumPy file ({type(exc).__name__}: {exc})") from None
+    masks = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "images" not in loaded:
+                raise ArtifactError(f"{path} holds {list(loaded.keys())}; name the volumes 'images' (and masks 'masks')")
+            images = loaded["images"]
+            masks = loaded["masks"] if "masks" in loaded else None
+    else:
+        images = loaded
+    _check_dtype(images, path, "images")
+    if images.ndim == 4:
+        images = images[:, None]
+    if images.ndim != 5:
+        raise DataError(f"{path}: volumes have shape {images.shape} (rank {images.ndim}); expected NCDHW or NDHW")
+    if n:
+        images = images[:n]
+        masks = masks[:n] if masks is not None else None
+    if np.issubdtype(images.dtype, np.integer):
+        images = images.astype(np.float32) / 255.0
+    check_finite(images, os.fspath(path))
+    images = images.astype(np.float32)
+    if masks is not None:
+        _check_dtype(masks, path, "masks")
+        masks = masks.astype(np.int64)
+        if masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ArtifactError(f"{path}: masks {masks.shape} do not match volumes {images.shape} (want N,D,H,W)")
+    return images, masks

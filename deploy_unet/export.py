@@ -55,6 +55,35 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DIM_NAMES = {0: "batch", 2: "height", 3: "width"}
 AXIS_INDEX = {"batch": 0, "height": 2, "width": 3}
 DYNAMIC_AXES = {"all": ("batch", "height", "width"), "batch": ("batch",), "hw": ("height", "width"), "none": ()}
+# Volumes (NCDHW, rank 5): depth is axis 2, height 3, width 4; "hw" makes every spatial axis dynamic.
+SPATIAL_AXES = ("depth", "height", "width")
+
+
+def axis_index(axis: str, rank: int = 4) -> int:
+    """Where ``axis`` lies in an input of ``rank`` (4: NCHW, 5: NCDHW)."""
+    if axis == "batch":
+        return 0
+    return rank - 3 + SPATIAL_AXES.index(axis)
+
+
+def dynamic_axes(dynamic: str, rank: int = 4) -> tuple[str, ...]:
+    """The axes ``--dynamic`` makes dynamic, for an input of ``rank`` (volumes add depth)."""
+    axes = DYNAMIC_AXES[dynamic]
+    if rank == 5 and "height" in axes:
+        axes = tuple(a for a in axes if a == "batch") + SPATIAL_AXES
+    return axes
+
+
+def dim_names(rank: int = 4) -> dict[int, str]:
+    """Symbolic names of the input's dims: batch, (depth,) height, width."""
+    return {0: "batch", **{axis_index(a, rank): a for a in SPATIAL_AXES[5 - rank:]}}
+
+
+def _axis_step(step, axis: str, rank: int) -> int:
+    """The divisor of ``axis``: ``step`` is one int, or one per spatial axis."""
+    if isinstance(step, int):
+        return step
+    return int(step[axis_index(axis, rank) - 2])
 
 
 @dataclass
@@ -90,7 +119,10 @@ def export_onnx(
     class_names: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
     keep_failed: bool = False,
-    trace: tuple[int, int, int, int] | None = None,
+    trace: tuple[int, ...] | None = None,
+    depth: int | None = None,
+    spatial_dims: int | None = None,
+    divisors: Sequence[int] | None = None,
     metadata_extra: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
@@ -104,6 +136,10 @@ def export_onnx(
     ``pad_in_graph``: export ``PadInGraph(net)``, whose graph reflect-pads H and W up to the divisor
     and crops the logits back, so the file takes any H, W (>= ``shapes.min_size_pad_in_graph``).
     ``class_names``: one name per class, stored in the metadata (legends of ``predict``, reports).
+    Volumes: a net with 3 spatial dims (it says so: ``spatial_dims`` or its ``shape_contract``; else pass
+    ``spatial_dims=3``) exports NCDHW at ``depth`` x ``height`` x ``width``, each axis checked against its
+    divisor, with dynamic N, D, H, W and the specialization check on each of the three axes. ``divisors``:
+    one per axis (depth, height, width) for a net that states none (``--divisor 4,32,32``).
     ``metadata_extra``: more metadata entries (strings), e.g. a volume net's ``intensity`` and ``spacing``
     (``volume_processing.volume_props``, from ``export --intensity/--spacing``).
     """
@@ -121,7 +157,8 @@ def export_onnx(
     start = time.perf_counter()
     times = StageTimes()
     net = net.eval()
-    divisor = divisor or getattr(net, "divisor", None)
+    known = _known_contract(net)  # a third-party net whose settings give its contract (MONAI's)
+    divisor = divisor or getattr(net, "divisor", None) or (known.divisor if known is not None else None)
     if not divisor:
         raise ConfigError("the net states no divisor; pass --divisor (2**number_of_poolings)")
     in_channels = in_channels or getattr(net, "in_channels", None) or 3
@@ -134,8 +171,29 @@ def export_onnx(
     reason = getattr(net, "contract_reason", "") or f"the divisor {divisor}"
     arch = arch or getattr(net, "arch", None) or type(net).__name__
     contract = getattr(net, "shape_contract", None)
+    if contract is None and known is not None:
+        from deploy_unet.nets.known import reconcile_divisor
+
+        contract = reconcile_divisor(known, None if divisor == known.divisor else divisor, divisors, arch)
+        divisor, divisors, reason = contract.divisor, None, contract.reason
     output_mode = getattr(net, "output_mode", None)  # read before a PadInGraph wrapper hides it
-    if pad_in_graph:
+    dims = _spatial_dims_of(net, contract, spatial_dims, depth)
+    if divisors is not None and len(set(divisors)) > 1:
+        from deploy_unet.shapes import ShapeContract
+
+        if contract is not None and getattr(contract, "divisors", ()) and tuple(contract.divisors) != tuple(divisors):
+            raise ConfigError(f"--divisor {','.join(map(str, divisors))} contradicts the net's own "
+                              f"{contract.rule_text()}; drop --divisor")
+        contract = ShapeContract.per_axis(divisors, len(divisors), reason=reason)
+        divisor = contract.divisor
+    if dims == 3:
+        contract = _volume_contract(contract, int(divisor), reason)
+        if pad_in_graph:
+            raise ConfigError("--pad-in-graph pads 2D images; a volume net takes --pad at run time instead")
+        if depth is None:
+            raise ConfigError("a net with 3 spatial dims needs a depth: pass --size DxHxW (e.g. 32x64x64)")
+        contract.validate((depth, height, width), pad_hint="choose a valid --size DxHxW")
+    elif pad_in_graph:
         if contract is not None and not contract.is_divisor_only:
             raise ConfigError("--pad-in-graph pads to the divisor of a net whose output equals its input; a "
                               "valid-convolution net shrinks its output: use --tile at run time instead")
@@ -149,6 +207,8 @@ def export_onnx(
     model_name = arch
     step = contract.divisor if contract is not None else int(divisor)
     export_shape = (batch, in_channels, height, width)
+    if dims == 3:
+        step, export_shape = contract.axis_divisors, (batch, in_channels, depth, height, width)
     traced = tuple(trace) if trace is not None else trace_shape(export_shape, dynamic, step)
     shapes = check_shapes(traced, export_shape, dynamic, step, pad_in_graph=pad_in_graph)
 
@@ -159,8 +219,8 @@ def export_onnx(
         for shape, axis in [(export_shape, None)] + [s for s in shapes if s[0] != export_shape]:
             references[shape] = _torch_forward(net, shape, export_shape, axis, dynamic)
     reference = references[export_shape]
-    if not isinstance(reference, np.ndarray) or reference.ndim != 4:
-        raise ConfigError("the net must return one NCHW tensor of logits")
+    if not isinstance(reference, np.ndarray) or reference.ndim != len(export_shape):
+        raise ConfigError(f"the net must return one {'NCDHW' if dims == 3 else 'NCHW'} tensor of logits")
     num_classes = int(reference.shape[1])
     names = [str(n).strip() for n in (class_names or [])]
     if names and (len(names) != num_classes or not all(names)):
@@ -175,7 +235,7 @@ def export_onnx(
     with times.stage("torch.onnx.export (dynamo)"), stage_errors("torch.onnx.export", model_name):
         model = _torch_export(net, torch.from_numpy(_sample(*traced, seed=0)), dynamic, opset)
     _check_dynamic_inputs(model, dynamic, traced, keeper(model))
-    _name_dims(model, dynamic, same_size=contract is None or contract.border == 0)
+    _name_dims(model, dynamic, same_size=contract is None or contract.border == 0, rank=len(export_shape))
     log("checking (onnx.checker, full shape inference)")
     with times.stage("onnx.checker + shape inference"), stage_errors("onnx.checker", model_name, keeper(model)):
         model = _check(model)
@@ -226,30 +286,32 @@ def export_onnx(
     return ExportResult(Path(output), info, parity, time.perf_counter() - start, times, traced)
 
 
-def trace_shape(export_shape: tuple[int, int, int, int], dynamic: str, step: int) -> tuple[int, int, int, int]:
+def trace_shape(export_shape: tuple[int, ...], dynamic: str, step) -> tuple[int, ...]:
     """The sample torch.export traces: the export shape, moved off its traps on the dynamic axes.
 
     A dynamic axis of size 0 or 1 is specialized (batch 1 -> 2); dynamic axes of equal size share one
     symbol, so each one is moved up by ``step`` (the divisor: sizes stay valid) until it differs from
-    the dynamic axes before it (a 256x256 export traces 2x3x256x272 with divisor 16).
+    the dynamic axes before it (a 256x256 export traces 2x3x256x272 with divisor 16). Volumes (rank 5):
+    the same on depth, height and width, ``step`` being one divisor or one per spatial axis.
     """
     shape = list(export_shape)
+    rank = len(shape)
     taken: list[int] = []
-    for axis in DYNAMIC_AXES[dynamic]:
-        i = AXIS_INDEX[axis]
+    for axis in dynamic_axes(dynamic, rank):
+        i = axis_index(axis, rank)
         if axis == "batch" and shape[i] < 2:
             shape[i] = 2
         while shape[i] < 2 or shape[i] in taken:
-            shape[i] += 1 if axis == "batch" else step
+            shape[i] += 1 if axis == "batch" else _axis_step(step, axis, rank)
         taken.append(shape[i])
     return tuple(shape)
 
 
 def check_shapes(
-    traced: tuple[int, int, int, int],
-    export_shape: tuple[int, int, int, int],
+    traced: tuple[int, ...],
+    export_shape: tuple[int, ...],
     dynamic: str,
-    step: int,
+    step,
     pad_in_graph: bool = False,
 ) -> list[tuple[tuple[int, ...], str | None]]:
     """Shapes the parity check runs, each with the one axis it changes from ``traced`` (None: several/none).
@@ -259,13 +321,16 @@ def check_shapes(
     not among them; with pad-in-graph a size off the divisor.
     """
     shapes: list[tuple[tuple[int, ...], str | None]] = [(traced, None)]
-    for axis in DYNAMIC_AXES[dynamic]:
-        i = AXIS_INDEX[axis]
+    rank = len(traced)
+    for axis in dynamic_axes(dynamic, rank):
+        i = axis_index(axis, rank)
         changed = list(traced)
-        changed[i] = (1 if traced[i] != 1 else 2) if axis == "batch" else traced[i] + step
+        changed[i] = (1 if traced[i] != 1 else 2) if axis == "batch" else traced[i] + _axis_step(step, axis, rank)
         shapes.append((tuple(changed), axis))
     if all(shape != export_shape for shape, _ in shapes):
         shapes.append((export_shape, None))
+    if rank != 4:
+        return shapes
     b, c, h, w = traced
     if pad_in_graph and "height" in DYNAMIC_AXES[dynamic] and step > 1:
         # Off the divisor on both sides, by different pads: the in-graph Pad and Slice are exercised.
@@ -277,12 +342,14 @@ def _key(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def _fix_for(axis: str, dynamic: str) -> str:
+def _fix_for(axis: str, dynamic: str, rank: int = 4) -> str:
     """What to pass instead, for an axis the net or the graph cannot vary."""
     if axis == "batch":
         keep = "hw" if dynamic == "all" else "none"
         return f"export with --dynamic {keep} and --batch N for the batch you run"
     keep = "batch" if dynamic == "all" else "none"
+    if rank == 5:
+        return f"export with --dynamic {keep} and --size DxHxW set to the size you run"
     return f"export with --dynamic {keep} and --height/--width set to the size you run"
 
 
@@ -291,28 +358,31 @@ def _torch_forward(net: nn.Module, shape, export_shape, axis: str | None, dynami
     try:
         out = net(torch.from_numpy(_sample(*shape, seed=_seed(shape))))
     except Exception as exc:
-        b, c, h, w = shape
         if shape == tuple(export_shape):
             raise ConfigError(
-                f"the net fails on a {b}x{c}x{h}x{w} sample ({first_line(exc)}); check --in-channels and the size"
+                f"the net fails on a {_key(shape)} sample ({first_line(exc)}); check --in-channels and the size"
+                + (" (a 3D net: pass --spatial-dims 3 and --size DxHxW)" if len(shape) == 4 and "5D" in str(exc)
+                   else "")
             ) from exc
         changed = axis or _failing_axes(net, shape, export_shape)
         raise ConfigError(
             f"the net runs at {_key(export_shape)} but not at {_key(shape)} ({changed} changed: {first_line(exc)}); "
-            f"it does not take a dynamic {changed}: {_fix_for(changed.split()[0], dynamic)}"
+            f"it does not take a dynamic {changed}: {_fix_for(changed.split()[0], dynamic, len(shape))}"
         ) from exc
     if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"the net returned {type(out).__name__}; it must return one NCHW tensor of logits")
+        raise ConfigError(f"the net returned {type(out).__name__}; it must return one tensor of logits")
     return out.detach().numpy()
 
 
 def _failing_axes(net: nn.Module, shape, export_shape) -> str:
     """Which of the axes ``shape`` changes from the export shape the net fails on, each changed alone."""
-    changed = [n for n, i in AXIS_INDEX.items() if shape[i] != export_shape[i]]
+    rank = len(shape)
+    names = ("batch", *SPATIAL_AXES[5 - rank:])
+    changed = [n for n in names if shape[axis_index(n, rank)] != export_shape[axis_index(n, rank)]]
     failing = []
     for axis in changed:
         probe = list(export_shape)
-        probe[AXIS_INDEX[axis]] = shape[AXIS_INDEX[axis]]
+        probe[axis_index(axis, rank)] = shape[axis_index(axis, rank)]
         try:
             net(torch.from_numpy(_sample(*probe, seed=0)))
         except Exception:
@@ -324,13 +394,15 @@ def _seed(shape) -> int:
     return sum(int(v) * 7 ** i for i, v in enumerate(shape)) % (2**31)
 
 
-def _sample(batch: int, channels: int, height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(np.float32)
+def _sample(*shape: int, seed: int) -> np.ndarray:
+    """A normal sample of ``shape`` (N, C, H, W) or (N, C, D, H, W)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def _torch_export(net: nn.Module, sample: torch.Tensor, dynamic: str, opset: int) -> onnx.ModelProto:
     auto = torch.export.Dim.AUTO
-    dims = {AXIS_INDEX[axis]: auto for axis in DYNAMIC_AXES[dynamic]}
+    rank = sample.dim()
+    dims = {axis_index(axis, rank): auto for axis in dynamic_axes(dynamic, rank)}
     arg_name = _first_arg_name(net)
     with _quiet_exporter(), tempfile_dir() as folder:
         path = Path(folder) / "model.onnx"
@@ -353,13 +425,14 @@ def _check_dynamic_inputs(model: onnx.ModelProto, dynamic: str, traced, keep) ->
     """An axis asked to be dynamic that came out static: torch.export specialized it (the net's code
     fixed it: a size read as a Python int, a fixed positional embedding, ...). Refuse it by name."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    for axis in DYNAMIC_AXES[dynamic]:
-        dim = dims[AXIS_INDEX[axis]]
+    rank = len(traced)
+    for axis in dynamic_axes(dynamic, rank):
+        dim = dims[axis_index(axis, rank)]
         if not dim.dim_param and dim.HasField("dim_value"):
             kept = keep("dynamic axes") if keep is not None else None
             raise ConfigError(
                 f"torch.export fixed the {axis} to {dim.dim_value} (traced at {_key(traced)}): the net's code "
-                f"does not let it vary; {_fix_for(axis, dynamic)}" + (f" (the ONNX is kept as {kept})" if kept else "")
+                f"does not let it vary; {_fix_for(axis, dynamic, rank)}" + (f" (the ONNX is kept as {kept})" if kept else "")
             )
 
 
@@ -396,7 +469,7 @@ def tempfile_dir():
         yield folder
 
 
-def _name_dims(model: onnx.ModelProto, dynamic: str, same_size: bool = True) -> None:
+def _name_dims(model: onnx.ModelProto, dynamic: str, same_size: bool = True, rank: int = 4) -> None:
     """Give the exporter's symbols (s77, s53, ``16*((s53//16))``) readable names.
 
     The output's H is exported as ``16*((h//16))``; under the enforced contract that equals the
@@ -405,17 +478,18 @@ def _name_dims(model: onnx.ModelProto, dynamic: str, same_size: bool = True) -> 
     """
     graph = model.graph
     renames: dict[str, str] = {}
+    names = dim_names(rank)  # batch, (depth,) height, width
     for io_list in (graph.input, graph.output):
         for value in io_list:
             for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-                if dim.dim_param and axis in DIM_NAMES and axis != 0 and not same_size and io_list is graph.output:
-                    dim.dim_param = "out_" + DIM_NAMES[axis]
+                if dim.dim_param and axis in names and axis != 0 and not same_size and io_list is graph.output:
+                    dim.dim_param = "out_" + names[axis]
                     continue
-                if dim.dim_param and axis in DIM_NAMES:
+                if dim.dim_param and axis in names:
                     symbol = re.findall(r"s\d+", dim.dim_param)
                     if len(symbol) == 1:
-                        renames.setdefault(symbol[0], DIM_NAMES[axis])
-                    dim.dim_param = DIM_NAMES[axis]
+                        renames.setdefault(symbol[0], names[axis])
+                    dim.dim_param = names[axis]
     for value in graph.value_info:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
@@ -436,6 +510,44 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
         raise RuntimeError("onnxslim returned no model")
     onnx.checker.check_model(slim)
     return slim
+
+
+def _known_contract(net: nn.Module):
+    """``nets.known.stated_contract`` for a net that states no contract of its own, else None."""
+    if getattr(net, "shape_contract", None) is not None:
+        return None
+    from deploy_unet.nets.known import stated_contract
+
+    return stated_contract(net)
+
+
+def _spatial_dims_of(net: nn.Module, contract, spatial_dims: int | None, depth: int | None) -> int:
+    """3 for a volume net: it says so (``spatial_dims``, or its contract), or the caller does
+    (``--spatial-dims 3``, or a depth given for a net that says nothing); else 2."""
+    own = getattr(net, "spatial_dims", None)
+    own = int(own) if isinstance(own, int) and own in (2, 3) else None  # MONAI nets carry spatial_dims too
+    if spatial_dims is not None and spatial_dims not in (2, 3):
+        raise ConfigError(f"--spatial-dims {spatial_dims} is not valid; choose 2 (images) or 3 (volumes)")
+    if own and spatial_dims and own != spatial_dims:
+        raise ConfigError(f"the net states {own} spatial dims, not {spatial_dims}; drop --spatial-dims")
+    if own:
+        return own
+    if spatial_dims:
+        return spatial_dims
+    if contract is not None and contract.spatial_dims == 3:
+        return 3
+    return 3 if depth is not None else 2
+
+
+def _volume_contract(contract, divisor: int, reason: str):
+    """The net's contract on three axes: its own when it states one, else ``divisor`` on each axis."""
+    from deploy_unet.shapes import ShapeContract
+
+    if contract is not None and contract.spatial_dims == 3:
+        return contract
+    if contract is not None and not contract.is_divisor_only:
+        raise ConfigError("a valid-convolution contract is 2D only; volumes take padded (same-size) nets")
+    return ShapeContract(int(divisor), reason=reason, spatial_dims=3)
 
 
 def known_cause(net: nn.Module, axis: str) -> str:
@@ -487,11 +599,11 @@ def _verify(net: nn.Module, path: Path, shapes, references, traced, dynamic: str
         kept = keep("parity") if keep is not None else None
         where = f" (the ONNX is kept as {kept})" if kept else "; the file was not written"
         if axis is not None:
-            value = traced[AXIS_INDEX[axis]]
+            value = traced[axis_index(axis, len(traced))]
             raise ConfigError(
                 f"the exported graph only runs at the traced {axis} {value}: at input {key} (only the {axis} "
                 f"changed from the traced {_key(traced)}) {problem}; torch.export baked {axis} {value} into the "
-                f"graph{known_cause(net, axis)}; {_fix_for(axis, dynamic)}{where}"
+                f"graph{known_cause(net, axis)}; {_fix_for(axis, dynamic, len(traced))}{where}"
             )
         raise GateFailedError(f"ONNX Runtime differs from PyTorch at input {key}: {problem}{where}")
     return parity

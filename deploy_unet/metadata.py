@@ -69,7 +69,10 @@ class ModelInfo:
                 return f"2**{prune} for UNet++ pruned to level {prune}"
             return f"2**{depth} for UNet++ depth {depth}"
         if self.arch == "unet3d" and depth:
-            return f"2**{depth} for UNet3D depth {depth}" if not self.divisors else f"the pooling of UNet3D depth {depth}"
+            if self.divisors:
+                pooled = self.net_config.get("pool_depth", depth)
+                return f"the pooling of UNet3D depth {depth}, depth axis pooled {pooled} times"
+            return f"2**{depth} for UNet3D depth {depth}"
         if self.arch.startswith("fcn"):
             return f"{self.divisor} for the five pooling stages of FCN"
         return f"the divisor of {self.arch}"

@@ -34,6 +34,7 @@ class PipelineConfig:
     checkpoint: Path | None = None
     height: int | None = None  # None: the checkpoint card's training size, else 256
     width: int | None = None
+    depth: int | None = None  # volume nets (unet3d): None: the checkpoint's recommended depth, else 32
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     int8_targets: tuple[str, ...] = ("tensorrt", "onnxruntime")
     calib_samples: int = 32
@@ -116,13 +117,16 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is accepted: a refused one leaves no folder
     stem = loaded.arch
     height, width = _size(config, loaded)
+    depth = _depth(config, loaded)  # None for 2D nets
+    size_text = "x".join(map(str, ((depth,) if depth else ()) + (height, width)))
     reference = Artifact("PyTorch (reference)", checkpoint, "fp32", "torch")
 
     with timed("export", "export to ONNX"):
         fp32 = out / f"{stem}.onnx"
         exported = export_onnx(loaded.net, fp32, height=height, width=width, mean=loaded.mean, std=loaded.std,
                                arch=loaded.arch, net_config=loaded.net_config,
-                               checkpoint_sha256=loaded.checkpoint.sha256, class_names=loaded.checkpoint.class_names)
+                               checkpoint_sha256=loaded.checkpoint.sha256, class_names=loaded.checkpoint.class_names,
+                               **({"depth": depth} if depth else {}))
         times.extend(exported.stages, "export")
         onnx_artifacts = [Artifact("ONNX fp32", fp32, "fp32")]
 
@@ -170,10 +174,10 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "--bench-tensorrt-qdq times it anyway)")
         result.notes.append(note)
         log(f"      {note}")
-    with timed("bench", f"benchmark (batch {config.bench_batch}, {height}x{width}, {config.bench_iters} iterations "
+    with timed("bench", f"benchmark (batch {config.bench_batch}, {size_text}, {config.bench_iters} iterations "
                         f"in {rounds} interleaved rounds)"):
         bench_report = bench([reference.path] + [a.path for a in timed_artifacts], batches=(config.bench_batch,),
-                             sizes=((height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
+                             sizes=(((depth,) if depth else ()) + (height, width),), warmup=config.bench_warmup, iters=config.bench_iters,
                              rounds=rounds, threads=threads, progress=False)
         for r in bench_report.results:
             times.add(f"{Path(r.artifact).name}", r.wall_seconds, "bench")
@@ -185,7 +189,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
             "pipeline": {
                 "checkpoint": os.fspath(checkpoint),
                 "checkpoint_sha256": loaded.checkpoint.sha256,
-                "size": [height, width],
+                "size": ([depth] if depth else []) + [height, width],
                 "calibration_source": CALIB_SOURCE,
                 "evaluation_source": EVAL_SOURCE,
                 "threads": threads,
@@ -198,7 +202,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "stage_seconds": times.to_list(),
             }
         }
-        preamble = _preamble(result, checkpoint, height, width)
+        preamble = _preamble(result, checkpoint, height, width, depth)
         result.report_files = write_report(out, bench=bench_report, validations=validations,
                                            title=f"deploy-unet pipeline: {stem}", extra=extra, preamble=preamble)
     return result
@@ -255,6 +259,20 @@ def _size(config: PipelineConfig, loaded) -> tuple[int, int]:
     shape = (loaded.checkpoint.extra or {}).get("recommended_export_shape") if loaded.checkpoint else None
     default = tuple(shape[-2:]) if shape else (256, 256)
     return config.height or default[0], config.width or default[1]
+
+
+def _depth(config: PipelineConfig, loaded) -> int | None:
+    """The depth of a volume net's inputs (NCDHW): --size DxHxW, else the checkpoint's recommended export
+    shape, else 32; None for a 2D net (given a depth anyway: one usage line)."""
+    from deploy_unet.errors import ConfigError
+
+    volume = getattr(getattr(loaded.net, "shape_contract", None), "spatial_dims", 2) == 3
+    if not volume:
+        if config.depth:
+            raise ConfigError(f"--size with a depth is for volume nets; {loaded.arch} takes 2D images: give HxW")
+        return None
+    shape = (loaded.checkpoint.extra or {}).get("recommended_export_shape") if loaded.checkpoint else None
+    return config.depth or (int(shape[-3]) if shape and len(shape) == 5 else 32)
 
 
 def _quantize_jobs(config: PipelineConfig) -> list[tuple[str, str]]:
@@ -327,8 +345,9 @@ def _artifact_entry(artifact: Artifact, untimed: bool = False) -> dict[str, Any]
             "size_bytes": size, "note": artifact.note, "runnable": artifact.runnable, "benchmarked": not untimed}
 
 
-def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int) -> str:
-    lines = [f"Reference: `{checkpoint}`; inputs {height}x{width}; validation on `{EVAL_SOURCE}`, "
+def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int, depth: int | None = None) -> str:
+    inputs = f"volumes {depth}x{height}x{width} (DxHxW)" if depth else f"{height}x{width}"
+    lines = [f"Reference: `{checkpoint}`; inputs {inputs}; validation on `{EVAL_SOURCE}`, "
              f"calibration on `{CALIB_SOURCE}`.", "", "| artifact | file | size (MB) | note |", "| --- | --- | --- | --- |"]
     for a in result.artifacts:
         size = a.path.stat().st_size / 1e6 if a.path.exists() else float("nan")

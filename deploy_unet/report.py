@@ -50,6 +50,14 @@ def _checkerboard_cell(out) -> str:
     return f"{_num(out.candidate_checkerboard, 4)} / {_num(out.reference_checkerboard, 4)}"
 
 
+def _agreement_cell(out) -> str:
+    """Pooled mask agreement; for volumes also the lowest of any one volume (one bad volume stays visible)."""
+    volumes = getattr(out, "volume_agreement", None)
+    if not volumes:
+        return _num(out.mask_agreement, 3)
+    return f"{_num(out.mask_agreement, 3)} (lowest volume {_num(min(volumes), 3)})"
+
+
 VALIDATION_COLUMNS = (
     "candidate", "backend", "precision", "output", "samples", "max abs", "mean abs", "rel L2", "cosine",
     "mask agree %", "mDice vs ref", "mIoU vs ref", "mIoU vs truth (cand / ref)", "checkerboard (cand / ref)",
@@ -64,7 +72,7 @@ def validation_rows(reports: Sequence[ValidationReport]) -> list[list[str]]:
             rows.append([
                 os.path.basename(report.candidate), report.candidate_backend, report.precision, out.name,
                 str(report.num_samples), _num(out.max_abs, 5), _num(out.mean_abs, 5), _num(out.rel_l2, 5),
-                _num(out.cosine, 6), _num(out.mask_agreement, 3), _num(out.vs_reference.mean_dice, 4),
+                _num(out.cosine, 6), _agreement_cell(out), _num(out.vs_reference.mean_dice, 4),
                 _num(out.vs_reference.mean_iou, 4), _truth_cell(report, i), _checkerboard_cell(out),
                 _gate_cell(report),
             ])
@@ -82,7 +90,7 @@ def _groups(report: BenchReport) -> dict[tuple, list[BenchResult]]:
     """Entries compared with each other (same net, batch and size), the first being their baseline."""
     groups: dict[tuple, list[BenchResult]] = {}
     for r in report.results:
-        groups.setdefault((r.arch, r.batch, r.height, r.width), []).append(r)
+        groups.setdefault((r.arch, r.batch, r.height, r.width, getattr(r, "depth", 0)), []).append(r)
     return groups
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from deploy_unet.errors import ArtifactError
 
 PACKAGE = "deploy_unet.models"
-REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "unetpp": "unetpp_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt"}
+REFERENCE_CHECKPOINTS = {"unet": "unet_synthetic.pt", "unetpp": "unetpp_synthetic.pt", "fcn8s": "fcn8s_synthetic.pt",
+                         "unet3d": "unet3d_synthetic.pt"}
 
 
 def models_dir() -> Path:

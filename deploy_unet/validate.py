@@ -122,6 +122,9 @@ class OutputParity:
     # Mean checkerboard score of every logit map (per image and class); None for non-NCHW outputs.
     candidate_checkerboard: float | None = None
     reference_checkerboard: float | None = None
+    # Volumes (NCDHW outputs): mask agreement of each volume (percent), so one bad volume is not hidden by
+    # the pooled figure; None for images.
+    volume_agreement: list[float] | None = None
 
     def metric(self, name: str) -> float | None:
         """A gate metric's value, or None when it does not apply (no ground truth)."""
@@ -232,6 +235,7 @@ class _OutputAccumulator:
         self.cm_ref_truth: np.ndarray | None = None
         self.checkerboard_sums = [0.0, 0.0]  # candidate, reference: sums over maps
         self.checkerboard_maps = 0
+        self.volume_agreement: list[float] = []  # per volume, for NCDHW outputs
 
     def add(self, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray | None) -> None:
         if cand.shape != ref.shape:
@@ -259,6 +263,9 @@ class _OutputAccumulator:
                 self.checkerboard_maps += scores[1].size
                 self.last_scores = scores
         cand_mask, ref_mask = to_mask(cand), to_mask(ref)
+        if cand.ndim == 5:
+            same = (cand_mask == ref_mask).reshape(len(cand_mask), -1)
+            self.volume_agreement += [100.0 * float(v) for v in same.mean(axis=1)]
         self.last_masks = (cand_mask, ref_mask)  # read by _GalleryKeeper right after, then replaced
         self.agree += int(np.count_nonzero(cand_mask == ref_mask))
         self.pixels += cand_mask.size
@@ -300,6 +307,7 @@ class _OutputAccumulator:
             reference_checkerboard=(
                 self.checkerboard_sums[1] / self.checkerboard_maps if self.checkerboard_maps else None
             ),
+            volume_agreement=list(self.volume_agreement) or None,
         )
 
 
@@ -356,8 +364,8 @@ def _display_images(sample: Any) -> np.ndarray:
 
 
 def to_mask(logits: np.ndarray) -> np.ndarray:
-    """Class map from NCHW logits: argmax over channels; one channel means binary (logit > 0)."""
-    if logits.ndim != 4:
+    """Class map from NCHW (or NCDHW) logits: argmax over channels; one channel means binary (logit > 0)."""
+    if logits.ndim not in (4, 5):
         raise ShapeContractError(f"output of shape {logits.shape} is not NCHW logits; cannot derive a mask")
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).astype(np.int64)
@@ -439,9 +447,10 @@ def validate_many(
                     c, r = cand_out[cand_name], ref_out[ref_name]
                     if cand_name not in accumulators[k]:
                         # Classes come from the logits themselves (1 channel = binary), so masks always fit.
-                        classes = num_classes or max(int(c.shape[1]) if c.ndim == 4 else 2, 2)
+                        classes = num_classes or max(int(c.shape[1]) if c.ndim in (4, 5) else 2, 2)
                         accumulators[k][cand_name] = _OutputAccumulator(cand_name, classes)
-                    fits = mask is not None and c.ndim == 4 and c.shape[-2:] == np.shape(mask)[-2:]
+                    fits = (mask is not None and c.ndim in (4, 5)
+                            and c.shape[2:] == np.shape(mask)[len(np.shape(mask)) - (c.ndim - 2):])
                     accumulators[k][cand_name].add(c, r, mask if fits else None)
                     if keepers[k] is not None and c.ndim == 4 and cand_name == pairs[k][0][0]:
                         keepers[k].add(sample, c, r, accumulators[k][cand_name])

@@ -1,6 +1,10 @@
 """Train a reference checkpoint on the synthetic segmentation data and write its model card.
 
     PYTHONPATH=. python models/train.py --arch unet --steps 3000 --out models/unet_synthetic.pt
+    PYTHONPATH=. python models/train.py --arch unet3d --steps 600 --batch 4 --out models/unet3d_synthetic.pt
+
+Volumes (``unet3d``): synthetic volumes (``data.synthetic_volume``: bright blobs, dark tubes), one channel,
+3 classes, trained on ``--volume-size`` crops, evaluated on ``synthetic:seed=2,size=32x64x64``.
 
 Training data: ``synthetic:seed=0`` (fresh samples every step, never repeated); held-out evaluation:
 ``synthetic:seed=2`` at 256x256 (the toolkit's default evaluation source; calibration uses seed=1).
@@ -22,7 +26,14 @@ import torch.nn.functional as F
 
 from deploy_unet import metrics
 from deploy_unet.checkpoint import save_checkpoint
-from deploy_unet.data import SyntheticSpec, normalize, synthetic_batch
+from deploy_unet.data import (
+    CLASS_NAMES_3D,
+    SyntheticSpec,
+    normalize,
+    parse_spatial_size,
+    synthetic_batch,
+    synthetic_volume_batch,
+)
 from deploy_unet.fileio import sha256_file, write_text_atomic
 from deploy_unet.nets import create_net
 
@@ -31,15 +42,31 @@ PRESETS = {
     "unet": dict(depth=4, base_channels=16, up_mode="transpose", norm="batch"),
     "unetpp": dict(depth=4, base_channels=16, up_mode="transpose", norm="batch"),
     "fcn8s": dict(width_mult=0.25, fc_channels=512, norm="batch", dropout=0.1),
+    "unet3d": dict(depth=3, base_channels=8, up_mode="transpose", norm="batch"),
 }
+VOLUME_EVAL_SIZE = (32, 64, 64)
+
+
+def _spec(seed: int, size, **kw) -> SyntheticSpec:
+    """2D scenes for an int size, volumes for a (D, H, W) one."""
+    if isinstance(size, tuple):
+        return SyntheticSpec(seed=seed, depth=size[0], height=size[1], width=size[2], **kw)
+    return SyntheticSpec(seed=seed, height=size, width=size, **kw)
+
+
+def _batch(spec: SyntheticSpec, start: int, n: int, num_classes: int):
+    if spec.depth:
+        return synthetic_volume_batch(spec, start, n, num_classes)
+    return synthetic_batch(spec, start, n, num_classes)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Soft Dice over foreground classes: keeps thin structures from being drowned by background."""
     probs = logits.softmax(1)[:, 1:]
-    onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float()[:, 1:]
-    inter = (probs * onehot).sum((0, 2, 3))
-    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    onehot = F.one_hot(target, num_classes).movedim(-1, 1).float()[:, 1:]
+    axes = (0, *range(2, logits.dim()))  # NCHW or NCDHW
+    inter = (probs * onehot).sum(axes)
+    denom = probs.sum(axes) + onehot.sum(axes)
     return 1 - ((2 * inter + 1) / (denom + 1)).mean()
 
 
@@ -51,13 +78,13 @@ def segmentation_loss(net, x: torch.Tensor, y: torch.Tensor, num_classes: int) -
 
 def evaluate(net, mean, std, num_classes: int, n: int, size: int) -> dict:
     """Held-out metrics of ``net(x)``; for a deeply supervised net also per head (``heads``: 1..depth)."""
-    spec = SyntheticSpec(seed=EVAL_SEED, height=size, width=size)
+    spec = _spec(EVAL_SEED, size)
     net.eval()
     preds: dict[str, list] = {}
     targets = []
     with torch.no_grad():
         for start in range(0, n, 8):
-            images, masks = synthetic_batch(spec, start, min(8, n - start), num_classes)
+            images, masks = _batch(spec, start, min(8, n - start), num_classes)
             x = torch.from_numpy(normalize(images, mean, std))
             outputs = {"net": net(x)}
             if hasattr(net, "forward_heads"):
@@ -76,10 +103,11 @@ def evaluate(net, mean, std, num_classes: int, n: int, size: int) -> dict:
 
 def training_normalization(size: int, num_classes: int) -> tuple[list[float], list[float]]:
     """Mean/std from training data statistics, rounded (they go in the checkpoint and ONNX metadata)."""
-    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size)
-    probe, _ = synthetic_batch(spec, 10**7, 64, num_classes)
-    mean = [round(float(v), 3) for v in probe.mean(axis=(0, 2, 3))]
-    std = [round(float(v), 3) for v in probe.std(axis=(0, 2, 3))]
+    spec = _spec(TRAIN_SEED, size)
+    probe, _ = _batch(spec, 10**7, 16 if spec.depth else 64, num_classes)
+    axes = (0, *range(2, probe.ndim))
+    mean = [round(float(v), 3) for v in probe.mean(axis=axes)]
+    std = [round(float(v), 3) for v in probe.std(axis=axes)]
     return mean, std
 
 
@@ -90,15 +118,14 @@ def fit(net, mean, std, *, steps: int, batch: int = 8, size: int = 96, lr: float
     The loop ``main`` runs for the reference nets, reusable for other nets (benchmarks/mixed_precision.py
     trains MONAI nets with it). ``noise``: the scenes' pixel noise (default: the generator's, 0.06);
     ``transform(images, step)``: applied to each batch of [0, 1] images before normalization."""
-    spec = SyntheticSpec(seed=TRAIN_SEED, height=size, width=size,
-                         **({"noise": noise} if noise is not None else {}))
+    spec = _spec(TRAIN_SEED, size, **({"noise": noise} if noise is not None else {}))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()
     t0 = time.time()
     log_every = max(1, steps // 30)
     for step in range(steps):
-        images, masks = synthetic_batch(spec, step * batch, batch, num_classes)
+        images, masks = _batch(spec, step * batch, batch, num_classes)
         if transform is not None:
             images = transform(images, step)
         x = torch.from_numpy(normalize(images, mean, std))
@@ -119,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=96, help="training crop size (px)")
+    p.add_argument("--volume-size", default="24x48x48", help="unet3d: training crop DxHxW (voxels)")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--num-classes", type=int, default=4)
+    p.add_argument("--num-classes", type=int, default=None, help="default: 4 (2D scenes), 3 (volumes)")
     p.add_argument("--seed", type=int, default=0, help="torch init seed")
     p.add_argument("--eval-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
@@ -146,29 +174,40 @@ def main(argv: list[str] | None = None) -> None:
             if name != "norm" and name not in preset:
                 p.error(f"--{name.replace('_', '-')} applies to unet/unetpp, not {args.arch}")
             preset[name] = getattr(args, name)
-    net = create_net(args.arch, in_channels=3, num_classes=args.num_classes, **preset)
+    volumes = args.arch == "unet3d"
+    if args.num_classes is None:
+        args.num_classes = 3 if volumes else 4
+    train_size = parse_spatial_size(args.volume_size) if volumes else args.size
+    eval_size = VOLUME_EVAL_SIZE if volumes else 256
+    net = create_net(args.arch, in_channels=1 if volumes else 3, num_classes=args.num_classes, **preset)
     n_params = sum(p.numel() for p in net.parameters())
 
-    mean, std = training_normalization(args.size, args.num_classes)
-    train_s = fit(net, mean, std, steps=args.steps, batch=args.batch, size=args.size, lr=args.lr,
+    mean, std = training_normalization(train_size, args.num_classes)
+    train_s = fit(net, mean, std, steps=args.steps, batch=args.batch, size=train_size, lr=args.lr,
                   num_classes=args.num_classes, log=lambda msg: print(msg, flush=True))
 
-    result = evaluate(net, mean, std, args.num_classes, args.eval_samples, 256)
+    result = evaluate(net, mean, std, args.num_classes, args.eval_samples, eval_size)
     print(json.dumps(result), flush=True)
     save_checkpoint(
         args.out, net, mean=mean, std=std,
-        extra={"training": {"steps": args.steps, "batch": args.batch, "size": args.size, "lr": args.lr,
-                            "data": f"synthetic:seed={TRAIN_SEED},size={args.size}x{args.size}",
-                            "heldout": f"synthetic:seed={EVAL_SEED},size=256x256",
+        extra={"training": {"steps": args.steps, "batch": args.batch, "size": _size_text(train_size), "lr": args.lr,
+                            "data": f"synthetic:seed={TRAIN_SEED},size={_size_text(train_size)}",
+                            "heldout": f"synthetic:seed={EVAL_SEED},size={_size_text(eval_size)}",
                             "heldout_mean_dice": result["mean_dice"], "heldout_mean_iou": result["mean_iou"],
                             **({"heldout_mean_dice_per_head": {k: v["mean_dice"] for k, v in result["heads"].items()}}
                                if "heads" in result else {})},
-               "recommended_export_shape": [1, 3, 256, 256]},
+               "recommended_export_shape": [1, 1, *VOLUME_EVAL_SIZE] if volumes else [1, 3, 256, 256]},
     )
     write_card(args, net, n_params, mean, std, result, train_s, argv if argv is not None else sys.argv[1:])
 
 
+def _size_text(size) -> str:
+    return "x".join(map(str, size)) if isinstance(size, tuple) else f"{size}x{size}"
+
+
 def write_card(args, net, n_params, mean, std, result, train_s, argv) -> None:
+    if args.arch == "unet3d":
+        return write_volume_card(args, net, n_params, mean, std, result, train_s, argv)
     out: Path = args.out
     size_mb = out.stat().st_size / 1e6
     per_class = "\n".join(
@@ -236,6 +275,57 @@ needs). The table above is the default export, `--heads {net.heads}` ({net.outpu
 |---|---|---|---|{"---|" * len(classes)}
 {rows}
 """
+
+
+def write_volume_card(args, net, n_params, mean, std, result, train_s, argv) -> None:
+    out: Path = args.out
+    size_mb = out.stat().st_size / 1e6
+    names = CLASS_NAMES_3D[: args.num_classes]
+    per_class = "\n".join(
+        f"| {i} {name} | {d if d is None else f'{d:.4f}'} | {u if u is None else f'{u:.4f}'} |"
+        for i, (name, d, u) in enumerate(zip(names, result["dice_per_class"], result["iou_per_class"], strict=True))
+    )
+    command = "PYTHONPATH=. python models/train.py " + " ".join(argv)
+    eval_size = _size_text(VOLUME_EVAL_SIZE)
+    card = f"""# {out.name}: reference 3D UNet on deploy-unet synthetic volumes
+
+Checkpoint `{out.name}` ({size_mb:.2f} MB, {n_params:,} parameters), sha256 `{sha256_file(out)}`.
+Self-describing (`deploy_unet.checkpoint.save_checkpoint`): arch `{net.arch}`, net config
+`{json.dumps(net.config)}`, input normalization mean `{mean}`, std `{std}` (volumes in [0, 1]).
+Input NCDHW, one channel; shape contract: {net.shape_contract.rule_text()}.
+
+    deploy-unet export --checkpoint models/{out.name} --size {eval_size}
+    deploy-unet pipeline --arch unet3d
+
+## Task
+{args.num_classes} classes: {", ".join(f"{i} {n}" for i, n in enumerate(names))}. Bright ellipsoids (radii 3-9 voxels,
+radially shaded) and dark tube segments (radius 1.5-3 voxels, length 12-40) on a smooth noisy background
+(see `deploy_unet/data.py`, `synthetic_volume`).
+
+## Training
+- data: `synthetic:seed={TRAIN_SEED},size={args.volume_size}`, a fresh batch every step
+  ({args.steps} steps x batch {args.batch} = {args.steps * args.batch:,} volumes, none repeated)
+- loss: cross-entropy + soft Dice (foreground classes); AdamW, one-cycle lr max {args.lr}, weight decay 1e-4
+- torch init seed {args.seed}; `torch.set_num_threads({args.threads})`, `torch.set_flush_denormal(True)`
+- wall time {train_s / 60:.1f} min on {platform.processor() or platform.machine()} ({platform.system()}),
+  torch {torch.__version__}
+
+## Held-out accuracy
+`synthetic:seed={EVAL_SEED},size={eval_size}`, {args.eval_samples} volumes (never seen in training; calibration
+uses seed=1): **mean Dice {result['mean_dice']:.4f}**, mean IoU {result['mean_iou']:.4f}
+(PyTorch fp32, argmax).
+
+| class | Dice | IoU |
+|---|---|---|
+{per_class}
+
+## Reproduce
+    {command}
+
+CPU training is deterministic for a fixed thread count and torch build; other builds give slightly
+different weights and scores.
+"""
+    write_text_atomic(out.with_suffix(".md"), card)
 
 
 if __name__ == "__main__":

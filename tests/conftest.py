@@ -51,6 +51,17 @@ def thin_unet_onnx(tmp_path_factory):
     return net, path
 
 
+@pytest.fixture(scope="session")
+def shipped_unet3d_onnx(tmp_path_factory):
+    """The shipped 3D UNet (models/unet3d_synthetic.pt) exported at 1x1x32x64x64, N/D/H/W dynamic."""
+    from deploy_unet import shipped
+    from deploy_unet.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx3d") / "unet3d.onnx"
+    export_onnx(shipped.checkpoint("unet3d"), path, depth=32, height=64, width=64)
+    return path
+
+
 def smooth_images(n: int, channels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """Images with structure (blurred blobs), not bare noise: closer to what segmentation nets see."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ from tests.conftest import thin_net
 
 
 def test_registry_lists_all_reference_nets():
-    assert set(list_nets()) == {"unet", "unetpp", "fcn8s", "fcn16s", "fcn32s"}
+    assert set(list_nets()) == {"unet", "unetpp", "fcn8s", "fcn16s", "fcn32s", "unet3d"}
 
 
 def test_unknown_net_lists_valid_names():

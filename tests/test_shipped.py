@@ -104,12 +104,12 @@ def test_doctor_says_where_the_shipped_checkpoints_are_and_never_raises(monkeypa
     report = doctor.run_doctor()
     assert Path(report.checkpoints["dir"]).samefile(shipped.models_dir())
     assert sorted(report.checkpoints["found"]) == sorted(shipped.REFERENCE_CHECKPOINTS)
-    assert f"checkpoints    fcn8s, unet, unetpp (in {shipped.models_dir()})" in doctor.format_report(report)
+    assert f"checkpoints    fcn8s, unet, unet3d, unetpp (in {shipped.models_dir()})" in doctor.format_report(report)
 
     def broken():
         raise ArtifactError("deploy_unet.models is not importable here")
 
     monkeypatch.setattr(shipped, "models_dir", broken)
     report = doctor.run_doctor()
-    assert report.checkpoints["found"] == {} and report.checkpoints["missing"] == ["fcn8s", "unet", "unetpp"]
+    assert report.checkpoints["found"] == {} and report.checkpoints["missing"] == ["fcn8s", "unet", "unet3d", "unetpp"]
     assert "checkpoints    none (deploy_unet.models is not importable here)" in doctor.format_report(report)

@@ -125,3 +125,65 @@ def by_name(name: str) -> ZooNet:
         if net.name == name:
             return net
     raise KeyError(f"no zoo net {name!r}; known: {', '.join(n.name for n in ZOO)}")
+
+
+# -- volumes (issue 24): MONAI's 3D nets, exported as a user would, with no --divisor -----------------------
+# deploy_unet/nets/known.py reads each net's contract from its own settings (strides, blocks_down, patch_size);
+# ``divisors`` is what it must find (depth, height, width).
+
+
+@dataclass(frozen=True)
+class VolumeZooNet:
+    name: str
+    model: str  # PKG.MODULE:CALLABLE
+    args: dict[str, Any]
+    divisors: tuple[int, int, int]  # the per-axis contract the net's own settings give
+    size: tuple[int, int, int]  # export D x H x W
+    covers: tuple[str, ...]
+    refused_size: tuple[int, int, int] | None = None  # a size export must refuse in one line naming the axis
+    refused_match: str = ""
+    ci: bool = True  # False: refusal only in CI (a full export takes minutes on 2 cores)
+    requires: tuple[str, ...] = field(default=())
+
+    @property
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in ("monai", *self.requires))
+
+    def cli_args(self, size=None) -> list[str]:
+        items = ["--model", self.model]
+        for key, value in self.args.items():
+            items += ["--model-arg", f"{key}={value!r}" if not isinstance(value, str) else f"{key}={value}"]
+        return items + ["--in-channels", "1", "--size", "x".join(map(str, size or self.size))]
+
+    def build(self):
+        from deploy_unet.nets.loading import import_model
+
+        return import_model(self.model, self.args)
+
+
+VOLUME_CLASSES = 3  # the synthetic volumes: background, blob, tube
+
+ZOO_3D: tuple[VolumeZooNet, ...] = (
+    VolumeZooNet("monai-unet-3d", f"{MONAI}:UNet",
+                 {"spatial_dims": 3, "in_channels": 1, "out_channels": VOLUME_CLASSES, "channels": (8, 16, 32),
+                  "strides": (2, 2), "num_res_units": 1, "norm": "instance"}, (4, 4, 4), (8, 16, 24),
+                 ("MONAI UNet(spatial_dims=3)", "instance norm", "strided Conv3d", "ConvTranspose3d")),
+    VolumeZooNet("monai-segresnet-3d", f"{MONAI}:SegResNet",
+                 {"spatial_dims": 3, "in_channels": 1, "out_channels": VOLUME_CLASSES, "init_filters": 8},
+                 (8, 8, 8), (8, 16, 24), ("group norm (3D)", "residual blocks", "trilinear-free upsampling")),
+    VolumeZooNet("monai-dynunet-anisotropic", f"{MONAI}:DynUNet",
+                 {"spatial_dims": 3, "in_channels": 1, "out_channels": VOLUME_CLASSES, "kernel_size": [3, 3, 3, 3],
+                  "strides": [1, [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+                  "upsample_kernel_size": [[1, 2, 2], [2, 2, 2], [2, 2, 2]], "filters": [8, 16, 32, 64]},
+                 (4, 8, 8), (4, 16, 24), ("DynUNet / nnU-Net anisotropic strides (per-axis divisors)",
+                                          "instance norm", "leaky ReLU")),
+    VolumeZooNet("monai-attentionunet-3d", f"{MONAI}:AttentionUnet",
+                 {"spatial_dims": 3, "in_channels": 1, "out_channels": VOLUME_CLASSES, "channels": (8, 16, 32),
+                  "strides": (2, 2)}, (4, 4, 4), (8, 16, 24), ("attention gates (3D)",)),
+    VolumeZooNet("monai-swinunetr-3d", f"{MONAI}:SwinUNETR",
+                 {"in_channels": 1, "out_channels": VOLUME_CLASSES, "spatial_dims": 3, "feature_size": 12,
+                  "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4)}, (32, 32, 32), (32, 32, 32),
+                 ("transformer encoder (shifted windows, 3D)",), refused_size=(48, 32, 32),
+                 refused_match=r"^error: depth 48 is not divisible by 32 \(= MONAI SwinUNETR: patch_size\*\*5",
+                 ci=False, requires=("einops",)),
+)

@@ -53,8 +53,10 @@ from deploy_unet.shapes import check_dim, check_size_pad_in_graph, min_size_pad_
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 PRECISIONS = ("fp32", "fp16", "int8")
 _SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*[xX,]\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
+# Volumes: BxCxDxHxW (5-D profiles; TensorRT's convolution, deconvolution and pooling are 2D or 3D).
+_SHAPE5_RE = re.compile(r"^\s*(\d+)" + r"\s*[xX,]\s*(\d+)" * 4 + r"\s*$")
 
-Shape = tuple[int, int, int, int]
+Shape = tuple[int, ...]  # (B, C, H, W), or (B, C, D, H, W) for volumes
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ Shape = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile for the (single) NCHW input."""
+    """One optimization profile for the (single) NCHW (or NCDHW) input."""
 
     min: Shape
     opt: Shape
@@ -161,7 +163,7 @@ def network_flags(trt, library: str = "tensorrt") -> int:
 
 
 def parse_shape(text: str, option: str) -> Shape:
-    match = _SHAPE_RE.match(text or "")
+    match = _SHAPE_RE.match(text or "") or _SHAPE5_RE.match(text or "")
     if not match:
         raise ConfigError(f"{option} {text!r} is not a shape; write it as BxCxHxW, e.g. 1x3x256x256")
     return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
@@ -242,15 +244,21 @@ def _input_dims(model: onnx.ModelProto, name: str) -> list[int | None]:
 
 def _default_opt(info: ModelInfo, dims: list[int | None], onnx_path: str) -> Shape:
     export = list(info.export_shape or [])
-    if len(export) == 2:
+    rank = len(dims)
+    if len(export) == rank - 2:
         export = [1, info.in_channels, *export]
-    if len(export) == 4:
+    if len(export) == rank:
         shape = export
     else:
-        shape = [1, info.in_channels, None, None]
+        shape = [1, info.in_channels] + [None] * (rank - 2)
     # Fixed dims in the graph win: a profile must match them exactly.
     shape = [fixed if fixed is not None else value for fixed, value in zip(dims, shape, strict=True)]
-    if shape[2] is None or shape[3] is None:
+    if any(v is None for v in shape[2:]):
+        if rank == 5:
+            raise ConfigError(
+                f"{onnx_path} records no export shape and its input is dynamic; pass --opt-shape BxCxDxHxW "
+                f"(D, H, W multiples of {'x'.join(map(str, info.axis_divisors))})"
+            )
         raise ConfigError(
             f"{onnx_path} records no export shape and its input is dynamic; pass --opt-shape BxCxHxW "
             f"(H and W multiples of {info.divisor})"
@@ -258,17 +266,19 @@ def _default_opt(info: ModelInfo, dims: list[int | None], onnx_path: str) -> Sha
     return tuple(int(v) for v in shape)  # type: ignore[return-value]
 
 
-def default_profile(opt: Shape, divisor: int, dims: list[int | None]) -> Profile:
+def default_profile(opt: Shape, divisor, dims: list[int | None]) -> Profile:
     """min = one divisor step (batch 1), opt = the export shape, max = twice the export H and W.
 
-    ``divisor`` is the smallest H, W: the net's divisor, or the pad-in-graph minimum for such a file.
+    ``divisor`` is the smallest H, W: the net's divisor, or the pad-in-graph minimum for such a file. Volumes
+    (5-D): the same per axis, D, H and W, ``divisor`` then one int or one per spatial axis.
 
     The batch range stays at the export batch: a larger batch is a deliberate choice (``--max-shape``)
     because it multiplies the activation memory TensorRT reserves.
     """
-    b, c, h, w = opt
-    minimum = (1, c, divisor, divisor)
-    maximum = (b, c, 2 * h, 2 * w)
+    b, c, *spatial = opt
+    steps = (divisor,) * len(spatial) if isinstance(divisor, int) else tuple(divisor)
+    minimum = (1, c, *steps)
+    maximum = (b, c, *(2 * v for v in spatial))
     minimum = tuple(f if f is not None else v for f, v in zip(dims, minimum, strict=True))
     maximum = tuple(f if f is not None else v for f, v in zip(dims, maximum, strict=True))
     return Profile(minimum, opt, maximum)  # type: ignore[arg-type]
@@ -293,8 +303,12 @@ def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> 
     """
     reason = info.contract_reason
     contract = info.shape_contract
+    rank = len(dims)
     for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
         option = f"--{which}-shape {_fmt(shape)}"
+        if len(shape) != rank:
+            want = "BxCxDxHxW (a volume net: 5-D)" if rank == 5 else "BxCxHxW"
+            raise ShapeContractError(f"{option}: {len(shape)} dims, but the ONNX input has {rank}; write it as {want}")
         if shape[0] < 1:
             raise ShapeContractError(f"{option}: batch {shape[0]} must be at least 1")
         if shape[1] != info.in_channels:
@@ -302,7 +316,9 @@ def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> 
                 f"{option}: {shape[1]} channels, but the model takes {info.in_channels}; use {info.in_channels} as C"
             )
         try:
-            if info.pad_in_graph:
+            if rank == 5:  # volumes: each of D, H, W against its own divisor
+                contract.validate(tuple(shape[2:]))
+            elif info.pad_in_graph:
                 check_size_pad_in_graph(shape[2:], info.divisor)
             else:
                 for name, value in zip(("height", "width"), shape[2:], strict=True):
@@ -318,7 +334,8 @@ def check_profile(profile: Profile, info: ModelInfo, dims: list[int | None]) -> 
                     f"{option}: dim {axis} is {shape[axis]} but the ONNX input fixes it to {fixed}; "
                     "re-export with dynamic axes or use the fixed size"
                 )
-    for axis, name in enumerate(("batch", "channels", "height", "width")):
+    names = ("batch", "channels", "height", "width") if rank == 4 else ("batch", "channels", "depth", "height", "width")
+    for axis, name in enumerate(names):
         lo, mid, hi = profile.min[axis], profile.opt[axis], profile.max[axis]
         if not lo <= mid <= hi:
             raise ShapeContractError(
@@ -365,15 +382,29 @@ def plan_build(
         raise ArtifactError(f"{onnx_path} has {len(graph_inputs)} inputs {graph_inputs}; deploy-unet builds single-input nets")
     input_name = graph_inputs[0]
     dims = _input_dims(model, input_name)
-    if len(dims) != 4:
-        raise ArtifactError(f"{onnx_path} input {input_name!r} has rank {len(dims)}; expected NCHW (rank 4)")
+    if len(dims) == 5 and info.spatial_dims != 3:
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has rank 5 but its metadata records 2 spatial dims; "
+                            "re-export it with `deploy-unet export --spatial-dims 3 --size DxHxW`")
+    if len(dims) == 4 and info.spatial_dims == 3:
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has rank 4 but its metadata records a volume net "
+                            "(3 spatial dims); expected NCDHW (rank 5): re-export it")
+    if len(dims) not in (4, 5):
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has rank {len(dims)}; expected NCHW (rank 4) "
+                            "or NCDHW (rank 5)")
 
     shapes = {
         key: parse_shape(value, f"--{key}-shape") if isinstance(value, str) else (tuple(value) if value else None)
         for key, value in (("min", min_shape), ("opt", opt_shape), ("max", max_shape))
     }
+    for key, shape in shapes.items():
+        if shape is not None and len(shape) != len(dims):
+            want = "BxCxDxHxW (a volume net: 5-D)" if len(dims) == 5 else "BxCxHxW"
+            raise ShapeContractError(f"--{key}-shape {_fmt(shape)}: {len(shape)} dims, but the ONNX input has "
+                                     f"{len(dims)}; write it as {want}")
     opt = shapes["opt"] or _default_opt(info, dims, onnx_path)
     smallest = min_size_pad_in_graph(info.divisor) if info.pad_in_graph else info.divisor
+    if len(dims) == 5:
+        smallest = info.axis_divisors  # volumes: one step per axis
     derived = default_profile(opt, smallest, dims)
     if not info.shape_contract.is_divisor_only:
         derived = _valid_contract_profile(derived, info.shape_contract, dims)

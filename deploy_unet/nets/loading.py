@@ -213,6 +213,11 @@ def load_net(
             raise ConfigError("pass either --arch or --model, not both")
         net = import_model(model, model_args)
         divisor = divisor or getattr(net, "divisor", None)  # a net may state its own contract
+        if divisor is None:  # or a known third-party net's settings give it (MONAI's strides, ...)
+            from deploy_unet.nets.known import stated_contract
+
+            known = stated_contract(net)
+            divisor = known.divisor if known is not None else None
         if divisor is None:
             raise ConfigError(
                 "--model needs --divisor: the spatial multiple your net requires (2**number_of_poolings: "

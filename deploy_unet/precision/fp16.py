@@ -6,7 +6,10 @@ Policy: run the fp32 model on the calibration samples and record max |x| of ever
 the calibration set); inputs are included because a fp32 value cast down to a fp16 consumer would
 overflow just the same. Casts are inserted at the fp16/fp32 borders, graph inputs and outputs stay
 float32 (``keep_io_types``), and ops fp16 does not serve well (Resize, TopK, ... onnxconverter-common's
-default block list) stay float32 too.
+default block list) stay float32 too. In a volume net (5-D input) the normalizations that reduce over the
+whole volume (InstanceNormalization -- also what GroupNorm exports to --, GroupNormalization,
+LayerNormalization) stay float32 as well: their mean and variance sum D*H*W values (nnU-Net's fp16 engines
+made by hand give all-black masks there).
 
 The conversion is onnxconverter-common's ``convert_float_to_float16``; NVIDIA's ModelOpt AutoCast does
 the same job with the same inputs (keep_io_types, a node block list) and may replace it where ModelOpt
@@ -25,6 +28,16 @@ from deploy_unet.precision.calibration import Calibration
 
 FP16_MAX = 65504.0
 FP16_LIMIT = FP16_MAX / 4
+# Normalizations whose statistics sum over every spatial position: kept float32 in volume nets.
+VOLUME_NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
+
+
+def volume_norm_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the whole-volume normalization nodes of a model whose first input is 5-D (NCDHW)."""
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if not inputs or len(inputs[0].type.tensor_type.shape.dim) != 5:
+        return []
+    return [n.name for n in model.graph.node if n.op_type in VOLUME_NORM_OPS]
 
 
 def overflowing_nodes(model: onnx.ModelProto, calib: Calibration, limit: float = FP16_LIMIT) -> list[str]:
@@ -50,6 +63,7 @@ def convert_fp16(
         if not node.name:  # the block list goes by node name
             node.name = f"{node.op_type}_{i}"
     kept = overflowing_nodes(model, calib, limit)
+    kept += [n for n in volume_norm_nodes(model) if n not in kept]
     with warnings.catch_warnings():
         # It warns once per tiny weight it rounds to fp16's smallest normal; that is the intended clamp.
         warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)

@@ -46,11 +46,14 @@ class TensorInfo:
 class Profile:
     """The (single) input's shape range: an engine's optimization profile, or the default one for an ONNX."""
 
-    min: tuple[int, int, int, int]
-    opt: tuple[int, int, int, int]
-    max: tuple[int, int, int, int]
+    min: tuple[int, ...]  # (B, C, H, W), or (B, C, D, H, W) for volumes
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
 
     def describe_hw(self) -> str:
+        if len(self.opt) == 5:
+            ranges = ", ".join(f"{n} in [{lo}, {hi}]" for n, lo, hi in zip("DHW", self.min[2:], self.max[2:]))
+            return f"{ranges} (opt {'x'.join(map(str, self.opt[2:]))}), batch up to {self.max[0]}"
         return (f"H in [{self.min[2]}, {self.max[2]}], W in [{self.min[3]}, {self.max[3]}] "
                 f"(opt {self.opt[2]}x{self.opt[3]}), batch up to {self.max[0]}")
 
@@ -75,7 +78,7 @@ class Artifact:
 
     @property
     def hw_dynamic(self) -> bool:
-        return self.input.dims[2] == -1 and self.input.dims[3] == -1
+        return all(d == -1 for d in self.input.dims[2:])  # H, W (and D for volumes)
 
     @property
     def max_batch_limit(self) -> int | None:
@@ -85,21 +88,24 @@ class Artifact:
         return self.profile.max[0] if self.profile else None
 
     @property
-    def opt_shape(self) -> tuple[int, int, int, int]:
+    def opt_shape(self) -> tuple[int, ...]:
         profile = self.profile or self.default_profile
         if profile is not None:
             return profile.opt
-        smallest = self.info.shape_contract.smallest
-        b, c, h, w = self.input.dims
-        return (max(b, 1), c, h if h > 0 else smallest, w if w > 0 else smallest)
+        contract = self.info.shape_contract
+        b, c, *spatial = self.input.dims
+        smallest = contract.axis_divisors if len(spatial) == 3 else (contract.smallest,) * len(spatial)
+        return (max(b, 1), c, *(v if v > 0 else s for v, s in zip(spatial, smallest)))
 
     def hw_rule(self) -> str:
         """The input H/W rule in words, for config comments and the repository README."""
         if self.profile is not None:
             return self.profile.describe_hw() + " (the engine's optimization profile; sizes outside it fail)"
         if not self.hw_dynamic:
-            return f"fixed {self.input.dims[2]}x{self.input.dims[3]} (a static export)"
+            return f"fixed {'x'.join(map(str, self.input.dims[2:]))} (a static export)"
         contract = self.info.shape_contract
+        if len(self.input.dims) == 5:
+            return f"D, H and W: {contract.rule_text()} (volumes, NCDHW)"
         if self.info.pad_in_graph:
             return f"any H, W from {self.info.divisor // 2 + 1} up (the graph pads to a multiple of {self.info.divisor})"
         return f"H and W {contract.rule()}"
@@ -140,8 +146,9 @@ def _read_onnx(path: Path) -> Artifact:
         return TensorInfo(value.name, dtype, _dims(dims))
 
     inp = tensor(inputs[0])
-    if len(inp.dims) != 4:
-        raise ArtifactError(f"{path} input {inp.name!r} has rank {len(inp.dims)}; expected NCHW (rank 4)")
+    if len(inp.dims) != 4 and not (len(inp.dims) == 5 and info.spatial_dims == 3):
+        raise ArtifactError(f"{path} input {inp.name!r} has rank {len(inp.dims)}; expected NCHW (rank 4)"
+                            + (", or NCDHW (rank 5) with volume metadata" if len(inp.dims) == 5 else ""))
     default = None
     try:
         plan = plan_build(path)

@@ -36,6 +36,12 @@ class SizeLimit:
     max_hw: tuple[int, int] | None = None
     why: str = "--max-size"
     of_model_input: bool = False  # an engine profile bounds what the model is fed (a padded image), not the image
+    depth_range: tuple[int, int] | None = None  # volumes: an engine profile's D range
+
+    def check_depth(self, depth: int) -> None:
+        if self.depth_range is not None and not self.depth_range[0] <= depth <= self.depth_range[1]:
+            lo, hi = self.depth_range
+            raise ShapeContractError(f"depth {depth} is outside [{lo}, {hi}], the depths {self.why} takes")
 
     def check(self, height: int, width: int, what: str = "input") -> None:
         lo_h, lo_w = self.min_hw
@@ -106,6 +112,13 @@ class InferenceHandler:
                 self.limit.check(height, width, "image")
             return
         # Triton has checked dtype, rank and channels against the config; the contract and the limit are ours.
+        if array.ndim == 5:  # volumes (NCDHW): D, H, W each against its divisor; the limit on D and on H, W
+            self.limit.check_depth(int(array.shape[2]))
+            self.limit.check(int(array.shape[3]), int(array.shape[4]))
+            self.runner.contract.validate(tuple(int(v) for v in array.shape[2:]), "or pad the volume on the client")
+            if not np.isfinite(array).all():
+                raise DeployUnetError("input contains NaN or Inf values; send finite float32 data")
+            return
         height, width = (int(v) for v in array.shape[2:4])
         self.limit.check(height, width)
         runner = self.runner

@@ -238,6 +238,11 @@ def preprocessing_parameters(artifact: Artifact) -> dict[str, Any]:
     """What the preprocess model needs from the metadata (and an engine's H/W range), as JSON."""
     info = artifact.info
     contract = info.shape_contract
+    if contract.spatial_dims == 3:
+        raise ConfigError(
+            f"{artifact.path.name} is a volume net (NCDHW): the --ensemble takes 2D images (uint8 H x W x C); "
+            "serve the model itself (drop --ensemble) and send normalized NCDHW volumes"
+        )
     if not contract.is_divisor_only:
         raise ConfigError(
             f"{artifact.path.name} is a valid-convolution net (output smaller than its input): padding cannot "

@@ -248,7 +248,14 @@ class TritonService:
                          for r in self._runners]
 
         classes = int(info.num_classes)
-        if o.input_kind == "image":
+        volume = getattr(info, "spatial_dims", 2) == 3  # NCDHW in, NCDHW logits (or a DHW mask) out
+        if volume and o.input_kind == "image":
+            raise ConfigError(f"{path.name} is a volume net (NCDHW): --input image takes 2D images; serve it with "
+                              "--input tensor and send normalized N x C x D x H x W float32 volumes")
+        if volume:
+            in_name, in_dtype, in_dims = input_name, "float32", (int(info.in_channels), -1, -1, -1)
+            size_rule = f"D, H and W: {info.shape_contract.rule_text()}; {_limit_text(limit)}"
+        elif o.input_kind == "image":
             in_name, in_dtype, in_dims = IMAGE_INPUT, "uint8", (-1, -1, -1)
             size_rule = f"any image size, C = 1, 3 or 4; {_limit_text(limit)}"
         else:
@@ -262,6 +269,8 @@ class TritonService:
             out_dtype, out_dims = mask_dtype(classes), (-1, -1)
         else:
             out_dtype, out_dims = "float32", (classes, -1, -1)
+        if volume:
+            out_dims = (*out_dims, -1)
         self.model = ServedModel(
             name=o.model_name or model_name_for(path), backend=_backend_label(first), input_name=in_name,
             input_dtype=in_dtype, input_dims=in_dims, output_name=output_name, output_dtype=out_dtype,
@@ -280,10 +289,11 @@ class TritonService:
     def _size_limit(self, profile) -> SizeLimit:
         o = self.options
         if profile is not None:
-            lo, hi = tuple(profile.min[2:]), tuple(profile.max[2:])
+            lo, hi = tuple(profile.min[-2:]), tuple(profile.max[-2:])
             if o.max_size is not None:
                 hi = (min(hi[0], o.max_size[0]), min(hi[1], o.max_size[1]))
-            return SizeLimit(lo, hi, "the engine's optimization profile", of_model_input=True)
+            depth = (int(profile.min[2]), int(profile.max[2])) if len(profile.min) == 5 else None
+            return SizeLimit(lo, hi, "the engine's optimization profile", of_model_input=True, depth_range=depth)
         return SizeLimit((1, 1), tuple(o.max_size or DEFAULT_MAX_SIZE), "--max-size")
 
     def _warm_up(self) -> None:
@@ -294,6 +304,10 @@ class TritonService:
             info = handler.runner.info
             if handler.input_kind == "image":
                 handler._run(np.zeros((1, h, w, int(info.in_channels)), dtype=np.uint8))
+            elif getattr(info, "spatial_dims", 2) == 3:
+                shape = list(info.export_shape or [])
+                depth = int(shape[2]) if len(shape) == 5 else info.shape_contract.axis_divisors[0]
+                handler._run(np.zeros((1, int(info.in_channels), depth, h, w), dtype=np.float32))
             else:
                 handler._run(np.zeros((1, int(info.in_channels), h, w), dtype=np.float32))
             handler.batches = 0
