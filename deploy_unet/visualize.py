@@ -366,3 +366,27 @@ def volume_slices_image(volume: np.ndarray, mask: np.ndarray, num_classes: int,
         draw.rectangle((x, y, x + swatch, y + swatch), fill=colour_of(class_id), outline=(0, 0, 0))
         draw.text((x + swatch + pad, y - 1), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def volume_gallery_image(samples: Sequence[GallerySample], heading: str):
+    """``gallery_image`` for volumes: per sample (worst first) three rows, one orthogonal slice each through the
+    largest structure of the reference mask (or through the most differing voxels when the masks differ):
+    image | reference mask | candidate mask | disagreement."""
+    rows, captions = [], []
+    for s in samples:
+        image = np.asarray(s.image, np.float32)
+        volume = image[0] if image.ndim == 4 else image  # (C, D, H, W): the first channel is shown
+        differ = s.reference_mask != s.candidate_mask
+        at = largest_structure_slices(differ.astype(np.uint8)) if differ.any() else \
+            largest_structure_slices(s.reference_mask)
+        total = int(np.count_nonzero(differ))
+        for axis, index in enumerate(at):
+            grey = np.clip(np.take(volume, index, axis=axis), 0.0, 1.0)
+            ref, cand = np.take(s.reference_mask, index, axis=axis), np.take(s.candidate_mask, index, axis=axis)
+            rgb = display_rgb(grey)
+            k = _scale_for(*rgb.shape[:2])
+            tiles = [rgb, colourize(ref), colourize(cand), disagreement_rgb(rgb, ref, cand)]
+            rows.append([_zoom(t, k) for t in tiles])
+            captions.append(f"{s.name}, axis {axis} slice {index}: mask agreement {s.mask_agreement:.3f}% over the "
+                            f"volume ({total} voxel(s) differ)")
+    return _grid(rows, ("image", "reference mask", "candidate mask", "disagreement (red, ringed)"), captions, heading)

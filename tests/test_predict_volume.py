@@ -326,3 +326,26 @@ def test_shipped_unet3d_on_a_nifti_scan(tmp_path):
     for c in (1, 2):
         dice = 2 * ((mask == c) & (truth == c)).sum() / ((mask == c).sum() + (truth == c).sum())
         assert dice >= 0.9, (c, dice)
+
+
+def test_validation_gallery_of_volumes_shows_slices(tmp_path):
+    """The pipeline's gallery for a volume net: orthogonal slices through the differing voxels."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from deploy_unet.report import write_galleries
+    from deploy_unet.visualize import GallerySample
+
+    ref = np.zeros((12, 20, 16), np.int32)
+    ref[3:9, 5:15, 4:12] = 1
+    cand = ref.copy()
+    cand[7, 14, 11] = 0
+    sample = GallerySample("vol 3", 99.99, np.random.default_rng(0).random((1, 12, 20, 16), np.float32), ref, cand)
+    report = SimpleNamespace(gallery=[sample], candidate="u3.int8.onnx", candidate_backend="onnxruntime",
+                             precision="int8", reference="u3.pt", reference_backend="torch", num_samples=4,
+                             checkerboard_worse=False)
+    written = write_galleries(tmp_path, [report])
+    assert [p.name for _, p in written] == ["u3.int8.onnx.gallery.png"]
+    with Image.open(written[0][1]) as picture:
+        assert picture.height > 3 * 12 and picture.width > 4 * 16
