@@ -236,7 +236,7 @@ def main() -> None:
             print(f"{name}: skipped (no checkpoint)", flush=True)
             continue
         net, divisor, class_names = made
-        intensity = CT_WINDOW if name == "monai-unet" else "none"
+        intensity = CT_WINDOW if name == "monai-unet" else "ct:-200,300"  # the shipped net saw values in 0..1
         onnx_path = export(net, divisor, args.window, class_names, intensity, work / f"{name}.onnx")
         configs = {"monai": None, "torch windows": None, "ort fp32": onnx_path}
         notes = {}
