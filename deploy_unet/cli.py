@@ -145,11 +145,16 @@ def _net_options(**given) -> dict:
 @click.option("--upsample-in-graph", is_flag=True,
               help="Logits below the input's resolution (SegFormer's 1/4): upsample them in the graph (bilinear, "
                    "align_corners=False), so the file returns full-size logits.")
+@click.option("--intensity", "volume_intensity", default=None, metavar="SPEC",
+              help="Volume nets: how predict prepares a scan's values, stored in the metadata: none | zscore | "
+                   "ct:LO,HI | ct:LO,HI,MEAN,STD.")
+@click.option("--spacing", "volume_spacing", default=None, metavar="S|SxSxS",
+              help="Volume nets: the voxel spacing the net was trained at (predict --resample), stored in the metadata.")
 @handle_errors
 def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, in_channels, num_classes, depth,
            base_channels, up_mode, norm, padding, heads, prune, width_mult, fc_channels, height, width, size_text,
            spatial_dims, batch, dynamic, opset, mean, std, tolerance, simplify, pad_in_graph, class_names, output,
-           exporter, output_key, output_index, upsample_in_graph):
+           exporter, output_key, output_index, upsample_in_graph, volume_intensity=None, volume_spacing=None):
     """Export a net to a dynamic, checked, simplified, self-describing ONNX file."""
     from rich.console import Console
 
@@ -191,6 +196,7 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, 
             class_names=(class_names.split(",") if class_names is not None
                          else loaded.checkpoint.class_names if loaded.checkpoint else None),
             log=lambda msg: status.update(msg), keep_failed=debug_enabled(),
+            metadata_extra=_volume_props(volume_intensity, volume_spacing),
             **_volume_export_args(loaded.net, volume_depth, spatial_dims, divisors, checkpoint is not None),
             exporter=exporter, output_key=output_key, output_index=output_index, upsample_in_graph=upsample_in_graph,
         )
@@ -205,6 +211,12 @@ def export(arch, model_spec, model_arg_items, checkpoint, strict, divisor_text, 
                f"in {result.seconds:.1f}s")
     click.echo(f"ONNX Runtime vs PyTorch max abs error: {parity}")
     click.echo("time: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.stages.as_dict().items()))
+
+
+def _volume_props(intensity, spacing) -> dict[str, str]:
+    from deploy_unet.volume_processing import volume_props
+
+    return volume_props(intensity, spacing)
 
 
 def _divisor_option(text: str | None) -> tuple[int | None, tuple[int, ...] | None]:
@@ -642,6 +654,78 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 
 
 
+def _stream_options(command):
+    """predict's options for large images (issue 26): streaming, windows, chunks, the mask format, Dask."""
+    options = [
+        click.option("--stream/--no-stream", "stream", default=None,
+                     help="Stream every image chunk by chunk (or none) [default: tiled/OME/GeoTIFF and Zarr inputs, "
+                          "and images over --stream-limit]."),
+        click.option("--stream-limit", default=64.0, show_default=True, metavar="MEGAPIXELS",
+                     help="Images larger than this are streamed instead of run whole."),
+        click.option("--window", "window_text", default=None, metavar="N|HxW|DxHxW",
+                     help="Sliding-window size, a valid input size [default: the export size, else 512]."),
+        click.option("--overlap", default=0.5, show_default=True, help="Window overlap (MONAI's), in [0, 1)."),
+        click.option("--blend", type=click.Choice(["gaussian", "constant", "crop"]), default="gaussian",
+                     show_default=True, help="Window blending (MONAI's modes) or crop-to-centre (needs --halo)."),
+        click.option("--halo", default=None, type=int, help="--blend crop: context pixels kept off each window edge."),
+        click.option("--sw-batch", default=4, show_default=True, help="Windows per runner call."),
+        click.option("--mirror", "mirror_text", default=None, metavar="AXES",
+                     help="Mirroring test-time augmentation over these axes (0 = rows, 1 = columns; volumes: "
+                          "0,1,2), e.g. 0,1."),
+        click.option("--chunk", "chunk_text", default="2048", show_default=True, metavar="N|HxW",
+                     help="Output chunk (task and storage chunk) of a streamed image."),
+        click.option("--mask-format", type=click.Choice(["ome-zarr", "tiff"]), default="ome-zarr", show_default=True,
+                     help="A streamed mask as NAME.mask.ome.zarr or a tiled BigTIFF NAME.mask.tif."),
+        click.option("--dask", default=None, metavar="tcp://HOST:PORT|local:N",
+                     help="Run the chunks on a Dask scheduler, or a local cluster of N workers."),
+        click.option("--resume", is_flag=True, help="Compute only the chunks missing from an unfinished streamed mask."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _stream_kwargs(stream, stream_limit, window_text, overlap, blend, halo, sw_batch, mirror_text, chunk_text,
+                   mask_format, dask, resume) -> dict:
+    from deploy_unet.data import parse_size
+    from deploy_unet.scale.stream import StreamOptions
+
+    def size(text):
+        from deploy_unet.volume_processing import parse_window
+
+        return None if text is None else parse_window(text) or tuple(parse_size(text))
+
+    try:
+        mirror = tuple(int(a) for a in mirror_text.split(",")) if mirror_text else ()
+    except ValueError:
+        raise click.BadParameter(f"{mirror_text!r}: give axes as 0, 1 or 0,1", param_hint="--mirror") from None
+    if any(a not in (0, 1, 2) for a in mirror):
+        raise click.BadParameter(f"{mirror_text!r}: images have axes 0 (rows) and 1 (columns), volumes also 2",
+                                 param_hint="--mirror")
+    options = StreamOptions(window=size(window_text), overlap=overlap, blend=blend, halo=halo, sw_batch=sw_batch,
+                            mirror_axes=mirror, chunk=size(chunk_text), limit_pixels=int(stream_limit * 1e6),
+                            mask_format=mask_format, resume=resume, dask=dask)
+    return {"stream": stream, "stream_options": options,
+            "note": lambda message: click.echo(f"note: {message}", err=True)}
+
+
+def _volume_options(command):
+    """predict's options for volumes (issue 24): intensity and spacing overrides, resampling."""
+    from deploy_unet.volume_processing import INTENSITY_HELP
+
+    options = [
+        click.option("--intensity", default=None, metavar="SPEC",
+                     help=f"Volumes: intensity handling, {INTENSITY_HELP} [default: the net's metadata, else none]."),
+        click.option("--resample", is_flag=True,
+                     help="Volumes: resample to the net's voxel spacing (metadata or --spacing), masks back by nearest."),
+        click.option("--spacing", "spacing_text", default=None, metavar="S|SxSxS",
+                     help="Volumes: the net's voxel spacing for --resample [default: the metadata's]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("predict")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -667,12 +751,17 @@ def bench_command(artifacts, backend, batch_text, size_text, warmup, iters, dura
 @click.option("--allow-tf32", is_flag=True, help="Let torch on CUDA use TF32 for fp32 convolutions/matmuls.")
 @_speed_options
 @_ov_options
+@_stream_options
+@_volume_options
 @handle_errors
 @_given_options
 def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, batch, resize_text, tile, tile_size,
                     output_kind, save_probs, overlays, threads, allow_tf32, torch_precision, channels_last,
-                    cuda_graph, compile_mode, ov_device, ov_precision):
+                    cuda_graph, compile_mode, ov_device, ov_precision, **large):
     """Run ARTIFACT (.pt, .onnx, .engine, OpenVINO .xml) on INPUTS (image files, folders, .npy) and write a mask per image.
+
+    Volumes (.nii/.nii.gz, .nrrd, .mha/.mhd, a DICOM series folder; .npy with a 3D net) run by sliding window
+    and their masks keep the input's format and geometry (scan.nii.gz -> scan.mask.nii.gz).
 
     Masks come out at each image's own size: indexed PNGs (pixel = class id, with a palette), overlays with a
     legend, and predictions.json (sizes, class fractions, times, machine). Unreadable images are named and
@@ -692,6 +781,8 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                         **_speed(torch_precision, channels_last, cuda_graph, compile_mode),
                         **_ov(ov_device, ov_precision)},
         warn=lambda message: click.echo(f"warning: {message}", err=True),
+        intensity=large.pop("intensity"), resample=large.pop("resample"), spacing=large.pop("spacing_text"),
+        **_stream_kwargs(**large),
     )
     data = report.to_dict()
     rate = data["inference_images_per_second"]
@@ -700,8 +791,12 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                   "to writing" + (f", {rate:.1f} images/s in inference alone" if rate else "")
                   + f"; {report.seconds:.2f} s in all")
     console.print("time: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in report.stages.as_dict().items()))
-    console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
-                  f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    if report.fit == "sliding-window":  # volumes: masks in each input's own format
+        console.print(f"wrote {Path(output_dir)}/ (NAME.mask.<the input's format>{', NAME.slices.png' if overlays else ''}"
+                      f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    else:
+        console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
+                      f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
     report.raise_for_skipped()
 
 

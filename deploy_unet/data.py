@@ -38,13 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy_unet.errors import ArtifactError, ConfigError, DataError, first_line
+from deploy_unet.errors import ArtifactError, ConfigError, DataError
+from deploy_unet.io.images import IMAGE_SUFFIXES, _check_dtype, check_finite  # noqa: F401 (moved to io, re-exported)
+from deploy_unet.io.images import decode_sample as _decode
+from deploy_unet.io.images import read_samples_array as _read_array
 from deploy_unet.shapes import Padding, is_valid, nearest_valid, nearest_valid_shape, pad_to_multiple
 
 CLASS_NAMES = ("background", "ellipse", "polygon", "thin")
 CLASS_NAMES_3D = ("background", "blob", "tube")
 DEFAULT_VOLUME_SIZE = (32, 64, 64)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_SIZE = (256, 256)
 
 # Base colour per foreground class (RGB); each object jitters around it.
@@ -395,92 +397,6 @@ def _read_folder(path: Path, masks: Path | None, n: int | None) -> tuple[list[np
                 raise ArtifactError(f"mask {found} is {label.shape}, its image is {arr.shape[1:]}; they must match")
             labels.append(label.astype(np.int64))
     return images, labels
-
-
-def _decode(file: Path, index: int, folder: Path, convert) -> np.ndarray:
-    """One image file as an array; a file Pillow cannot decode is one DataError line naming it."""
-    from PIL import Image
-
-    try:
-        with Image.open(file) as im:
-            return np.asarray(convert(im))
-    except Exception as exc:  # UnidentifiedImageError, a truncated file's OSError, a decoder's ValueError
-        raise DataError(
-            f"{file}: sample {index} of {folder} cannot be decoded as an image ({first_line(exc)}); "
-            "replace or remove that file"
-        ) from None
-
-
-def check_finite(images: np.ndarray, source: str, what: str = "sample") -> None:
-    """Refuse NaN or Inf in any sample: one line naming the source, the first bad sample and the count."""
-    flat = images.reshape(len(images), -1)
-    bad = ~np.isfinite(flat).all(axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        values = flat[i][~np.isfinite(flat[i])]
-        kinds = " and ".join(k for k, m in (("NaN", np.isnan(values)), ("Inf", np.isinf(values))) if m.any())
-        more = f"; {int(bad.sum()) - 1} more samples too" if bad.sum() > 1 else ""
-        raise DataError(
-            f"{source}: {what} {i} holds {kinds} ({values.size} of {flat.shape[1]} values){more}; "
-            "clean the data or drop that sample"
-        )
-
-
-def _check_dtype(array: np.ndarray, path: Path, what: str) -> None:
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        expected = "uint8 (0..255) or float in [0, 1]" if what == "images" else "integer class indices"
-        raise DataError(f"{path}: {what} have dtype {array.dtype}; expected {expected}")
-
-
-def _read_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable NumPy file ({type(exc).__name__}: {exc})") from None
-    masks = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if "images" in loaded:
-                images = loaded["images"]
-                masks = loaded["masks"] if "masks" in loaded else None
-            elif len(keys) == 1:
-                images = loaded[keys[0]]
-            else:
-                raise ArtifactError(f"{path} holds {keys}; name the image array 'images' (and masks 'masks')")
-    else:
-        images = loaded
-    _check_dtype(images, path, "images")
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4:
-        raise DataError(f"{path}: images have shape {images.shape} (rank {images.ndim}); expected NCHW or NHWC "
-                        "(rank 4), or one HWC/CHW image (rank 3)")
-    if images.shape[1] not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
-        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if images.shape[1] == 4:
-        images = images[:, :3]  # drop alpha
-    if np.issubdtype(images.dtype, np.integer):
-        images = images.astype(np.float32) / 255.0
-    if n:
-        images = images[:n]
-        masks = masks[:n] if masks is not None else None
-    check_finite(images, os.fspath(path))  # before the float32 cast: float64 beyond fp32's range shows as Inf too
-    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused just below
-        images = images.astype(np.float32)
-    check_finite(images, os.fspath(path))
-    if masks is not None:
-        _check_dtype(masks, path, "masks")
-        if masks.ndim == 2:
-            masks = masks[None]
-        if np.issubdtype(masks.dtype, np.floating):
-            check_finite(masks, f"{path} masks", "mask")
-            if not np.array_equal(masks, np.round(masks)):
-                raise DataError(f"{path}: masks hold non-integer values; masks are class indices (0, 1, ...)")
-        masks = masks.astype(np.int64)
-        if masks.shape != (images.shape[0], *images.shape[2:]):
-            raise ArtifactError(f"{path}: masks {masks.shape} do not match images {images.shape} (want N,H,W)")
-    return images, masks
 
 
 # --- the shared entry --------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ def export_onnx(
     output_key: str | None = None,
     output_index: int | None = None,
     upsample_in_graph: bool = False,
+    metadata_extra: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``net`` to ``output`` (written atomically) and return what was written and measured.
 
@@ -146,6 +147,8 @@ def export_onnx(
     one per axis (depth, height, width) for a net that states none (``--divisor 4,32,32``).
     ``exporter``: auto | dynamo | torchscript; ``output_key``/``output_index``: the logits of a structured
     output; ``upsample_in_graph``: low-resolution logits brought to full size in the graph (exporters.py).
+    ``metadata_extra``: more metadata entries (strings), e.g. a volume net's ``intensity`` and ``spacing``
+    (``volume_processing.volume_props``, from ``export --intensity/--spacing``).
     """
     if not isinstance(net, nn.Module):
         from deploy_unet.nets.loading import load_net
@@ -320,6 +323,7 @@ def export_onnx(
                if selection.output_stride > 1 else {}),
             **({"upsampled_in_graph": f"bilinear from 1/{selection.upsampled_from}"} if selection.upsampled_from else {}),
             **({"traced_branches": "; ".join(exported.branches)} if exported.branches else {}),
+            **(metadata_extra or {}),
         },
     )
     write_props(model, info.to_props())

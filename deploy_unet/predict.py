@@ -33,11 +33,11 @@ import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError, InputsSkippedError
 from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
+from deploy_unet.io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, _pixels, read_image  # noqa: F401 (moved to io)
+from deploy_unet.io.images import header_size as _header_size
 from deploy_unet.processing import Preprocessing, postprocess, preprocess, probabilities
 from deploy_unet.timing import StageTimes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-ARRAY_SUFFIXES = (".npy",)
 LOOP_STAGES = ("read images", "preprocess", "inference", "postprocess", "write outputs")
 
 
@@ -54,52 +54,6 @@ class ImageInput:
     index: int | None = None  # position inside an .npy holding several images
     array: np.ndarray | None = None  # in-memory image
     size: tuple[int, int] | None = None  # (H, W), read from the header where possible
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as Pillow decodes it: (H, W) or (H, W, C) uint8; uint16 for 16-bit greyscale PNG/TIFF;
-    float32 for floating-point TIFF. Pixels as stored: EXIF orientation is not applied, as in the training
-    readers (``deploy_unet.data``) and the C++ runtime, so a mask lies on the very pixel grid a net was fed.
-    Palette images become RGB (RGBA when they have transparency); CMYK/YCbCr/LAB become RGB; the first frame
-    of a multi-frame file. Raises ``ArtifactError`` with the reason when the file cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _pixels(im)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"cannot read {path} ({reason})") from None
-
-
-def _pixels(im) -> np.ndarray:
-    mode = im.mode
-    if mode in ("L", "LA", "RGB", "RGBA"):
-        return np.asarray(im)
-    if mode == "1":
-        return np.asarray(im.convert("L"))
-    if mode == "P" or mode == "PA":
-        return np.asarray(im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB"))
-    if mode.startswith("I;16"):
-        return np.asarray(im).astype(np.uint16)
-    if mode == "I":  # 32-bit integer: how Pillow opens some 16-bit PNGs
-        arr = np.asarray(im)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError(f"32-bit integer pixels up to {arr.max()} do not fit 16 bits")
-        return arr.astype(np.uint16)
-    if mode == "F":
-        return np.asarray(im, dtype=np.float32)
-    return np.asarray(im.convert("RGB"))
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) without decoding the pixels."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-    return int(h), int(w)
 
 
 def _array_images(array: np.ndarray, source: str) -> np.ndarray:
@@ -307,6 +261,12 @@ def predict(
     runner_options: dict[str, Any] | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    stream: bool | None = None,
+    stream_options: Any = None,
+    note: Callable[[str], None] | None = None,
+    intensity: str | None = None,
+    resample: bool = False,
+    spacing: str | Sequence[float] | None = None,
 ) -> PredictionReport:
     """Run ``artifact`` (``.pt``, ``.onnx``, ``.engine``) on ``inputs`` and give each image its mask.
 
@@ -321,6 +281,16 @@ def predict(
     (``report.masks``; ``keep_masks`` overrides). ``output="mask"`` has the runner return only the argmax
     (computed on the GPU by the CUDA runners). Unreadable images are skipped and listed in ``report.skipped``
     (call ``report.raise_for_skipped()`` to fail on them); usage errors raise before anything is written.
+
+    Large images (``scale.stream``): tiled/BigTIFF/OME/GeoTIFF and Zarr inputs, and any image over
+    ``stream_options.limit_pixels`` (or an engine profile's max), are streamed chunk by chunk into
+    NAME.mask.ome.zarr (or NAME.mask.tif) in bounded memory, with one ``note`` line saying so; ``stream=True``
+    streams every image, ``False`` none; ``stream_options`` (a ``scale.stream.StreamOptions``) sets the windows,
+    chunks, format, ``resume`` and a Dask cluster (``dask``).
+
+    Volumes (NIfTI, NRRD, MHA/MHD, DICOM series folders; ``.npy`` with a 3D net) run by sliding window
+    (``stream_options``' window, overlap, blend, sw_batch, mirror_axes; ``intensity``/``resample``/``spacing``
+    override the metadata): ``deploy_unet.predict_volume``.
     """
     from deploy_unet.machine import machine_info
     from deploy_unet.runtime import open_runner, runner_info
@@ -339,9 +309,12 @@ def predict(
         raise ConfigError("--tile stitches logits; drop --output mask with --tile")
     keep = keep_masks if keep_masks is not None else output_dir is None
     times = StageTimes()
+    volume_run = _volume_run(inputs)
     with times.stage("find inputs"):
-        images, skipped = collect_inputs(inputs, warn)
-    if not images and not skipped:
+        inputs, large = _split_large_inputs(inputs, stream) if not volume_run else (inputs, [])
+        images, skipped = collect_inputs(inputs, warn) if not volume_run else ([], [])
+        images += _large_items(large, images)
+    if not images and not skipped and not volume_run:
         raise ConfigError("no inputs given; pass image files, folders or .npy files")
 
     options = {"device": device, "threads": threads, "checkpoint": checkpoint, "output": output,
@@ -352,6 +325,16 @@ def predict(
         runner.activate()
     try:
         info = runner_info(runner)
+        if volume_run or runner.contract.spatial_dims == 3:
+            from deploy_unet.predict_volume import SlidingWindow, predict_volumes
+
+            sw = SlidingWindow.from_options(stream_options)
+            return predict_volumes(runner, info, inputs, output_dir, artifact=artifact, sw=sw, times=times,
+                                   intensity=intensity, resample=resample, spacing=spacing, save_probs=save_probs,
+                                   overlays=overlays, keep_masks=keep_masks, threads=threads, progress=progress,
+                                   warn=warn, started=started)
+        if stream_options is not None and any(a > 1 for a in (stream_options.mirror_axes or ())):
+            raise ConfigError("--mirror axis 2 is for volumes; images have axes 0 (rows) and 1 (columns)")
         if info is None:
             why = "".join(f"; {w}" for w in getattr(runner, "undescribed", [])[:1])
             raise ArtifactError(f"{artifact} carries no deploy-unet metadata (channels, mean/std, divisor) and could "
@@ -369,8 +352,11 @@ def predict(
         spent = dict.fromkeys(LOOP_STAGES, 0.0)
         results: dict[str, ImagePrediction] = {}
         loop_start = time.perf_counter()
-        with _progress(progress, f"predict {Path(artifact).name}", len(images)) as tick:
-            for chunk in _batches_by_size(images, batch):
+        results.update(_predict_streamed(images, runner, spec, info, artifact, out_dir, stream, stream_options,
+                                         save_probs, output, backend, options, note or warn, skipped, warn))
+        whole = [item for item in images if item.name not in results]
+        with _progress(progress, f"predict {Path(artifact).name}", len(whole)) as tick:
+            for chunk in _batches_by_size(whole, batch):
                 t0 = time.perf_counter()
                 arrays, ok = [], []
                 for item in chunk:
@@ -437,6 +423,18 @@ def predict(
     return report
 
 
+def _volume_run(inputs) -> bool:
+    """True when every input is a volume (NIfTI, NRRD, MHA/MHD, a DICOM folder); images and volumes mixed in one
+    run are refused (they need different nets)."""
+    from deploy_unet.predict_volume import is_volume_input
+
+    kinds = {is_volume_input(item) for item in inputs} - {None}  # None: an .npy, either (the net decides)
+    if kinds == {True, False}:
+        raise ConfigError("inputs mix volumes and 2D images; predict them in separate runs (they need a 3D and a "
+                          "2D net)")
+    return kinds == {True}
+
+
 def _backend_label(runner) -> str:
     from deploy_unet.runtime.base import backend_label
 
@@ -482,6 +480,91 @@ def _progress(enabled: bool, description: str, total: int):
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
+
+
+# --- large images: streamed chunk by chunk (scale.stream) ---------------------------------------------------
+
+
+def _split_large_inputs(inputs, stream: bool | None) -> tuple[list, list[Path]]:
+    """Inputs read by region (a Zarr store, a tiled/BigTIFF/OME/GeoTIFF) apart from the rest."""
+    if stream is False:
+        return list(inputs), []
+    from deploy_unet.io.rasters import is_raster_path
+
+    rest, large = [], []
+    for item in inputs:
+        if not isinstance(item, np.ndarray) and is_raster_path(item):
+            large.append(Path(item))
+        else:
+            rest.append(item)
+    return rest, large
+
+
+def _large_items(paths: Sequence[Path], images: Sequence[ImageInput]) -> list[ImageInput]:
+    from deploy_unet.io import reader_for
+
+    used = {i.name for i in images}
+    items = []
+    for path in paths:
+        stem = reader_for(path).stem(path)
+        name = stem if stem not in used else next(f"{stem}-{n}" for n in range(2, 10**6) if f"{stem}-{n}" not in used)
+        used.add(name)
+        items.append(ImageInput(name, str(path), path, size=None))
+    return items
+
+
+def _predict_streamed(images, runner, spec, info, artifact, out_dir, stream, stream_options, save_probs, output,
+                      backend, options, note, skipped, warn) -> dict[str, ImagePrediction]:
+    """Stream the images that are read by region or are too large to run whole; their predictions by name."""
+    import functools
+
+    from deploy_unet.io import open_image
+    from deploy_unet.io.base import LazyImage
+    from deploy_unet.scale.cluster import RunnerSpec
+    from deploy_unet.scale.stream import StreamOptions, should_stream, stream_predict
+
+    opts = stream_options or StreamOptions()
+    results: dict[str, ImagePrediction] = {}
+    for item in images:
+        by_region = item.size is None  # a raster path
+        if not by_region and should_stream(runner, item.size, opts, stream) is None:
+            continue
+        if output == "mask":
+            raise ConfigError("--output mask gives no logits to blend; drop --output mask for streamed images")
+        if out_dir is None:
+            raise ConfigError(f"{item.source} is streamed chunk by chunk to disk; pass an output folder")
+        try:
+            source = open_image(item.path) if by_region else LazyImage(_load(item), "array")
+        except (ArtifactError, OSError, ValueError) as exc:
+            _skip(skipped, warn, item.source, str(exc))
+            continue
+        shape = tuple(int(s) for s in source.shape[:2])
+        why = should_stream(runner, shape, opts, stream) or f"{item.source} is read by region"
+        note(f"streaming {item.source} ({shape[0]}x{shape[1]}): {why}; chunks of {opts.chunk[0]}x{opts.chunk[1]}"
+             + (f" on Dask {opts.dask}" if opts.dask else ""))
+        spec_options = tuple(sorted((k, v) for k, v in options.items() if v is not None and k != "output"))
+        result = stream_predict(
+            runner, source, item.name, out_dir, prepare=functools.partial(_prepare, spec=spec),
+            num_classes=int(info.num_classes), artifact=os.fspath(artifact), options=opts, save_probs=save_probs,
+            runner_spec=RunnerSpec(os.fspath(artifact), backend, spec_options))
+        source.close()
+        total = max(sum(result.counts), 1)
+        from deploy_unet.visualize import class_label
+
+        names = list(getattr(info, "class_names", None) or [])
+        fractions = {class_label(i, names): round(c / total, 6) for i, c in enumerate(result.counts)
+                     if i < max(int(info.num_classes), 2)}
+        results[item.name] = ImagePrediction(
+            name=item.name, source=item.source, height=shape[0], width=shape[1], class_fractions=fractions,
+            inference_ms=round(1000 * result.seconds, 3), batch=1, files=result.files)
+        item.size = shape
+    return results
+
+
+def _prepare(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    from deploy_unet.processing import prepare_region
+
+    return prepare_region(pixels, spec)
 
 
 # ``deploy_unet.predict(artifact, inputs, output_dir, ...)`` is this stage's entry point.

@@ -218,6 +218,13 @@ def normalize(chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> n
     return ((chw - m) / s).astype(np.float32)
 
 
+def prepare_region(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """A region of an image as stored ((h, w) or (h, w, C)) -> the net's (C, h, w) float32 input, pixel by pixel
+    (unit float, channels, mean/std: no statistic over the image), so a streamed chunk is prepared exactly as
+    the same pixels of the whole image (``scale.stream``)."""
+    return normalize(adapt_channels(to_unit_float(pixels), spec.in_channels), spec.mean, spec.std)
+
+
 def resize_bilinear(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of (..., C, h, w) to (..., C, height, width), half-pixel centres (ONNX Resize's
     ``half_pixel``, torch ``align_corners=False``), edges clamped."""

@@ -297,7 +297,7 @@ def write_galleries(folder: str | os.PathLike, validations: Sequence[ValidationR
     """Per candidate that kept samples (``gallery=k``): ``NAME.gallery.png`` (worst mask agreement first:
     image | reference mask | candidate mask | disagreement) and, when its checkerboard score exceeds the
     reference's, ``NAME.checkerboard.png`` (the worst map). Returns [(caption, path)] in that order."""
-    from deploy_unet.visualize import checkerboard_image, gallery_image, save_png
+    from deploy_unet.visualize import checkerboard_image, gallery_image, save_png, volume_gallery_image
 
     written: list[tuple[str, Path]] = []
     for v in validations:
@@ -308,7 +308,8 @@ def write_galleries(folder: str | os.PathLike, validations: Sequence[ValidationR
             name += ".openvino"
         heading = (f"{name} ({v.candidate_backend}, {v.precision}) vs {os.path.basename(v.reference)} "
                    f"({v.reference_backend}): {len(v.gallery)} lowest mask agreement of {v.num_samples} sample(s)")
-        path = save_png(gallery_image(v.gallery, heading), Path(folder) / f"{name}.gallery.png")
+        draw = volume_gallery_image if v.gallery[0].reference_mask.ndim == 3 else gallery_image  # volumes: slices
+        path = save_png(draw(v.gallery, heading), Path(folder) / f"{name}.gallery.png")
         written.append((f"{name} ({v.precision}): lowest mask agreement first", path))
         if v.checkerboard_worse:
             board = v.checkerboard_map

@@ -366,8 +366,9 @@ def _display_images(sample: Any) -> np.ndarray:
     if raw is not None:
         return np.asarray(raw, np.float32)
     image = np.asarray(sample.image, np.float32)
-    low = image.min(axis=(1, 2, 3), keepdims=True)
-    span = image.max(axis=(1, 2, 3), keepdims=True) - low
+    axes = tuple(range(1, image.ndim))  # (C, H, W), or (C, D, H, W) for volumes
+    low = image.min(axis=axes, keepdims=True)
+    span = image.max(axis=axes, keepdims=True) - low
     return (image - low) / np.where(span > 0, span, 1.0)
 
 
@@ -460,7 +461,7 @@ def validate_many(
                     fits = (mask is not None and c.ndim in (4, 5)
                             and c.shape[2:] == np.shape(mask)[len(np.shape(mask)) - (c.ndim - 2):])
                     accumulators[k][cand_name].add(c, r, mask if fits else None)
-                    if keepers[k] is not None and c.ndim == 4 and cand_name == pairs[k][0][0]:
+                    if keepers[k] is not None and c.ndim in (4, 5) and cand_name == pairs[k][0][0]:  # 5: volumes (slices)
                         keepers[k].add(sample, c, r, accumulators[k][cand_name])
             count += 1
             if on_sample:

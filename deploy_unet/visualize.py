@@ -296,3 +296,97 @@ def checkerboard_image(entry: CheckerboardMap, heading: str):
                f"reference {entry.reference_score:.4f}")
     return _grid([[_zoom(t, k) for t in tiles]], ("candidate logits", "reference logits",
                                                    "candidate - reference"), [caption], heading)
+
+
+def largest_structure_slices(mask: np.ndarray, class_names: Sequence[str] | None = None) -> tuple[int, ...]:
+    """Per axis of a (i, j, k) mask, the slice holding the most voxels of the largest foreground class (the
+    class with most voxels, background classes left out); the centre slices when there is no foreground."""
+    mask = np.asarray(mask)
+    counts = np.bincount(mask.astype(np.int64).ravel())
+    for c in transparent_classes(class_names):
+        if c < len(counts):
+            counts[c] = 0
+    if not counts.size or counts.max() == 0:
+        return tuple(n // 2 for n in mask.shape)
+    structure = mask == int(counts.argmax())
+    return tuple(int(structure.sum(axis=tuple(a for a in range(mask.ndim) if a != axis)).argmax())
+                 for axis in range(mask.ndim))
+
+
+def volume_slices_image(volume: np.ndarray, mask: np.ndarray, num_classes: int,
+                        class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
+                        title: str = "", alpha: float = OVERLAY_ALPHA, target: int = 256):
+    """A PIL image: three orthogonal slices of a (i, j, k) volume through the largest structure of its mask,
+    the mask blended in, each panel drawn at the voxels' physical aspect (``spacing``), titled with its axis
+    and index; the legend (class shares over the whole volume) below. Intensities are shown between the
+    volume's 1st and 99th percentiles."""
+    from PIL import Image, ImageDraw
+
+    volume = np.asarray(volume, dtype=np.float32)
+    mask = np.asarray(mask)
+    if volume.shape != mask.shape or volume.ndim != 3:
+        raise ValueError(f"volume {volume.shape} and mask {mask.shape} must be the same 3D shape")
+    low, high = (float(v) for v in np.percentile(volume, [1, 99]))
+    scale = 1.0 / (high - low) if high > low else 1.0
+    spacing = tuple(float(s) for s in spacing) if spacing else (1.0, 1.0, 1.0)
+    at = largest_structure_slices(mask, class_names)
+    panels, titles = [], []
+    for axis, index in enumerate(at):
+        rest = [a for a in range(3) if a != axis]
+        grey = (np.take(volume, index, axis=axis) - low) * scale
+        rgb = blend(display_rgb(np.clip(grey, 0, 1)), np.take(mask, index, axis=axis), class_names, alpha)
+        rows, cols = rgb.shape[:2]
+        h_mm, w_mm = rows * spacing[rest[0]], cols * spacing[rest[1]]
+        k = target / max(h_mm, w_mm)
+        size = (max(1, round(w_mm * k)), max(1, round(h_mm * k)))
+        panels.append(Image.fromarray(rgb).resize(size, Image.NEAREST))
+        titles.append(f"axis {axis} = {index}  ({'ijk'[rest[0]]} down, {'ijk'[rest[1]]} across)")
+    font = _font(13)
+    pad, line = 6, 18
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = legend_entries(mask, num_classes, class_names)
+    swatch = line - 6
+    legend_w = max(_text_size(probe, t, font)[0] for _, t in entries) + swatch + 3 * pad
+    cols = max(1, (sum(p.width for p in panels) + pad * 4) // legend_w)
+    legend_rows = -(-len(entries) // cols)
+    width = max(sum(max(p.width, _text_size(probe, t, font)[0]) for p, t in zip(panels, titles)) + pad * 4,
+                _text_size(probe, title, font)[0] + 2 * pad)
+    height = 2 * line + pad + max(p.height for p in panels) + pad + legend_rows * line + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title, fill=(0, 0, 0), font=font)
+    x = pad
+    for panel, text in zip(panels, titles):
+        draw.text((x, line + 2), text, fill=(60, 60, 60), font=font)
+        canvas.paste(panel, (x, 2 * line + pad))
+        x += max(panel.width, _text_size(probe, text, font)[0]) + pad
+    y0 = 2 * line + pad + max(p.height for p in panels) + pad
+    for n, (class_id, text) in enumerate(entries):
+        x, y = pad + (n // legend_rows) * legend_w, y0 + (n % legend_rows) * line
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=colour_of(class_id), outline=(0, 0, 0))
+        draw.text((x + swatch + pad, y - 1), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def volume_gallery_image(samples: Sequence[GallerySample], heading: str):
+    """``gallery_image`` for volumes: per sample (worst first) three rows, one orthogonal slice each through the
+    largest structure of the reference mask (or through the most differing voxels when the masks differ):
+    image | reference mask | candidate mask | disagreement."""
+    rows, captions = [], []
+    for s in samples:
+        image = np.asarray(s.image, np.float32)
+        volume = image[0] if image.ndim == 4 else image  # (C, D, H, W): the first channel is shown
+        differ = s.reference_mask != s.candidate_mask
+        at = largest_structure_slices(differ.astype(np.uint8)) if differ.any() else \
+            largest_structure_slices(s.reference_mask)
+        total = int(np.count_nonzero(differ))
+        for axis, index in enumerate(at):
+            grey = np.clip(np.take(volume, index, axis=axis), 0.0, 1.0)
+            ref, cand = np.take(s.reference_mask, index, axis=axis), np.take(s.candidate_mask, index, axis=axis)
+            rgb = display_rgb(grey)
+            k = _scale_for(*rgb.shape[:2])
+            tiles = [rgb, colourize(ref), colourize(cand), disagreement_rgb(rgb, ref, cand)]
+            rows.append([_zoom(t, k) for t in tiles])
+            captions.append(f"{s.name}, axis {axis} slice {index}: mask agreement {s.mask_agreement:.3f}% over the "
+                            f"volume ({total} voxel(s) differ)")
+    return _grid(rows, ("image", "reference mask", "candidate mask", "disagreement (red, ringed)"), captions, heading)
