@@ -173,6 +173,7 @@ class ImagePrediction:
     batch: int  # how many images shared that batch
     files: dict[str, str] = field(default_factory=dict)  # mask / overlay / probs -> path
     mask: np.ndarray | None = field(default=None, repr=False)  # (H, W) class ids, kept when asked
+    stream: dict[str, Any] | None = None  # a streamed image: chunks, windows, workers, peak memory per process
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -556,7 +557,10 @@ def _predict_streamed(images, runner, spec, info, artifact, out_dir, stream, str
                      if i < max(int(info.num_classes), 2)}
         results[item.name] = ImagePrediction(
             name=item.name, source=item.source, height=shape[0], width=shape[1], class_fractions=fractions,
-            inference_ms=round(1000 * result.seconds, 3), batch=1, files=result.files)
+            inference_ms=round(1000 * result.seconds, 3), batch=1, files=result.files,
+            stream={"chunks": result.chunks, "computed": result.computed, "windows": result.windows,
+                    "workers": result.workers, "seconds": round(result.seconds, 3), "grid": result.grid,
+                    "peak_rss": {str(k): v for k, v in result.peak_rss.items()}})
         item.size = shape
     return results
 

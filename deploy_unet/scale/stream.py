@@ -221,7 +221,19 @@ def run_chunk(job: ChunkJob, lo: tuple[int, int], hi: tuple[int, int], runner, i
 def _summary(lo, mask, num_classes, written, seconds, windows) -> dict[str, Any]:
     counts = np.bincount(mask.ravel().astype(np.int64), minlength=max(num_classes, 2))
     return {"lo": [int(v) for v in lo], "counts": counts.tolist(), "written": written, "seconds": seconds,
-            "windows": int(windows), "pid": os.getpid()}
+            "windows": int(windows), "pid": os.getpid(), "peak_rss": peak_rss()}
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes (Linux VmHWM; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 # --- one image, one process --------------------------------------------------------------------------------
@@ -241,6 +253,7 @@ class StreamResult:
     grid: dict[str, Any] = field(default_factory=dict)
     chunk_seconds: list[float] = field(default_factory=list)
     workers: int = 1
+    peak_rss: dict[int, int] = field(default_factory=dict)  # process id -> its peak resident bytes
 
 
 def output_names(out_dir: Path, stem: str, options: StreamOptions, probs: bool) -> tuple[Path, Path | None, Path | None]:
@@ -369,4 +382,13 @@ def stream_predict(
     return StreamResult(shape=shape, files=files, counts=counts, chunks=len(results), computed=computed,
                         windows=sum(r["windows"] for r in results), seconds=time.perf_counter() - started,
                         grid={**describe(grid, options), "resumed": resumed},
-                        chunk_seconds=[r["seconds"] for r in results], workers=workers)
+                        chunk_seconds=[r["seconds"] for r in results], workers=workers,
+                        peak_rss=_peaks(results))
+
+
+def _peaks(results: list[dict]) -> dict[int, int]:
+    peaks: dict[int, int] = {}
+    for r in results:
+        if r.get("peak_rss"):
+            peaks[r["pid"]] = max(peaks.get(r["pid"], 0), r["peak_rss"])
+    return peaks
