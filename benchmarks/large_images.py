@@ -90,7 +90,8 @@ print("RESULT " + json.dumps(result))
 
 
 def make_input(path: Path, size: int) -> None:
-    """An RGB Zarr of synthetic scenes (512-pixel tiles of the shipped UNet's training distribution)."""
+    """An RGB Zarr (or tiled BigTIFF, by suffix) of synthetic scenes (512-pixel tiles of the shipped UNet's
+    training distribution)."""
     import zarr
 
     from deploy_unet.data import SyntheticSpec, synthetic_sample
@@ -101,6 +102,17 @@ def make_input(path: Path, size: int) -> None:
     for k in range(8):
         image, _ = synthetic_sample(SyntheticSpec(seed=5, height=512, width=512), k)
         tiles.append((image.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
+    if path.suffix == ".tif":
+        import tifffile
+
+        def blocks():
+            for ty in range(-(-size // 512)):
+                for tx in range(-(-size // 512)):
+                    yield tiles[(ty * 3 + tx) % 8]
+
+        tifffile.imwrite(path, blocks(), shape=(size, size, 3), dtype="uint8", tile=(512, 512), bigtiff=True,
+                         photometric="rgb")
+        return
     array = zarr.open(str(path), mode="w", shape=(size, size, 3), chunks=(1024, 1024, 3), dtype="uint8")
     k = 0
     for y in range(0, size, 512):
@@ -135,6 +147,8 @@ def main() -> None:
     parser.add_argument("--whole-max", type=int, default=2048)
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--work-dir", default="build/large_images")
+    parser.add_argument("--input-format", choices=["zarr", "tif"], default="zarr")
+    parser.add_argument("--append", action="store_true", help="keep the rows of benchmarks/large_images.json")
     args = parser.parse_args()
 
     from deploy_unet.export import export_onnx
@@ -150,7 +164,7 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()
     for size in sizes:
-        source = work / f"scene{size}.zarr"
+        source = work / f"scene{size}.{args.input_format}"
         t = time.perf_counter()
         make_input(source, size)
         print(f"{size}: input made in {time.perf_counter() - t:.1f} s", flush=True)
@@ -159,7 +173,7 @@ def main() -> None:
         for r in range(args.rounds):
             for kind in kinds:
                 result = run_child(kind, onnx, source, work / f"out-{kind}", args)
-                result.update({"size": size, "round": r, "megapixels": size * size / 1e6,
+                result.update({"size": size, "round": r, "megapixels": size * size / 1e6, "input": args.input_format,
                                "load": os.getloadavg()[0]})
                 if "seconds" in result:
                     result["mp_per_s"] = result["megapixels"] / result["seconds"]
@@ -181,6 +195,13 @@ def main() -> None:
         "rows": rows,
     }
     out = ROOT / "benchmarks" / "large_images.json"
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        data["rows"] = old["rows"] + rows
+        data["appended"] = old.get("appended", []) + [{"created": data["created"], "sizes": sizes,
+                                                        "load_before": load_before, "input": args.input_format}]
+        data["created"], data["load_before"] = old["created"], old["load_before"]
+        sizes = sorted({r["size"] for r in data["rows"]})
     out.write_text(json.dumps(data, indent=2) + "\n")
     write_markdown(data, ROOT / "benchmarks" / "large_images.md", sizes)
     print(f"wrote {out}")

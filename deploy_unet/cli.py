@@ -797,6 +797,9 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
     else:
         console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
                       f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    for item in (p for p in report.images if getattr(p, "stream", None)):
+        console.print(f"streamed {item.source}: {item.files['mask']} ({item.stream['chunks']} chunks, "
+                      f"{item.stream['workers']} worker(s), {item.stream['seconds']:.1f} s)")
     report.raise_for_skipped()
 
 

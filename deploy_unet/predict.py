@@ -353,8 +353,11 @@ def predict(
         spent = dict.fromkeys(LOOP_STAGES, 0.0)
         results: dict[str, ImagePrediction] = {}
         loop_start = time.perf_counter()
+        streamed_start = time.perf_counter()
         results.update(_predict_streamed(images, runner, spec, info, artifact, out_dir, stream, stream_options,
                                          save_probs, output, backend, options, note or warn, skipped, warn))
+        if results:
+            times.add("stream large images", time.perf_counter() - streamed_start)
         whole = [item for item in images if item.name not in results]
         with _progress(progress, f"predict {Path(artifact).name}", len(whole)) as tick:
             for chunk in _batches_by_size(whole, batch):

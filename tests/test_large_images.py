@@ -151,7 +151,7 @@ def test_streamed_mask_equals_whole_image_predict(unet_onnx, scene, tmp_path):
     result = CliRunner().invoke(cli, ["predict", str(unet_onnx), str(tmp_path / "big.ome.tif"), "-o",
                                       str(tmp_path / "out"), "--chunk", "256", "--window", "128", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert result.output.count("note: streaming") == 1
+    assert result.output.count("note: streaming") == 1 and "big.mask.ome.zarr (" in result.output
     whole = predict(unet_onnx, [scene], None, progress=False, threads=1).masks[0]
     with io.open_image(tmp_path / "out" / "big.mask.ome.zarr") as streamed:
         mask = streamed.read_region(())
