@@ -14,6 +14,10 @@
    input shape, same inference precision), alternated block by block so the machine's load hits both.
 5. The fraction of the CPU's peak: FLOPs of the net counted from the ONNX (2 x MACs of every Conv and
    ConvTranspose at that size), peak from the ISA, core count and clock.
+
+``--only int8``: the int8 files alone on OpenVINO (tensorrt, onnxruntime and openvino placements, NNCF's file),
+with ORT fp32 as the base, accuracy vs PyTorch and latency in the same interleaved rounds, plus each file's
+per-round ratio to NNCF's; writes ``OUT_int8.json`` and prints a Markdown section (a few minutes).
 """
 
 from __future__ import annotations
@@ -241,6 +245,105 @@ def benchmark_app_vs_harness(path: Path, threads: int, precision: str, size: int
             "command": " ".join(cmd[1:]).replace(str(path), path.name)}
 
 
+INT8_CONFIGS = [
+    ("ORT fp32", "fp32", "onnxruntime", {}),
+    ("OpenVINO int8 (tensorrt Q/DQ)", "int8 tensorrt", "openvino", {"ov_precision": "auto"}),
+    ("OpenVINO int8 (onnxruntime Q/DQ)", "int8 onnxruntime", "openvino", {"ov_precision": "auto"}),
+    ("OpenVINO int8 (openvino Q/DQ)", "int8 openvino", "openvino", {"ov_precision": "auto"}),
+    ("OpenVINO int8 (NNCF)", "int8 nncf", "openvino", {"ov_precision": "auto"}),
+]
+
+
+def make_int8_files(folder: Path, size: int, calib_samples: int) -> dict[str, Path | None]:
+    """fp32 export, the three project placements from one calibration (shared cache), NNCF's file."""
+    loaded = load_net(checkpoint=shipped.checkpoint("unet"))
+    fp32 = folder / "unet.onnx"
+    export_onnx(loaded.net, fp32, height=size, width=size, mean=loaded.mean, std=loaded.std, arch=loaded.arch,
+                net_config=loaded.net_config, checkpoint_sha256=loaded.checkpoint.sha256)
+    files: dict[str, Path | None] = {"fp32": fp32}
+    for target in ("tensorrt", "onnxruntime", "openvino"):
+        files[f"int8 {target}"] = quantize(fp32, "int8", target=target, calib=CALIB, calib_samples=calib_samples,
+                                           calib_cache=folder / "calib.json", eval_source=None, progress=False).path
+    files["int8 nncf"] = nncf_quantize(fp32, folder / "unet.int8.nncf.onnx", calib_samples)
+    return files
+
+
+def main_int8(args, threads: int) -> None:
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    groups = [(1, 256, 20, 5)] if args.quick else [(1, 256, 30, 10), (8, 256, 6, 5), (1, 512, 10, 5), (8, 512, 3, 3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_int8_files(Path(tmp), 256, args.calib_samples)
+        files["checkpoint"] = shipped.checkpoint("unet")
+        configs = [c for c in INT8_CONFIGS if files.get(c[1]) is not None]
+        print(f"{len(configs)} configurations; accuracy on {args.eval_samples} held-out samples", flush=True)
+        acc = accuracy(files, configs, threads, args.eval_samples, 256)
+        print("timing", flush=True)
+        rows = timings(files, configs, threads, groups, warmup=2)
+    vs_nncf = []
+    by = {(x["config"], x["batch"], x["size"]): x for x in rows}
+    for label, *_ in configs[1:]:
+        for b, s, _i, _r in groups:
+            mine, nncf_row = by.get((label, b, s)), by.get(("OpenVINO int8 (NNCF)", b, s))
+            if mine and nncf_row and len(mine["round_medians_ms"]) > 1:
+                ratios = [x / y for x, y in zip(mine["round_medians_ms"], nncf_row["round_medians_ms"])]
+                vs_nncf.append({"config": label, "batch": b, "size": s, "median": float(np.median(ratios)),
+                                "range": [min(ratios), max(ratios)],
+                                "rounds_faster": sum(r < 1 for r in ratios), "rounds": len(ratios)})
+    import nncf
+    import openvino
+
+    record = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(threads), "threads": threads, "load_average_before": load_before,
+        "load_average_after": os.getloadavg(), "seconds": time.perf_counter() - started,
+        "versions": {"openvino": openvino.__version__.split("-")[0], "nncf": nncf.__version__,
+                     "onnxruntime": __import__("onnxruntime").__version__},
+        "groups": [{"batch": b, "size": s, "iters": i, "rounds": r} for b, s, i, r in groups],
+        "accuracy": acc, "latency": rows, "vs_nncf": vs_nncf,
+    }
+    write_text_atomic(args.out + "_int8.json", json.dumps(record, indent=2) + "\n")
+    print(render_int8(record))
+    print(f"wrote {args.out}_int8.json in {record['seconds']:.0f} s", flush=True)
+
+
+def render_int8(r: dict) -> str:
+    m = r["machine"]
+    groups = [(g["batch"], g["size"]) for g in r["groups"]]
+    lines = ["## int8 placements on OpenVINO against NNCF (`--only int8`)", "",
+             f"Measured {r['date']} on **{m['cpu']}** ({m['cpus']}), {r['threads']} threads; openvino "
+             f"{r['versions']['openvino']}, nncf {r['versions']['nncf']}, onnxruntime {r['versions']['onnxruntime']}, "
+             f"torch {m.get('torch')}. Load average {'/'.join(f'{x:.1f}' for x in r['load_average_before'])} before, "
+             f"{'/'.join(f'{x:.1f}' for x in r['load_average_after'])} after; {r['seconds']:.0f} s. Rounds: "
+             + ", ".join(f"b{g['batch']} {g['size']}: {g['rounds']} x {g['iters']}" for g in r["groups"]) + ".", "",
+             "| configuration | ran in | rel L2 vs PyTorch | masks % | int8 convs | "
+             + " | ".join(f"b{b} {s} / ORT fp32" for b, s in groups) + " |",
+             "|---|---|---|---|---|" + "---|" * len(groups)]
+    by = {(x["config"], x["batch"], x["size"]): x for x in r["latency"]}
+    for label, a in r["accuracy"].items():
+        convs = "/".join(map(str, a["int8_convolutions"])) if "int8_convolutions" in a else "-"
+        cells = []
+        for b, s in groups:
+            x = by.get((label, b, s))
+            cells.append("-" if x is None else f"{x['ratio_to_ort_fp32']:.2f} ({x['median_ms']:.1f} ms)")
+        lines.append(f"| {label} | {a['backend']} | {a['rel_l2']:.4f} | {a['mask_agreement']:.3f} | {convs} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Per-round ratio to NNCF's file in the same rounds (median, min-max, rounds this file was faster):", "",
+              "| configuration | " + " | ".join(f"b{b} {s}" for b, s in groups) + " |", "|---|" + "---|" * len(groups)]
+    vs = {(x["config"], x["batch"], x["size"]): x for x in r["vs_nncf"]}
+    for label in r["accuracy"]:
+        if label == "ORT fp32" or "NNCF" in label:
+            continue
+        cells = []
+        for b, s in groups:
+            x = vs.get((label, b, s))
+            cells.append("-" if x is None else
+                         f"{x['median']:.2f} ({x['range'][0]:.2f}-{x['range'][1]:.2f}; {x['rounds_faster']}/{x['rounds']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
@@ -248,8 +351,13 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="batch 1 at 256 only, few iterations (a smoke run)")
     parser.add_argument("--out", default=str(HERE / "openvino_cpu"))
+    parser.add_argument("--only", choices=["int8"], default=None,
+                        help="int8: the int8 placements and NNCF's file on OpenVINO only (writes OUT_int8.json)")
     args = parser.parse_args()
     threads = args.threads or cpu_info().usable_cpus
+    if args.only == "int8":
+        main_int8(args, threads)
+        return
     load_before = os.getloadavg()
     started = time.perf_counter()
     groups = [(1, 256, 20, 5)] if args.quick else [(1, 256, 30, 10), (8, 256, 6, 3), (1, 512, 10, 5), (8, 512, 3, 3)]

@@ -346,8 +346,10 @@ def describe_command(model, output, arch):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
-              help="int8 Q/DQ placement: TensorRT fusion-friendly, or ORT CPU (every activation quantized).")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime", "openvino"]), default="tensorrt",
+              show_default=True,
+              help="int8 Q/DQ placement: TensorRT fusion-friendly; ORT CPU (every activation quantized); or OpenVINO "
+                   "(NNCF's pattern: uint8 after ReLU, no requantize after MaxPool/Concat; file NAME.int8.ov.onnx).")
 @click.option("--calib", default="synthetic:seed=1", show_default=True,
               help="Calibration data: synthetic[:seed=S,size=HxW], an image folder, or .npy/.npz.")
 @click.option("--calib-samples", type=int, default=64, show_default=True)

@@ -431,3 +431,30 @@ def test_quantize_gate_and_auto_fallback_on_openvino(unet_files, tmp_path):
                       eval_samples=4, auto_fallback=True, min_mask_agreement=95.0, max_rel_l2=0.15,
                       output=tmp_path / "fb.onnx", progress=False, gate_backend="openvino")
     assert result.gate is not None and result.gate.passed and result.fallback is not None
+
+
+def test_openvino_int8_placement_runs_in_int8_within_the_int8_gate(unet_files, images):
+    """quantize --target openvino (NNCF's pattern) of the shipped UNet, from the same calibration as the other
+    placements: OpenVINO runs every convolution in int8, folds its 4 shared-scale Concats (uint8 here), and the
+    logits stay within the int8 gate against fp32, as close as the tensorrt placement's."""
+    from deploy_unet.precision import quantize
+    from deploy_unet.validate import DEFAULT_GATES
+
+    fp32 = unet_files["fp32"]
+    path = quantize(fp32, "int8", target="openvino", calib="synthetic:seed=1", calib_samples=8, eval_source=None,
+                    progress=False, calib_cache=fp32.parent / "calib.json").path
+    assert path.name == "unet.int8.ov.onnx"
+    ref, _ = _run(fp32, "onnxruntime", images)
+    got, runner = _run(path, "openvino", images)
+    trt, _ = _run(unet_files["int8-tensorrt"], "openvino", images)
+    rel, cos, masks = _compare(got, ref)
+    gates = DEFAULT_GATES["int8"]
+    assert runner_precision(runner) == "int8"
+    low, total = runner.int8_convolutions
+    assert total > 0 and low == total
+    assert runner.concats_rewritten == 4
+    assert rel <= gates["rel_l2"] and cos >= gates["cosine"] and masks >= gates["mask_agreement"], (rel, cos, masks)
+    trt_rel = _compare(trt, ref)[0]
+    assert rel <= 1.5 * trt_rel, f"openvino placement rel L2 {rel:.4f} vs tensorrt placement's {trt_rel:.4f}"
+    on_ort, _ = _run(path, "onnxruntime", images)  # a plain Q/DQ file: ORT runs it too, to the same result
+    assert _compare(on_ort, ref)[0] <= gates["rel_l2"]

@@ -121,6 +121,79 @@ def test_int8_tensorrt_placement_rules(unet_onnx, tmp_path):
     assert info.extra["calib_samples"] == "8" and info.extra["quant_method"] == "minmax"
 
 
+def test_int8_openvino_placement_rules(unet_onnx, tmp_path):
+    """NNCF's pattern: uint8 (zero point 0) where the tensor is non-negative, int8 elsewhere; no Q/DQ after
+    MaxPool or a quantized Concat; weights and Concat scale sharing as the tensorrt placement; same ranges."""
+    cache = tmp_path / "calib.json"
+    ov = quantize(unet_onnx, "int8", target="openvino", calib_cache=cache, **{**FAST, "eval_source": None})
+    assert ov.path.name == "unet.int8.ov.onnx"
+    trt = quantize(unet_onnx, "int8", target="tensorrt", calib_cache=cache, output=tmp_path / "t.onnx",
+                   **{**FAST, "eval_source": None})
+    model, producers, inits, consumers = _graph(ov.path)
+    fp32_producers = {o: n for n in onnx.load(unet_onnx).graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose"):
+            dq = producers[n.input[1]]  # per-channel symmetric int8 weights on the output-channel axis
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            assert axis == (0 if n.op_type == "Conv" else 1)
+            assert inits[dq.input[0]].dtype == np.int8 and not inits[dq.input[2]].any()
+            assert inits[dq.input[1]].shape == (inits[dq.input[0]].shape[axis],)
+    acts = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    unsigned = [q for q in acts if inits[q.input[2]].dtype == np.uint8]
+    signed = [q for q in acts if inits[q.input[2]].dtype == np.int8]
+    assert unsigned and signed and len(unsigned) + len(signed) == len(acts)
+    assert all(not inits[q.input[2]].any() for q in acts)  # zero point 0 everywhere
+    for q in unsigned:  # only ReLU outputs (non-negative) that feed no Concat are unsigned
+        assert fp32_producers[q.input[0]].op_type == "Relu"
+        readers = [c for d in consumers[q.output[0]] for c in consumers[d.output[0]]]
+        assert not any(c.op_type == "Concat" for c in readers)
+    input_q = [q for q in acts if q.input[0] == model.graph.input[0].name]
+    assert input_q and inits[input_q[0].input[2]].dtype == np.int8  # the normalized input can be negative
+    for n in model.graph.node:
+        if n.op_type == "Concat":  # quantized inputs, one scale, one zero point type
+            dqs = [producers[name] for name in n.input]
+            assert all(d.op_type == "DequantizeLinear" for d in dqs)
+            assert len({float(inits[d.input[1]]) for d in dqs}) == 1
+            assert len({inits[d.input[2]].dtype for d in dqs}) == 1
+        if n.op_type in ("MaxPool", "Concat"):  # read directly by the next Conv, not quantized again
+            assert producers[n.input[0]].op_type == "DequantizeLinear"
+            for c in consumers[n.output[0]]:
+                assert c.op_type in ("Conv", "ConvTranspose"), c.op_type
+        if n.op_type in ("Conv", "ConvTranspose"):
+            src = producers.get(n.input[0])
+            assert src is not None and src.op_type in ("DequantizeLinear", "MaxPool", "Concat"), n.name
+    assert not any(q.input[0] == model.graph.output[0].name for q in acts)  # logits stay float
+    assert sum(producers.get(n.input[0]) is not None and producers[n.input[0]].op_type in ("MaxPool", "Concat")
+               for n in model.graph.node if n.op_type == "Conv") > 0
+    # the same calibration ranges as the tensorrt placement: uint8 scale x 255 == int8 scale x 127
+    t_model, t_producers, t_inits, _ = _graph(trt.path)
+    t_scale = {n.input[0]: float(t_inits[n.input[1]]) for n in t_model.graph.node if n.op_type == "QuantizeLinear"}
+    for q in acts:
+        levels = 255 if q in unsigned else 127
+        assert float(inits[q.input[1]]) * levels == pytest.approx(t_scale[q.input[0]] * 127, rel=1e-6)
+    assert len(acts) < len(t_scale)  # fewer Q/DQ than the tensorrt placement (none after MaxPool/Concat)
+    assert read_model_info(ov.path).extra["quant_target"] == "openvino"
+
+
+def test_int8_openvino_exclusions_and_fallback(unet_onnx, tmp_path):
+    """An excluded MaxPool: its input is not quantized, so the Conv after it quantizes its own input; the
+    openvino target keeps excluded layers in fp32 (fp16 islands are the tensorrt placement's)."""
+    from deploy_unet.precision import mixed
+
+    fp32 = mixed.name_nodes(onnx.load(unet_onnx))
+    pool = next(n for n in fp32.graph.node if n.op_type == "MaxPool")
+    res = quantize(unet_onnx, "int8", target="openvino", output=tmp_path / "x.onnx", exclude=[pool.name],
+                   **{**FAST, "eval_source": None})
+    model, producers, _, consumers = _graph(res.path)
+    node = next(n for n in model.graph.node if n.name == pool.name)
+    assert producers[node.input[0]].op_type != "DequantizeLinear"
+    assert [c.op_type for c in consumers[node.output[0]]] == ["QuantizeLinear"]  # re-quantized for the Conv
+    assert {g.op for g in mixed.groups_for(fp32, "int8", "openvino")} >= {"Conv", "MaxPool", "Concat"}
+    with pytest.raises(ConfigError, match="fallback-precision fp16"):
+        quantize(unet_onnx, "int8", target="openvino", output=tmp_path / "y.onnx", fallback_precision="fp16",
+                 exclude=[pool.name], **{**FAST, "eval_source": None})
+
+
 def test_int8_onnxruntime_target_rules_and_runs(unet_onnx, tmp_path):
     res = quantize(unet_onnx, "int8", target="onnxruntime", output=tmp_path / "o.onnx", **FAST)
     model, producers, inits = _assert_common_qdq_rules(res.path, symmetric_activations=False)

@@ -51,6 +51,8 @@ def default_output(model_path: str | os.PathLike, precision: str, target: str) -
     stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.stem
     stem = stem[: -len(".fp32")] if stem.endswith(".fp32") else stem
     suffix = precision if precision == "fp16" or target == "tensorrt" else f"{precision}.ort"
+    if precision == "int8" and target == "openvino":
+        suffix = "int8.ov"
     return path.with_name(f"{stem}.{suffix}.onnx")
 
 
@@ -82,8 +84,9 @@ def quantize(
 ) -> QuantizeResult:
     """An fp16 or int8 ONNX from the fp32 export at ``model_path``: one calibration pass over ``calib``
     (``calib_samples`` samples, ranges by ``method``, cached in ``calib_cache``), then fp16 casts (IO kept
-    fp32, overflowing nodes kept fp32) or int8 Q/DQ placed for ``target`` (``tensorrt`` or ``onnxruntime``),
-    written atomically to ``output`` (default ``MODEL.fp16.onnx``, ``MODEL.int8.onnx``, ``MODEL.int8.ort.onnx``).
+    fp32, overflowing nodes kept fp32) or int8 Q/DQ placed for ``target`` (``tensorrt``, ``onnxruntime`` or
+    ``openvino``), written atomically to ``output`` (default ``MODEL.fp16.onnx``, ``MODEL.int8.onnx``,
+    ``MODEL.int8.ort.onnx``, ``MODEL.int8.ov.onnx``).
     With ``eval_source`` (None: skip) the accuracy gate compares it with fp32 on held-out data (Dice drop, and
     ``min_mask_agreement``/``max_rel_l2`` when given); it does not raise on a failed gate: call
     ``check_gate(result)``. ``exclude``/``exclude_op_types`` keep the matching groups in ``fallback_precision``
@@ -134,6 +137,7 @@ def quantize(
         model = mixed.name_nodes(model)  # exclusions go by node name (exports name every node already)
         excluded = mixed.resolve_exclusions(mixed.groups_for(model, precision, target), exclude, exclude_op_types)
     conversion = {"fp16": "fp16 conversion (onnxconverter-common)", "tensorrt": "Q/DQ insertion (tensorrt placement)",
+                  "openvino": "Q/DQ insertion (openvino placement)",
                   "onnxruntime": "ORT quantize_static"}[precision if precision == "fp16" else target]
     with times.stage(f"convert to {precision}" + (f" ({target} Q/DQ)" if precision == "int8" else "")), \
             stage_errors(conversion, name):
@@ -209,6 +213,11 @@ def _fallback_precision(precision: str, target: str, fallback: str | None) -> st
         if fallback == "fp16":
             raise ConfigError("--fallback-precision fp16 with --precision fp16 keeps nothing higher; "
                               "fp16 falls back to fp32 (drop the option)")
+        return "fp32"
+    if target == "openvino":
+        if fallback == "fp16":
+            raise ConfigError("--fallback-precision fp16 is for the tensorrt placement; --target openvino keeps "
+                              "layers in fp32 (OpenVINO's CPU plugin then runs them in its own inference precision)")
         return "fp32"
     if target == "onnxruntime":
         if fallback == "fp16":

@@ -12,6 +12,10 @@ the logits; the inputs of each Concat carry Q/DQ with one shared scale (the larg
 group), so the concat stays int8 and feeds the next Conv without a re-quantize. Biases stay float
 (TensorRT folds them). Written here, directly, from the calibration ranges (see README: why not ModelOpt).
 
+``target="openvino"`` -- the tensorrt placement as NNCF's ``nncf.quantize`` shapes it for OpenVINO: uint8
+(zero point 0) activations where the tensor is non-negative, no Q/DQ after MaxPool or a quantized Concat
+(see :func:`quantize_for_openvino`).
+
 ``target="onnxruntime"`` -- ``onnxruntime.quantization.quantize_static`` in QDQ format (every
 activation quantized), which ORT CPU turns into QLinearConv & co. ``quant_pre_process`` (symbolic shape
 inference, ``auto_merge=True``) runs in a temp dir because it drops files in the working directory;
@@ -32,11 +36,16 @@ from onnx import helper, numpy_helper
 from deploy_unet.errors import ArtifactError, ConfigError
 from deploy_unet.precision.calibration import Calibration
 
-TARGETS = ("tensorrt", "onnxruntime")
+TARGETS = ("tensorrt", "onnxruntime", "openvino")
 MIN_OPSET = 13
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 QMAX = 127.0
+UQMAX = 255.0
+# Ops that pass quantized values through unchanged (NNCF's QUANTIZE_AGNOSTIC_OPERATIONS for ONNX includes
+# MaxPool and GlobalMaxPool): on the openvino target their output is not quantized again.
+AGNOSTIC_POOLS = ("MaxPool", "GlobalMaxPool")
+NONNEGATIVE_OPS = ("Relu",)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -93,6 +102,34 @@ def quantize_for_tensorrt(
     excluded pool none on its input. Scales are shared only among the Concats still quantized, so every
     Concat is all int8 on one scale or not quantized at all.
     """
+    return _explicit_qdq(model, calib, exclude, openvino=False)
+
+
+def quantize_for_openvino(
+    model: onnx.ModelProto, calib: Calibration, exclude: Collection[str] = ()
+) -> onnx.ModelProto:
+    """Insert Q/DQ with the placement NNCF's ``nncf.quantize`` (preset PERFORMANCE) gives an ONNX CNN.
+
+    The tensorrt placement with two changes, both read from NNCF 3.4's output for the shipped UNet and its
+    sources (``nncf/quantization/fake_quantize.py: symmetric_range``, ``nncf/onnx/graph/metatypes/groups.py``):
+
+    - **unsigned activations**: a quantized tensor (or Concat group) whose calibrated minimum is >= 0, or that a
+      ReLU produces, is uint8 with zero point 0 and scale max/255 (NNCF: signed only if any min < 0); the rest
+      stay int8, zero point 0, scale absmax/127. x86 VNNI (``VPDPBUSD``) multiplies u8 by s8, so a u8 input
+      needs no shift-and-compensate in OpenVINO's int8 convolutions;
+    - **no requantization after MaxPool or a quantized Concat**: their outputs carry their inputs' int8 values
+      (MaxPool is quantization-agnostic, a Concat group shares one scale), so the Conv after them reads them
+      as they are (the TensorRT placement adds a Q/DQ there).
+
+    Weights, Concat scale sharing, logits and ``exclude`` as in :func:`quantize_for_tensorrt`. The same
+    calibration ranges as the other targets (NNCF's own run collects its own and applies bias correction).
+    """
+    return _explicit_qdq(model, calib, exclude, openvino=True)
+
+
+def _explicit_qdq(
+    model: onnx.ModelProto, calib: Calibration, exclude: Collection[str], openvino: bool
+) -> onnx.ModelProto:
     check_opset(model)
     exclude = frozenset(exclude)
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -115,6 +152,23 @@ def quantize_for_tensorrt(
 
     # Concat inputs (and its output) share one scale; groups merge through chained Concats.
     groups = _UnionFind()
+    producer_op = {out: node.op_type for node in graph.node for out in node.output}
+    if openvino:
+        # Outputs of MaxPool / quantized Concats whose inputs are all quantized already hold int8 values: no
+        # Q/DQ on them (a MaxPool's output shares its input's scale: same group).
+        quantized = {n.input[i] for n, i in edges}
+        covered: set[str] = set()
+        for node in graph.node:
+            if node.name and node.name in exclude or not node.output:
+                continue
+            data = [x for x in node.input if x and x not in inits]
+            agnostic = node.op_type in AGNOSTIC_POOLS or (
+                node.op_type == "Concat" and node.output[0] not in shape_tensors)
+            if agnostic and data and all(x in quantized or x in covered for x in data):
+                covered.add(node.output[0])
+                if node.op_type in AGNOSTIC_POOLS:
+                    groups.union(data[0], node.output[0])
+        edges = [(n, i) for n, i in edges if n.input[i] not in covered]
     for node in graph.node:
         if node.op_type == "Concat" and node.output[0] not in shape_tensors and node.name not in exclude:
             for name in node.input:
@@ -124,6 +178,13 @@ def quantize_for_tensorrt(
         if name in calib.ranges:
             root = groups.find(name)
             group_absmax[root] = max(group_absmax[root], calib.absmax(name))
+
+    # openvino: a group is uint8 when every member is non-negative (calibrated min >= 0, or a ReLU's output).
+    group_signed: dict[str, bool] = defaultdict(bool)
+    if openvino:
+        for name in {n.input[i] for n, i in edges} | set(groups.parent):
+            if name in calib.ranges and calib.ranges[name][0] < 0 and producer_op.get(name) not in NONNEGATIVE_OPS:
+                group_signed[groups.find(name)] = True
 
     missing = sorted({n.input[i] for n, i in edges if n.input[i] not in calib.ranges})
     if missing:
@@ -135,23 +196,29 @@ def quantize_for_tensorrt(
     new_nodes: dict[int, list[onnx.NodeProto]] = defaultdict(list)  # insert before node index
     producers = {out: idx for idx, node in enumerate(graph.node) for out in node.output}
     dq_of: dict[str, str] = {}
-    zero = "qdq_zero_point_int8"
+    zero, uzero = "qdq_zero_point_int8", "qdq_zero_point_uint8"
     graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.int8), zero))
+    unsigned_used = False
     for node, i in edges:
         name = node.input[i]
         if name not in dq_of:
             scale_name = f"{name}_scale"
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(_scale(group_absmax[groups.find(name)])), scale_name)
-            )
+            root = groups.find(name)
+            unsigned = openvino and not group_signed[root]
+            scale = _scale(group_absmax[root]) * np.float32(QMAX / UQMAX) if unsigned else _scale(group_absmax[root])
+            graph.initializer.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name))
             q_name, dq_name = f"{name}_quantized", f"{name}_dequantized"
             where = producers.get(name, -1) + 1
+            zp = uzero if unsigned else zero
+            unsigned_used |= unsigned
             new_nodes[where] += [
-                helper.make_node("QuantizeLinear", [name, scale_name, zero], [q_name], name=f"{name}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [q_name, scale_name, zero], [dq_name], name=f"{name}_DequantizeLinear"),
+                helper.make_node("QuantizeLinear", [name, scale_name, zp], [q_name], name=f"{name}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [q_name, scale_name, zp], [dq_name], name=f"{name}_DequantizeLinear"),
             ]
             dq_of[name] = dq_name
         node.input[i] = dq_of[name]
+    if unsigned_used:
+        graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.uint8), uzero))
 
     # Weights: int8 initializer + per-channel DequantizeLinear (4x smaller file; TensorRT and ORT fold it).
     for node in graph.node:
@@ -382,6 +449,8 @@ def quantize_int8(
         raise ConfigError(f"--target {target!r} is not valid; choose one of: {', '.join(TARGETS)}")
     if target == "tensorrt":
         return quantize_for_tensorrt(model, calib, exclude)
+    if target == "openvino":
+        return quantize_for_openvino(model, calib, exclude)
     return quantize_for_onnxruntime(model, calib, exclude)
 
 

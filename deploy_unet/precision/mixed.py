@@ -82,7 +82,7 @@ def groups_for(model: onnx.ModelProto, precision: str, target: str) -> list[Grou
     out = []
     for node in model.graph.node:
         op = node.op_type
-        if precision == "int8" and target == "tensorrt":
+        if precision == "int8" and target in ("tensorrt", "openvino"):
             ok = ((op in WEIGHT_AXIS and len(node.input) > 1 and node.input[1] in inits)
                   or op in POOL_OPS or (op == "Concat" and node.output[0] in floats))
         elif precision == "int8":
