@@ -170,3 +170,17 @@ def test_compiled_runner_gives_the_eager_logits():
             open_runner(UNET, device="cuda", compile="max-autotune-no-cudagraphs") as compiled:
         want, got = eager.infer({"input": x})["logits"], compiled.infer({"input": x})["logits"]
     assert _rel(got, want) < 1e-4  # TF32 is off in both
+
+
+def test_volume_net_fp16_channels_last_3d_cuda_graph_matches_fp32_on_the_gpu():
+    # The 3D UNet in every fast mode the runner has: NDHWC (channels_last_3d) fp16 weights, a captured graph.
+    unet3d = shipped.checkpoint("unet3d")
+    x = np.random.default_rng(4).standard_normal((2, 1, 32, 64, 64)).astype(np.float32)
+    with open_runner(unet3d, device="cuda") as fp32, open_runner(
+            unet3d, device="cuda", torch_precision="fp16", channels_last=True, cuda_graph=True) as fast:
+        want = fp32.infer({"input": x})["logits"]
+        got = fast.infer({"input": x})["logits"]
+        again = fast.infer({"input": x})["logits"]  # the replay
+    assert got.shape == want.shape == (2, 3, 32, 64, 64)
+    assert _rel(got, want) < 5e-3 and np.array_equal(got, again)
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.999

@@ -43,6 +43,22 @@ def test_channels_last_gives_the_fp32_logits(paths):
     assert _rel_l2(nhwc, plain) < 1e-5
 
 
+def test_channels_last_on_a_volume_net_uses_the_3d_layout():
+    # A 3D net's conv weights are 5-D: torch.channels_last (4-D only) raised "required rank 4 tensor"; the runner
+    # lays a volume net out channels_last_3d (NDHWC) and gives the same logits.
+    from deploy_unet import shipped
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 16, 16, 16)).astype(np.float32)
+    with open_runner(shipped.checkpoint("unet3d"), device="cpu") as runner:
+        plain = runner.infer({"input": x})["logits"]
+    with open_runner(shipped.checkpoint("unet3d"), device="cpu", channels_last=True) as runner:
+        assert runner.input_spec["input"].shape == ("N", 1, "D", "H", "W")
+        ndhwc = runner.infer({"input": x})["logits"]
+        assert runner._module.stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert ndhwc.flags.c_contiguous and ndhwc.shape == plain.shape
+    assert _rel_l2(ndhwc, plain) < 1e-5
+
+
 def test_fp16_is_close_to_fp32_and_leaves_the_fp32_net_alone(paths):
     plain = _logits(paths["pt"])
     runner = open_runner(paths["pt"], device="cpu", torch_precision="fp16")

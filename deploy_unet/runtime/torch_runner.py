@@ -191,7 +191,13 @@ class TorchRunner(Runner):
     # -- protocol ------------------------------------------------------------------------------
     @property
     def input_spec(self) -> dict[str, TensorSpec]:
-        return {self.input_name: TensorSpec(self.input_name, "float32", ("N", self.in_channels, "H", "W"))}
+        axes = ("D", "H", "W")[-self.contract.spatial_dims:]
+        return {self.input_name: TensorSpec(self.input_name, "float32", ("N", self.in_channels, *axes))}
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        """Channels-last for the net's rank: NHWC for 2D, NDHWC (``channels_last_3d``) for a volume net."""
+        return torch.channels_last_3d if self.contract.spatial_dims == 3 else torch.channels_last
 
     @property
     def output_names(self) -> list[str]:
@@ -208,7 +214,7 @@ class TorchRunner(Runner):
         if self.precision == "fp16":
             module = copy.deepcopy(self.net).half()  # a copy: the fp32 net stays what the checkpoint holds
         if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            module = module.to(memory_format=self._memory_format)
         if self.compile:
             module = torch.compile(module, mode=self.compile)
         self._module = module
@@ -262,7 +268,7 @@ class TorchRunner(Runner):
         if self.precision == "fp16":
             x = x.half()
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=self._memory_format)
         try:
             y = self._module(x)
         except Exception as exc:  # torch.compile reports compiler failures as their own exception types
