@@ -255,6 +255,19 @@ def test_bad_stream_options_are_one_line_errors(unet_onnx, tmp_path):
         assert words in result.output and "Traceback" not in result.output, (args, result.output)
 
 
+
+def test_streaming_without_zarr_is_a_one_line_error(unet_onnx, tmp_path, monkeypatch):
+    """tifffile alone reads the image, but the streamed job lives in a Zarr store: no zarr, one line naming the extra."""
+    from deploy_unet.cli import cli
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((64, 64, 3), np.uint8), tile=(32, 32))
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr raises ImportError, as when it is not installed
+    result = CliRunner().invoke(cli, ["predict", str(unet_onnx), str(tmp_path / "t.tif"), "-o", str(tmp_path / "o"),
+                                      "--stream", "--mask-format", "tiff"])
+    assert result.exit_code == 2, result.output
+    assert "deploy-unet[large]" in result.output and "Traceback" not in result.output, result.output
+    assert not list((tmp_path / "o").glob("*.mask.*"))
+
 # --- memory ---------------------------------------------------------------------------------------------------
 
 

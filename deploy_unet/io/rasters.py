@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy_unet.errors import ArtifactError, ConfigError
+from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.io.base import (
     Geometry,
     LazyImage,
@@ -239,8 +239,12 @@ class ZarrAdapter:
     format 2 with '/' chunk keys (both libraries read and write it; chunk ``(i, j)`` is the file ``i/j``)."""
 
     def __init__(self):
-        import zarr
-
+        try:
+            import zarr
+        except ImportError:
+            # A streamed image keeps its job (and an ome-zarr mask) in a Zarr store, even when the mask ends as TIFF.
+            raise MissingDependencyError("streaming a large image needs zarr (its chunk store, whatever "
+                                         "--mask-format): pip install 'deploy-unet[large]'") from None
         self.zarr = zarr
         self.v3 = int(zarr.__version__.split(".")[0]) >= 3
         if self.v3 and zarr.config.get("threading.max_workers") is None:
