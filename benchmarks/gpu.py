@@ -1,5 +1,6 @@
 """torch on one CUDA GPU: eager fp32, eager fp16 channels_last, eager + CUDA graph, torch.compile max-autotune, for
-the shipped UNet and FCN-8s at 512x512, batch 1 and 8. Writes benchmarks/gpu.md (and gpu.json).
+the shipped UNet and FCN-8s at 512x512 and the 3D UNet at 128^3, batch 1 and 8. Writes benchmarks/gpu.md (and
+gpu.json). A volume net runs NCDHW, laid out channels_last_3d (NDHWC) in the fp16 modes.
 
     python benchmarks/gpu.py                 # on a machine with an NVIDIA GPU and a CUDA build of torch
     python benchmarks/gpu.py --iters 200 --skip-compile
@@ -87,8 +88,9 @@ def make_callable(mode: str, net, x):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         return lambda: net(x)
-    half = copy.deepcopy(net).half().to(memory_format=torch.channels_last)
-    xh = x.half().contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    half = copy.deepcopy(net).half().to(memory_format=layout)
+    xh = x.half().contiguous(memory_format=layout)
     if mode == BASELINE:
         return lambda: half(xh)
     if mode == "eager fp16 + CUDA graph":
@@ -120,8 +122,9 @@ def run(args) -> dict:
     rows = []
     for arch in args.archs:
         net = load_net(checkpoint=shipped.checkpoint(arch)).net.cuda().eval()
+        spatial = spatial_size(net, args)
         for batch in args.batches:
-            x = torch.randn(batch, 3, args.size, args.size, device="cuda")
+            x = torch.randn(batch, net.in_channels, *spatial, device="cuda")
             with torch.inference_mode():
                 flops = count_flops(net, x)
                 results = {}
@@ -139,14 +142,29 @@ def run(args) -> dict:
                 achieved = flops / (r["p50_ms"] * 1e-3) / 1e12
                 r["tflops"] = achieved
                 r["fraction_of_fp16_peak"] = achieved / peak if peak else None
-                rows.append({"arch": arch, "batch": batch, "size": args.size, "mode": mode,
+                rows.append({"arch": arch, "batch": batch, "size": spatial[-1], "shape": shape_label(spatial), "mode": mode,
                              "gflop_per_batch": flops / 1e9, **r})
-            rows += runner_rows(args, arch, batch, results)
+            rows += runner_rows(args, arch, batch, spatial, results)
     return {"machine": machine(), "command": " ".join(sys.argv), "fp16_peak_tflops": peak, "rows": rows,
             "iters": args.iters, "warmup": args.warmup, "summary": summary(rows)}
 
 
-def runner_rows(args, arch: str, batch: int, bare: dict) -> list[dict]:
+def spatial_size(net, args) -> tuple[int, ...]:
+    """The timed input's spatial shape: ``--size`` squared for an image net, ``--size-3d`` cubed for a volume net."""
+    contract = getattr(net, "shape_contract", None)
+    dims = contract.spatial_dims if contract is not None else 2
+    return (args.size_3d,) * 3 if dims == 3 else (args.size,) * 2
+
+
+def shape_label(spatial) -> str:
+    return "x".join(map(str, spatial))
+
+
+def row_shape(r: dict) -> str:
+    return r.get("shape") or f"{r['size']}x{r['size']}"
+
+
+def runner_rows(args, arch: str, batch: int, spatial: tuple[int, ...], bare: dict) -> list[dict]:
     """deploy-unet's torch runner in each mode, timed by bench_runner (what `deploy-unet bench` does)."""
     from deploy_unet import shipped
     from deploy_unet.bench import bench_runner
@@ -157,10 +175,12 @@ def runner_rows(args, arch: str, batch: int, bare: dict) -> list[dict]:
         if mode not in bare:
             continue
         with open_runner(shipped.checkpoint(arch), device="cuda", **options) as runner:
-            r = bench_runner(runner, batch=batch, height=args.size, width=args.size, warmup=args.warmup,
+            r = bench_runner(runner, batch=batch, height=spatial[-2], width=spatial[-1],
+                             depth=spatial[0] if len(spatial) == 3 else 0, warmup=args.warmup,
                              iters=args.iters, keep_samples=False)
         compute = r.phases_ms["compute"]
-        rows.append({"arch": arch, "batch": batch, "size": args.size, "mode": f"runner: {runner.mode}",
+        rows.append({"arch": arch, "batch": batch, "size": spatial[-1], "shape": shape_label(spatial),
+                     "mode": f"runner: {runner.mode}",
                      "bare_mode": mode, "compute_p50_ms": compute.median, "compute_p99_ms": compute.p99,
                      "end_to_end_p50_ms": r.latency_ms.median, "h2d_p50_ms": r.phases_ms["h2d"].median,
                      "d2h_p50_ms": r.phases_ms["d2h"].median,
@@ -222,16 +242,17 @@ def markdown(data: dict) -> str:
     ]
     for r in (r for r in data["rows"] if "p50_ms" in r):
         frac = f"{100 * r['fraction_of_fp16_peak']:.1f}%" if r["fraction_of_fp16_peak"] is not None else "-"
-        lines.append(f"| {r['arch']} {r['size']}x{r['size']} | {r['batch']} | {r['mode']} | {r['p50_ms']:.3f} | "
+        lines.append(f"| {r['arch']} {row_shape(r)} | {r['batch']} | {r['mode']} | {r['p50_ms']:.3f} | "
                      f"{r['p99_ms']:.3f} | {r['images_per_s']:.0f} | {r['speed_vs_fp16_eager']:.2f}x | "
                      f"{r['tflops']:.1f} | {frac} |")
-    lines += ["", "eager fp32 runs with TF32 off (true fp32), as deploy-unet's torch runner does.", "",
+    lines += ["", "eager fp32 runs with TF32 off (true fp32), as deploy-unet's torch runner does. A volume counts as "
+              "one image in images/s.", "",
               "## deploy-unet's torch runner (bench_runner: pinned H2D, compute, D2H of fp32 logits)", "",
               "| net | batch | runner mode | compute p50 ms | compute p99 ms | vs the bare call | H2D p50 ms | "
               "D2H p50 ms | end to end p50 ms |",
               "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in (r for r in data["rows"] if "compute_p50_ms" in r):
-        lines.append(f"| {r['arch']} {r['size']}x{r['size']} | {r['batch']} | {r['mode']} | {r['compute_p50_ms']:.3f} | "
+        lines.append(f"| {r['arch']} {row_shape(r)} | {r['batch']} | {r['mode']} | {r['compute_p50_ms']:.3f} | "
                      f"{r['compute_p99_ms']:.3f} | {r['compute_vs_bare']:.2f}x | {r['h2d_p50_ms']:.3f} | "
                      f"{r['d2h_p50_ms']:.3f} | {r['end_to_end_p50_ms']:.3f} |")
     lines += ["", "## The project's best against the best of the bare modes (compute p50)", "",
@@ -246,9 +267,10 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["unet", "fcn8s"])
+    parser.add_argument("--archs", nargs="+", default=["unet", "fcn8s", "unet3d"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=512, help="Side of an image net's square input.")
+    parser.add_argument("--size-3d", type=int, default=128, help="Side of a volume net's cubic input.")
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--skip-compile", action="store_true", help="Leave out torch.compile (minutes of autotuning).")

@@ -78,3 +78,28 @@ def test_session_refuses_what_it_cannot_do(tmp_path, part, message):
     assert proc.returncode == 2
     assert message in (tmp_path / "out" / f"{part}.log").read_text()
     assert (tmp_path / "out" / f"{part}.tar.gz").exists()  # what it has is packed even when it stops
+
+
+def test_volume_net_is_timed_at_the_3d_size_in_the_3d_layout():
+    # What the GPU session will run for the 3D UNet, checked here on the CPU: a cubic NCDHW input of --size-3d, and
+    # fp16 modes laid out channels_last_3d (torch.channels_last raises on 5-D weights).
+    gpu = _module()
+    from deploy_unet import shipped
+    from deploy_unet.nets.loading import load_net
+
+    args = gpu.argparse.Namespace(size=512, size_3d=16)
+    net3d = load_net(checkpoint=shipped.checkpoint("unet3d")).net.eval()
+    net2d = load_net(checkpoint=shipped.checkpoint("unet")).net.eval()
+    assert gpu.spatial_size(net3d, args) == (16, 16, 16) and gpu.spatial_size(net2d, args) == (512, 512)
+    assert gpu.shape_label((128, 128, 128)) == "128x128x128"
+    x = torch.randn(1, net3d.in_channels, 16, 16, 16)
+    with torch.inference_mode():
+        y = gpu.make_callable(gpu.BASELINE, net3d, x)()
+    assert y.shape == (1, net3d.num_classes, 16, 16, 16) and y.dtype == torch.float16
+    row = {"arch": "unet3d", "batch": 1, "size": 128, "shape": "128x128x128", "mode": gpu.BASELINE, "p50_ms": 9.0,
+           "p99_ms": 9.5, "images_per_s": 111.0, "speed_vs_fp16_eager": 1.0, "tflops": 50.0,
+           "fraction_of_fp16_peak": None}
+    data = {"machine": {k: "x" for k in ("gpu", "compute_capability", "driver", "cuda", "cudnn", "torch", "python",
+                                         "date")},
+            "command": "c", "fp16_peak_tflops": None, "rows": [row], "iters": 1, "warmup": 1, "summary": []}
+    assert "| unet3d 128x128x128 | 1 | eager fp16 channels_last | 9.000 |" in gpu.markdown(data)
