@@ -793,16 +793,23 @@ def predict_command(artifact, inputs, output_dir, backend, device, checkpoint, b
                   "to writing" + (f", {rate:.1f} images/s in inference alone" if rate else "")
                   + f"; {report.seconds:.2f} s in all")
     console.print("time: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in report.stages.as_dict().items()))
-    if report.fit == "sliding-window":  # volumes: masks in each input's own format
-        console.print(f"wrote {Path(output_dir)}/ (NAME.mask.<the input's format>{', NAME.slices.png' if overlays else ''}"
-                      f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
-    else:
-        console.print(f"wrote {Path(output_dir)}/ (NAME.mask.png{', NAME.overlay.png' if overlays else ''}"
-                      f"{', NAME.probs.npy' if save_probs else ''}, predictions.json)")
+    console.print(f"wrote {Path(output_dir)}/ ({', '.join([*_written_patterns(report.images), 'predictions.json'])})")
     for item in (p for p in report.images if getattr(p, "stream", None)):
         console.print(f"streamed {item.source}: {item.files['mask']} ({item.stream['chunks']} chunks, "
                       f"{item.stream['workers']} worker(s), {item.stream['seconds']:.1f} s)")
     report.raise_for_skipped()
+
+
+def _written_patterns(images) -> list[str]:
+    """The kinds of file predict wrote, as NAME.mask.png, NAME.mask.tif, ...: what it really wrote (a streamed
+    image's mask is TIFF or OME-Zarr, a volume's keeps its input's format), not what it usually writes."""
+    patterns: dict[str, None] = {}
+    for item in images:
+        name = getattr(item, "name", "")
+        for path in getattr(item, "files", {}).values():
+            file = os.path.basename(path)
+            patterns["NAME" + file[len(name):] if name and file.startswith(name + ".") else file] = None
+    return list(patterns)
 
 
 @cli.command()

@@ -232,6 +232,7 @@ def test_auto_streaming_above_the_limit_and_the_bigtiff_format(unet_onnx, tmp_pa
                                       "--mask-format", "tiff", "--save-probs"])
     assert result.exit_code == 0, result.output
     assert "over the 0-megapixel limit" in result.output or "megapixel limit" in result.output
+    assert "NAME.mask.tif" in result.output and "NAME.mask.png" not in result.output  # says what it wrote
     mask = tifffile.imread(tmp_path / "o" / "photo.mask.tif")
     assert mask.shape == (300, 400)
     probs = zarr.open_array(str(tmp_path / "o" / "photo.probs.zarr" / "probs"), mode="r")
