@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,24 @@ def test_volume_net_is_timed_at_the_3d_size_in_the_3d_layout():
                                          "date")},
             "command": "c", "fp16_peak_tflops": None, "rows": [row], "iters": 1, "warmup": 1, "summary": []}
     assert "| unet3d 128x128x128 | 1 | eager fp16 channels_last | 9.000 |" in gpu.markdown(data)
+
+
+def test_stream_check_makes_a_tiled_scene_and_compares_masks(tmp_path):
+    # The GPU session's streamed-predict check, run on the CPU: a tiled RGB TIFF with edges to segment, and the
+    # share of equal pixels of two masks.
+    tifffile = pytest.importorskip("tifffile")
+    spec = importlib.util.spec_from_file_location("gpu_stream_check", SCRIPT.with_name("gpu_stream_check.py"))
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    check.main(["make", str(tmp_path / "big.tif"), "--size", "1100"])
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        page = tif.pages[0]
+        assert page.shape == (1100, 1100, 3) and page.is_tiled and page.tilelength == 512
+        image = page.asarray()
+    assert image.std() > 20 and len(np.unique(image[..., 2])) > 50  # not blank, not constant
+    a = (image[..., 0] > 128).astype(np.uint8)
+    b = a.copy()
+    b[:10] = 1 - b[:10]
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b)
+    assert check.compare(str(tmp_path / "a.tif"), str(tmp_path / "b.tif")) == pytest.approx(1 - 10 / 1100)
