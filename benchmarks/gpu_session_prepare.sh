@@ -58,3 +58,14 @@ head -c $((size / 2)) "$work/rtx.xz" > .gl/a/rtx.xz.part-a
 tail -c +$((size / 2 + 1)) "$work/rtx.xz" > .gl/b/rtx.xz.part-b
 sha256sum "$work/libs/tensorrt_rtx_libs/libtensorrt_rtx.so.1" | awk '{print $1}' > .gl/b/libtensorrt_rtx.so.1.sha256
 du -sh .whl .whl-stream .gl/a .gl/b
+# What each call carries (the working tree, tracked and untracked-not-ignored files, plus its folders) against the
+# device tool's 64 MiB.
+tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 stat -c %s 2>/dev/null \
+    | awk '{s += $1} END {print s}')
+for call in "cuda .whl .gl/a" "rtx .whl .gl/b" "stream .whl .whl-stream" "compile .whl"; do
+    set -- $call
+    name=$1; shift
+    total=$((tree + $(du -sb "$@" | awk '{s += $1} END {print s}')))
+    verdict=$([ "$total" -le $((64 * 1024 * 1024)) ] && echo fits || echo "OVER the limit")
+    echo "call $name carries $((total / 1024 / 1024)) MiB of 64: $verdict"
+done
