@@ -37,8 +37,7 @@ def _graph_spatial_dims(model) -> int | None:
 def _described(model, path, why: list[str] | None = None) -> ModelInfo | None:
     """A file exported elsewhere: what describe.py reads and finds (None where it cannot tell; an NHWC input
     is refused in one line)."""
-    from deploy_unet.describe import LayoutError
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import LayoutError, read_model_info
 
     try:
         return read_model_info(model, source=os.fspath(path))
