@@ -121,9 +121,24 @@ class Description:
     assumed: list[str] = field(default_factory=list)  # what nobody stated
 
 
+def _dim(d, unknown: str | None = "?") -> int | str | None:
+    """One dim of a value's shape: its size, else its symbol, else ``unknown``."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or unknown)
+
+
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return [_dim(d) for d in value.type.tensor_type.shape.dim]
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that writes or reads tensor ``old`` writes or reads ``new`` instead."""
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
 
 
 def graph_facts(model: onnx.ModelProto, source: str = "model") -> GraphFacts:
@@ -461,13 +476,10 @@ def to_nchw(model: onnx.ModelProto, facts: GraphFacts) -> onnx.ModelProto:
     graph = model.graph
     old = facts.input_name
     inner = old + "__nhwc"
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = inner
+    _rename_tensor(graph, old, inner)  # a graph input: its readers (no node writes it)
     inp = next(v for v in graph.input if v.name == old)
     n, h, w, c = (inp.type.tensor_type.shape.dim[i] for i in range(4))
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in (n, c, h, w)]
+    dims = [_dim(d, None) for d in (n, c, h, w)]
     new_input = onnx.helper.make_tensor_value_info(old, onnx.TensorProto.FLOAT, dims)
     index = list(graph.input).index(inp)
     graph.input.remove(inp)
@@ -483,16 +495,9 @@ def to_nchw(model: onnx.ModelProto, facts: GraphFacts) -> onnx.ModelProto:
             continue
         name = out.name
         inner_out = name + "__nhwc"
-        for node in graph.node:
-            for i, o in enumerate(node.output):
-                if o == name:
-                    node.output[i] = inner_out
-            for i, x in enumerate(node.input):
-                if x == name:
-                    node.input[i] = inner_out
+        _rename_tensor(graph, name, inner_out)
         d = out.type.tensor_type.shape.dim
-        nd = [x.dim_value if x.HasField("dim_value") and x.dim_value > 0 else (x.dim_param or None)
-              for x in (d[0], d[3], d[1], d[2])]
+        nd = [_dim(x, None) for x in (d[0], d[3], d[1], d[2])]
         elem = out.type.tensor_type.elem_type
         graph.node.append(onnx.helper.make_node("Transpose", [inner_out], [name], perm=[0, 3, 1, 2],
                                                 name=f"deploy_unet_nhwc_to_nchw_{name}"))
