@@ -19,8 +19,6 @@ image that cannot be read is named in one warning and skipped; the report lists 
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError
-from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
+from deploy_unet.fileio import atomic_path
 from deploy_unet.io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, _pixels, read_image  # noqa: F401 (moved to io)
 from deploy_unet.io.images import header_size as _header_size
 from deploy_unet.prediction_report import (
     PredictionReport,
     class_fractions,
+    finish_report,
     progress_bar,
     skip_input,
 )
@@ -236,9 +235,8 @@ def predict(
     (``stream_options``' window, overlap, blend, sw_batch, mirror_axes; ``intensity``/``resample``/``spacing``
     override the metadata): ``deploy_unet.predict_volume``.
     """
-    from deploy_unet.machine import machine_info
     from deploy_unet.runtime import open_runner, runner_info
-    from deploy_unet.runtime.base import check_output_kind, runner_precision
+    from deploy_unet.runtime.base import check_output_kind
 
     started = time.perf_counter()
     warn = warn or (lambda _m: None)
@@ -350,23 +348,16 @@ def predict(
                 spent["postprocess"] += t4 - t3
                 spent["write outputs"] += t5 - t4
         loop_seconds = time.perf_counter() - loop_start
-        for name, seconds in spent.items():
-            times.add(name, seconds)
-        with times.stage("machine info"):
-            machine = machine_info(threads)
-        report = PredictionReport(
-            artifact=os.fspath(artifact), backend=_backend_label(runner), precision=runner_precision(runner),
-            fit=spec.fit, output=output, num_classes=num_classes, class_names=class_names,
-            images=[results[i.name] for i in images if i.name in results], skipped=skipped,
-            seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
-            output_dir=os.fspath(out_dir) if out_dir is not None else None,
-            created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        report = finish_report(
+            PredictionReport, runner, artifact, times=times, spent=spent, loop_seconds=loop_seconds,
+            threads=threads, out_dir=out_dir, fit=spec.fit, output=output, num_classes=num_classes,
+            class_names=class_names, images=[results[i.name] for i in images if i.name in results], skipped=skipped,
         )
     finally:
         runner.deactivate()
     report.seconds = time.perf_counter() - started
     if out_dir is not None:
-        write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
+        report.write(out_dir)
     return report
 
 
@@ -380,12 +371,6 @@ def _volume_run(inputs) -> bool:
         raise ConfigError("inputs mix volumes and 2D images; predict them in separate runs (they need a 3D and a "
                           "2D net)")
     return kinds == {True}
-
-
-def _backend_label(runner) -> str:
-    from deploy_unet.runtime.base import backend_label
-
-    return backend_label(runner)
 
 
 def _batches_by_size(images: Sequence[ImageInput], batch: int) -> Iterator[list[ImageInput]]:

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError
-from deploy_unet.prediction_report import PredictionReport, class_fractions, progress_bar, skip_input
+from deploy_unet.prediction_report import (
+    PredictionReport,
+    class_fractions,
+    finish_report,
+    progress_bar,
+    skip_input,
+)
 from deploy_unet.volume_processing import (
     Intensity,
     logits_to_mask,
@@ -221,11 +227,7 @@ def predict_volumes(
     """Predict every volume of ``inputs`` with the active ``runner`` (see the module doc); returns the report
     (a ``VolumeReport``: ``prediction_report.PredictionReport`` with ``volumes`` and ``sliding_window``). Called
     by ``predict.predict`` when the inputs are volumes or the net is 3D."""
-    import datetime as _dt
-
     from deploy_unet.io import base as io
-    from deploy_unet.machine import machine_info
-    from deploy_unet.runtime.base import backend_label, runner_precision
 
     warn = warn or (lambda _m: None)
     if runner.contract.spatial_dims != 3:
@@ -317,27 +319,17 @@ def predict_volumes(
             spent["write"] += time.perf_counter() - t4
             tick(1)
     loop_seconds = time.perf_counter() - loop_start
-    for stage, seconds in spent.items():
-        times.add(stage, seconds)
-    with times.stage("machine info"):
-        machine = machine_info(threads)
-    report = VolumeReport(
-        artifact=os.fspath(artifact), backend=backend_label(runner), precision=runner_precision(runner),
-        fit="sliding-window", output="logits", num_classes=num_classes, class_names=class_names,
-        images=results, skipped=skipped, seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
-        output_dir=os.fspath(out_dir) if out_dir is not None else None,
-        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    report = finish_report(
+        VolumeReport, runner, artifact, times=times, spent=spent, loop_seconds=loop_seconds, threads=threads,
+        out_dir=out_dir, fit="sliding-window", output="logits", num_classes=num_classes, class_names=class_names,
+        images=results, skipped=skipped,
         sliding_window={"window": list(window), "overlap": sw.overlap, "blend": sw.blend, "sw_batch": sw.sw_batch,
                         "mirror_axes": list(sw.mirror_axes), "intensity": str(how), "resample": bool(resample),
                         "spacing": list(target) if target else None},
     )
     report.seconds = time.perf_counter() - (started if started is not None else loop_start)
     if out_dir is not None:
-        import json
-
-        from deploy_unet.fileio import json_safe, write_text_atomic
-
-        write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
+        report.write(out_dir)
     return report
 
 

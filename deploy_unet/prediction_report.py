@@ -1,5 +1,6 @@
-"""What ``predict`` (images) and ``predict_volume`` (volumes) share, below both: the run's report, the per-class
-pixel fractions of a mask, the record of a skipped input and the progress bar.
+"""What ``predict`` (images) and ``predict_volume`` (volumes) share, below both: the run's report (made by
+``finish_report``, written by ``PredictionReport.write``), the per-class pixel fractions of a mask, the record of
+a skipped input and the progress bar.
 
 ``predict`` dispatches to ``predict_volume``; both import this module and it imports neither, so data flows down.
 """
@@ -7,13 +8,18 @@ pixel fractions of a mask, the record of a skipped input and the progress bar.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploy_unet.errors import InputsSkippedError
+from deploy_unet.fileio import json_safe, write_text_atomic
 from deploy_unet.timing import StageTimes
 
 
@@ -64,6 +70,31 @@ class PredictionReport:
             where = f"; the other {len(self.images)} were written to {self.output_dir}" if self.output_dir else ""
             raise InputsSkippedError(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} inputs could "
                                      f"not be read and were skipped ({names}){where}")
+
+    def write(self, out_dir: str | os.PathLike) -> None:
+        """``predictions.json`` in ``out_dir`` (written atomically)."""
+        write_text_atomic(Path(out_dir) / "predictions.json", json.dumps(json_safe(self.to_dict()), indent=2) + "\n")
+
+
+def finish_report(report_class: type[PredictionReport], runner, artifact: str | os.PathLike, *, times: StageTimes,
+                  spent: dict[str, float], loop_seconds: float, threads: int | None,
+                  out_dir: Path | None, **fields: Any) -> PredictionReport:
+    """The run's report: the loop's seconds per stage (``spent``) added to ``times``, the machine, the runner's
+    backend and precision, the output folder and the time; ``fields``: what the stage knows (fit, output,
+    classes, entries, skipped, ...). ``seconds`` is 0 until the caller sets the whole run's."""
+    from deploy_unet.machine import machine_info
+    from deploy_unet.runtime.base import backend_label, runner_precision
+
+    for name, seconds in spent.items():
+        times.add(name, seconds)
+    with times.stage("machine info"):
+        machine = machine_info(threads)
+    return report_class(
+        artifact=os.fspath(artifact), backend=backend_label(runner), precision=runner_precision(runner),
+        seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
+        output_dir=os.fspath(out_dir) if out_dir is not None else None,
+        created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **fields,
+    )
 
 
 def class_fractions(mask: np.ndarray, num_classes: int, class_names: Sequence[str]) -> dict[str, float]:
