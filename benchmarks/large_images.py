@@ -40,7 +40,7 @@ HAND_WRITTEN = "<!-- hand-written reading below: kept by re-runs -->"
 CHILD = r'''
 import json, sys, time, functools
 import numpy as np
-from deploy_unet.scale.stream import peak_rss
+from deploy_unet.scale.chunks import peak_rss
 kind, onnx, source, out, window, overlap, chunk, sw_batch = sys.argv[1:9]
 window, overlap, chunk, sw_batch = int(window), float(overlap), int(chunk), int(sw_batch)
 result = {"kind": kind}

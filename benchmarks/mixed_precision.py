@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "models"))
 from benchmarks.precision_cpu import latencies_ms  # noqa: E402  # the same interleaved timing as the other CPU tables
 from deploy_unet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from deploy_unet.data import load_samples  # noqa: E402
+from deploy_unet.describe import read_model_info  # noqa: E402
 from deploy_unet.export import export_onnx  # noqa: E402
 from deploy_unet.machine import machine_info  # noqa: E402
-from deploy_unet.metadata import read_model_info  # noqa: E402
 from deploy_unet.nets.loading import build_net  # noqa: E402
 from deploy_unet.precision import gate, quantize  # noqa: E402
 

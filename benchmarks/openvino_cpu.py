@@ -43,10 +43,10 @@ sys.path.insert(0, str(HERE.parent))
 from deploy_unet import shipped  # noqa: E402
 from deploy_unet.bench import bench_rounds, round_ratios  # noqa: E402
 from deploy_unet.data import load_samples  # noqa: E402
+from deploy_unet.describe import read_model_info  # noqa: E402
 from deploy_unet.export import export_onnx  # noqa: E402
 from deploy_unet.fileio import write_text_atomic  # noqa: E402
 from deploy_unet.machine import cpu_info, machine_info  # noqa: E402
-from deploy_unet.metadata import read_model_info  # noqa: E402
 from deploy_unet.nets.loading import load_net  # noqa: E402
 from deploy_unet.precision import quantize  # noqa: E402
 from deploy_unet.runtime import open_runner  # noqa: E402

@@ -33,9 +33,9 @@ from onnx import numpy_helper
 from deploy_unet import shipped
 from deploy_unet.checkpoint import load_checkpoint
 from deploy_unet.data import load_samples
+from deploy_unet.describe import read_model_info
 from deploy_unet.export import export_onnx
 from deploy_unet.machine import cpu_info, machine_info
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets.loading import build_net
 from deploy_unet.precision import gate, quantize
 

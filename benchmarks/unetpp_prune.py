@@ -29,9 +29,9 @@ import torch
 from benchmarks.precision_cpu import latencies_ms, placement
 from deploy_unet import metrics, shipped
 from deploy_unet.data import load_samples
+from deploy_unet.describe import read_model_info
 from deploy_unet.export import export_onnx
 from deploy_unet.inspection import inspect_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets.loading import load_net
 from deploy_unet.precision import quantize
 from deploy_unet.precision.gate import predict

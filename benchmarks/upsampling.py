@@ -33,8 +33,8 @@ from benchmarks.precision_cpu import latencies_ms  # the same interleaved timing
 from deploy_unet import metrics
 from deploy_unet.checkpoint import load_checkpoint, load_weights
 from deploy_unet.data import load_samples
+from deploy_unet.describe import read_model_info
 from deploy_unet.export import export_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets import create_net
 from deploy_unet.precision import quantize
 

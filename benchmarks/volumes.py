@@ -309,7 +309,7 @@ def child(args) -> None:
         stages, mask = monai_path(net, Path(args.scan), out, args.window, args.overlap, args.sw_batch, args.intensity)
         stages["open"] = built
     elif args.child == "torch windows":
-        from deploy_unet.metadata import read_model_info
+        from deploy_unet.describe import read_model_info
 
         runner = ModuleRunner(net, divisor, 1)
         runner.info = read_model_info(args.artifact)

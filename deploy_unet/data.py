@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DataError
-from deploy_unet.io.images import IMAGE_SUFFIXES, _check_dtype, check_finite  # noqa: F401 (moved to io, re-exported)
+from deploy_unet.io.images import IMAGE_SUFFIXES, _check_dtype, check_finite, load_sample_arrays  # noqa: F401 (moved to io, re-exported)
 from deploy_unet.io.images import decode_sample as _decode
 from deploy_unet.io.images import read_samples_array as _read_array
 from deploy_unet.shapes import Padding, is_valid, nearest_valid, nearest_valid_shape, pad_to_multiple
@@ -598,20 +598,7 @@ def _load_volumes(src: Source, info, n: int | None, size: tuple[int, ...] | None
 
 def _read_volume_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """A .npy (volumes) or .npz (``images`` and optional ``masks``) of NCDHW or NDHW volumes."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable NumPy file ({type(exc).__name__}: {exc})") from None
-    masks = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            if "images" not in loaded:
-                raise ArtifactError(f"{path} holds {list(loaded.keys())}; name the volumes 'images' (and masks 'masks')")
-            images = loaded["images"]
-            masks = loaded["masks"] if "masks" in loaded else None
-    else:
-        images = loaded
-    _check_dtype(images, path, "images")
+    images, masks = load_sample_arrays(path, "volumes", single_array=False)
     if images.ndim == 4:
         images = images[:, None]
     if images.ndim != 5:

@@ -1,8 +1,9 @@
 """An ONNX file deploy-unet did not export: what its graph says, what running it shows, what the user states.
 
-Every command reads a model's ``ModelInfo`` through ``metadata.read_model_info``; a file without deploy-unet
-metadata (exported by plain ``torch.onnx.export``, tf2onnx, MMDeploy, PaddleSeg, ...) is described here
-instead, in one place:
+Every command reads a model's ``ModelInfo`` through ``read_model_info`` (here): the deploy-unet metadata the
+file carries (``metadata.py``, the layer below, which never imports this module), or, for a file without it
+(exported by plain ``torch.onnx.export``, tf2onnx, MMDeploy, PaddleSeg, ...), its description, made here in
+one place:
 
 - **read from the graph**: input and output names, layout (NCHW, or NHWC as tf2onnx writes it), channels,
   classes when static, which axes are dynamic, the export shape when static;
@@ -37,7 +38,7 @@ import onnx
 
 from deploy_unet.errors import ArtifactError, ConfigError, ShapeContractError, first_line
 from deploy_unet.fileio import atomic_path
-from deploy_unet.metadata import ModelInfo, read_props, write_props
+from deploy_unet.metadata import ModelInfo, has_deploy_unet_metadata, load_onnx, read_props, write_props
 
 # metadata keys of a described file (in ModelInfo.extra; every value a string)
 DESCRIBED_BY_KEY = "described_by"  # "deploy-unet describe" / "deploy-unet (options)"
@@ -120,9 +121,24 @@ class Description:
     assumed: list[str] = field(default_factory=list)  # what nobody stated
 
 
+def _dim(d, unknown: str | None = "?") -> int | str | None:
+    """One dim of a value's shape: its size, else its symbol, else ``unknown``."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or unknown)
+
+
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return [_dim(d) for d in value.type.tensor_type.shape.dim]
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that writes or reads tensor ``old`` writes or reads ``new`` instead."""
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
 
 
 def graph_facts(model: onnx.ModelProto, source: str = "model") -> GraphFacts:
@@ -352,8 +368,22 @@ def describe_model(model: onnx.ModelProto, source: str = "model", stated: Given 
     return Description(info, facts, found, assumed)
 
 
+def read_model_info(model_or_path: onnx.ModelProto | str | os.PathLike, source: str | None = None) -> ModelInfo:
+    """The model's ModelInfo: its deploy-unet metadata, or (a file exported elsewhere) what ``info_for`` reads
+    from its graph, finds by running it and is told by the user's options."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        model, path = model_or_path, None
+    else:
+        model, path = load_onnx(model_or_path, load_weights=False), os.fspath(model_or_path)
+    source = source or path or "model"
+    props = read_props(model)
+    if not has_deploy_unet_metadata(props):
+        return info_for(model, source, path=path)
+    return ModelInfo.from_props(props, source=source)
+
+
 def info_for(model: onnx.ModelProto, source: str = "model", path: str | None = None) -> ModelInfo:
-    """``metadata.read_model_info`` for a file without deploy-unet metadata: described once per file and
+    """``read_model_info`` for a file without deploy-unet metadata: described once per file and
     statement (cached), one ``note:`` line to the caller's note sink (the CLI prints it)."""
     stated = current_given()
     key = (source, hashlib.sha1(model.graph.SerializeToString()).hexdigest(), stated)
@@ -392,8 +422,6 @@ class DescribeResult:
 def describe_file(model_path: str | os.PathLike, output: str | os.PathLike, stated: Given,
                   arch: str | None = None) -> DescribeResult:
     """Write ``output``: the model with its full deploy-unet metadata (and NCHW input, from NHWC)."""
-    from deploy_unet.metadata import load_onnx
-
     source = os.fspath(model_path)
     if Path(output).resolve() == Path(source).resolve():
         raise ConfigError(f"output {output} would overwrite {source}; pass another -o")
@@ -448,13 +476,10 @@ def to_nchw(model: onnx.ModelProto, facts: GraphFacts) -> onnx.ModelProto:
     graph = model.graph
     old = facts.input_name
     inner = old + "__nhwc"
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = inner
+    _rename_tensor(graph, old, inner)  # a graph input: its readers (no node writes it)
     inp = next(v for v in graph.input if v.name == old)
     n, h, w, c = (inp.type.tensor_type.shape.dim[i] for i in range(4))
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in (n, c, h, w)]
+    dims = [_dim(d, None) for d in (n, c, h, w)]
     new_input = onnx.helper.make_tensor_value_info(old, onnx.TensorProto.FLOAT, dims)
     index = list(graph.input).index(inp)
     graph.input.remove(inp)
@@ -470,16 +495,9 @@ def to_nchw(model: onnx.ModelProto, facts: GraphFacts) -> onnx.ModelProto:
             continue
         name = out.name
         inner_out = name + "__nhwc"
-        for node in graph.node:
-            for i, o in enumerate(node.output):
-                if o == name:
-                    node.output[i] = inner_out
-            for i, x in enumerate(node.input):
-                if x == name:
-                    node.input[i] = inner_out
+        _rename_tensor(graph, name, inner_out)
         d = out.type.tensor_type.shape.dim
-        nd = [x.dim_value if x.HasField("dim_value") and x.dim_value > 0 else (x.dim_param or None)
-              for x in (d[0], d[3], d[1], d[2])]
+        nd = [_dim(x, None) for x in (d[0], d[3], d[1], d[2])]
         elem = out.type.tensor_type.elem_type
         graph.node.append(onnx.helper.make_node("Transpose", [inner_out], [name], perm=[0, 3, 1, 2],
                                                 name=f"deploy_unet_nhwc_to_nchw_{name}"))

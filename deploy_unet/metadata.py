@@ -1,7 +1,8 @@
 """The self-description every deploy-unet ONNX file carries in ``metadata_props``.
 
 Downstream commands (quantize, build-engine, the runners, validate) read this instead of asking the
-user again. Values are strings in ONNX; lists and dicts are stored as JSON.
+user again, through ``describe.read_model_info`` (which describes a file that has none). Values are strings in
+ONNX; lists and dicts are stored as JSON.
 """
 
 from __future__ import annotations
@@ -179,22 +180,6 @@ def load_onnx(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelP
         return onnx.load(os.fspath(path), load_external_data=load_weights)
     except Exception as exc:
         raise ArtifactError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-
-
-def read_model_info(model_or_path: onnx.ModelProto | str | os.PathLike, source: str | None = None) -> ModelInfo:
-    """The model's ModelInfo: its deploy-unet metadata, or (a file exported elsewhere) what
-    ``describe.info_for`` reads from its graph, finds by running it and is told by the user's options."""
-    if isinstance(model_or_path, onnx.ModelProto):
-        model, path = model_or_path, None
-    else:
-        model, path = load_onnx(model_or_path, load_weights=False), os.fspath(model_or_path)
-    source = source or path or "model"
-    props = read_props(model)
-    if not has_deploy_unet_metadata(props):
-        from deploy_unet.describe import info_for
-
-        return info_for(model, source, path=path)
-    return ModelInfo.from_props(props, source=source)
 
 
 def has_deploy_unet_metadata(props: dict[str, str]) -> bool:

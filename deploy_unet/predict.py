@@ -19,9 +19,6 @@ image that cannot be read is named in one warning and skipped; the report lists 
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,10 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError, InputsSkippedError
-from deploy_unet.fileio import atomic_path, json_safe, write_text_atomic
+from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError
+from deploy_unet.fileio import atomic_path
 from deploy_unet.io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, _pixels, read_image  # noqa: F401 (moved to io)
 from deploy_unet.io.images import header_size as _header_size
+from deploy_unet.prediction_report import (
+    PredictionReport,
+    class_fractions,
+    finish_report,
+    progress_bar,
+    skip_input,
+)
 from deploy_unet.processing import Preprocessing, postprocess, preprocess, probabilities
 from deploy_unet.timing import StageTimes
 
@@ -96,10 +100,10 @@ def collect_inputs(inputs: Iterable[str | os.PathLike | np.ndarray],
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
                 stack = _array_images(array, str(path))
             except (OSError, ValueError) as exc:
-                _skip(skipped, warn, str(path), f"cannot read {path} as a NumPy image array ({exc})")
+                skip_input(skipped, warn, str(path), f"cannot read {path} as a NumPy image array ({exc})")
                 return
             except ArtifactError as exc:
-                _skip(skipped, warn, str(path), str(exc))
+                skip_input(skipped, warn, str(path), str(exc))
                 return
             for i in range(stack.shape[0]):
                 images.append(ImageInput(unique(f"{path.stem}_{i:04d}"), f"{path}[{i}]", path, i,
@@ -108,7 +112,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike | np.ndarray],
         try:
             size = _header_size(path)
         except Exception as exc:  # any Pillow failure on a header: name it and go on
-            _skip(skipped, warn, str(path), f"cannot read {path} ({str(exc).splitlines()[0] or type(exc).__name__})")
+            skip_input(skipped, warn, str(path), f"cannot read {path} ({str(exc).splitlines()[0] or type(exc).__name__})")
             return
         images.append(ImageInput(unique(path.stem, path.suffix), str(path), path, size=size))
 
@@ -136,11 +140,6 @@ def collect_inputs(inputs: Iterable[str | os.PathLike | np.ndarray],
         else:
             raise ArtifactError(f"input {path} does not exist; pass image files, folders or .npy files")
     return images, skipped
-
-
-def _skip(skipped: list[dict[str, str]], warn: Callable[[str], None], source: str, reason: str) -> None:
-    skipped.append({"source": source, "error": reason})
-    warn(f"skipped {source}: {reason}")
 
 
 def _load(item: ImageInput) -> np.ndarray:
@@ -180,63 +179,6 @@ class ImagePrediction:
         data.pop("mask")
         data["size"] = [data.pop("height"), data.pop("width")]
         return data
-
-
-@dataclass
-class PredictionReport:
-    artifact: str
-    backend: str
-    precision: str
-    fit: str
-    output: str  # logits | mask (what came back from the runner)
-    num_classes: int
-    class_names: list[str]
-    images: list[ImagePrediction]
-    skipped: list[dict[str, str]]
-    seconds: float  # wall time of the whole run (runner opening included)
-    loop_seconds: float  # reading to writing, over all images
-    stages: StageTimes
-    machine: dict[str, str]
-    output_dir: str | None = None
-    created: str = ""
-
-    @property
-    def images_per_second(self) -> float:
-        return len(self.images) / self.loop_seconds if self.loop_seconds > 0 else 0.0
-
-    @property
-    def masks(self) -> list[np.ndarray]:
-        """Each image's mask (kept when ``predict`` ran without an output folder, or with ``keep_masks``)."""
-        return [p.mask for p in self.images if p.mask is not None]
-
-    def to_dict(self) -> dict[str, Any]:
-        inference = sum(s.seconds for s in self.stages.finished if s.name == "inference")
-        return {
-            "artifact": self.artifact, "backend": self.backend, "precision": self.precision, "fit": self.fit,
-            "output": self.output, "num_classes": self.num_classes, "class_names": self.class_names,
-            "images": [p.to_dict() for p in self.images], "skipped": self.skipped,
-            "count": len(self.images), "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 3),
-            "inference_images_per_second": round(len(self.images) / inference, 3) if inference > 0 else None,
-            "stage_seconds": self.stages.to_list(), "machine": self.machine, "output_dir": self.output_dir,
-            "created": self.created,
-        }
-
-    def raise_for_skipped(self) -> None:
-        """InputsSkippedError (exit 1) naming the skipped inputs; nothing when every image was predicted."""
-        if self.skipped:
-            names = ", ".join(s["source"] for s in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
-            where = f"; the other {len(self.images)} were written to {self.output_dir}" if self.output_dir else ""
-            raise InputsSkippedError(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} inputs could "
-                                     f"not be read and were skipped ({names}){where}")
-
-
-def class_fractions(mask: np.ndarray, num_classes: int, class_names: Sequence[str]) -> dict[str, float]:
-    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=num_classes)
-    total = max(int(counts.sum()), 1)
-    from deploy_unet.visualize import class_label
-
-    return {class_label(i, class_names): round(float(c) / total, 6) for i, c in enumerate(counts)}
 
 
 # --- the stage ------------------------------------------------------------------------------------------
@@ -293,9 +235,8 @@ def predict(
     (``stream_options``' window, overlap, blend, sw_batch, mirror_axes; ``intensity``/``resample``/``spacing``
     override the metadata): ``deploy_unet.predict_volume``.
     """
-    from deploy_unet.machine import machine_info
     from deploy_unet.runtime import open_runner, runner_info
-    from deploy_unet.runtime.base import check_output_kind, runner_precision
+    from deploy_unet.runtime.base import check_output_kind
 
     started = time.perf_counter()
     warn = warn or (lambda _m: None)
@@ -359,7 +300,7 @@ def predict(
         if results:
             times.add("stream large images", time.perf_counter() - streamed_start)
         whole = [item for item in images if item.name not in results]
-        with _progress(progress, f"predict {Path(artifact).name}", len(whole)) as tick:
+        with progress_bar(progress, f"predict {Path(artifact).name}", len(whole)) as tick:
             for chunk in _batches_by_size(whole, batch):
                 t0 = time.perf_counter()
                 arrays, ok = [], []
@@ -368,7 +309,7 @@ def predict(
                         arrays.append(_load(item))
                         ok.append(item)
                     except (ArtifactError, OSError, ValueError) as exc:
-                        _skip(skipped, warn, item.source, str(exc))
+                        skip_input(skipped, warn, item.source, str(exc))
                         tick(1)
                 t1 = time.perf_counter()
                 spent["read images"] += t1 - t0
@@ -378,7 +319,7 @@ def predict(
                     prepared = preprocess(arrays, spec)
                 except DeployUnetError as exc:  # e.g. 5 channels, an int64 image: this input, not the run
                     for item in ok:
-                        _skip(skipped, warn, item.source, str(exc))
+                        skip_input(skipped, warn, item.source, str(exc))
                         tick(1)
                     continue
                 t2 = time.perf_counter()
@@ -407,23 +348,16 @@ def predict(
                 spent["postprocess"] += t4 - t3
                 spent["write outputs"] += t5 - t4
         loop_seconds = time.perf_counter() - loop_start
-        for name, seconds in spent.items():
-            times.add(name, seconds)
-        with times.stage("machine info"):
-            machine = machine_info(threads)
-        report = PredictionReport(
-            artifact=os.fspath(artifact), backend=_backend_label(runner), precision=runner_precision(runner),
-            fit=spec.fit, output=output, num_classes=num_classes, class_names=class_names,
-            images=[results[i.name] for i in images if i.name in results], skipped=skipped,
-            seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
-            output_dir=os.fspath(out_dir) if out_dir is not None else None,
-            created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        report = finish_report(
+            PredictionReport, runner, artifact, times=times, spent=spent, loop_seconds=loop_seconds,
+            threads=threads, out_dir=out_dir, fit=spec.fit, output=output, num_classes=num_classes,
+            class_names=class_names, images=[results[i.name] for i in images if i.name in results], skipped=skipped,
         )
     finally:
         runner.deactivate()
     report.seconds = time.perf_counter() - started
     if out_dir is not None:
-        write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
+        report.write(out_dir)
     return report
 
 
@@ -437,12 +371,6 @@ def _volume_run(inputs) -> bool:
         raise ConfigError("inputs mix volumes and 2D images; predict them in separate runs (they need a 3D and a "
                           "2D net)")
     return kinds == {True}
-
-
-def _backend_label(runner) -> str:
-    from deploy_unet.runtime.base import backend_label
-
-    return backend_label(runner)
 
 
 def _batches_by_size(images: Sequence[ImageInput], batch: int) -> Iterator[list[ImageInput]]:
@@ -469,21 +397,6 @@ def _write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray
             np.save(f, probs.astype(np.float16))
         files["probs"] = os.fspath(path)
     return files
-
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int):
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
 
 
 # --- large images: streamed chunk by chunk (scale.stream) ---------------------------------------------------
@@ -540,7 +453,7 @@ def _predict_streamed(images, runner, spec, info, artifact, out_dir, stream, str
         try:
             source = open_image(item.path) if by_region else LazyImage(_load(item), "array")
         except (ArtifactError, OSError, ValueError) as exc:
-            _skip(skipped, warn, item.source, str(exc))
+            skip_input(skipped, warn, item.source, str(exc))
             continue
         shape = tuple(int(s) for s in source.shape[:2])
         why = should_stream(runner, shape, opts, stream) or f"{item.source} is read by region"

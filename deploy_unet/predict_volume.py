@@ -30,6 +30,13 @@ from typing import Any
 import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, DeployUnetError
+from deploy_unet.prediction_report import (
+    PredictionReport,
+    class_fractions,
+    finish_report,
+    progress_bar,
+    skip_input,
+)
 from deploy_unet.volume_processing import (
     Intensity,
     logits_to_mask,
@@ -181,20 +188,17 @@ class VolumePrediction:
         return data
 
 
-def _make_report_class():
-    from deploy_unet.predict import PredictionReport
+@dataclass
+class VolumeReport(PredictionReport):
+    """``predict``'s report for volumes: the entries are ``VolumePrediction``s, written as ``volumes``."""
 
-    @dataclass
-    class VolumeReport(PredictionReport):
-        sliding_window: dict[str, Any] = field(default_factory=dict)
+    sliding_window: dict[str, Any] = field(default_factory=dict)
 
-        def to_dict(self) -> dict[str, Any]:
-            data = super().to_dict()
-            data["sliding_window"] = self.sliding_window
-            data["volumes"] = data.pop("images")
-            return data
-
-    return VolumeReport
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["sliding_window"] = self.sliding_window
+        data["volumes"] = data.pop("images")
+        return data
 
 
 # --- the stage ------------------------------------------------------------------------------------------
@@ -221,14 +225,9 @@ def predict_volumes(
     started: float | None = None,
 ):
     """Predict every volume of ``inputs`` with the active ``runner`` (see the module doc); returns the report
-    (``predict.PredictionReport`` with ``volumes`` and ``sliding_window``). Called by ``predict.predict`` when
-    the inputs are volumes or the net is 3D."""
-    import datetime as _dt
-
+    (a ``VolumeReport``: ``prediction_report.PredictionReport`` with ``volumes`` and ``sliding_window``). Called
+    by ``predict.predict`` when the inputs are volumes or the net is 3D."""
     from deploy_unet.io import base as io
-    from deploy_unet.machine import machine_info
-    from deploy_unet.predict import _backend_label, _progress, _skip, class_fractions
-    from deploy_unet.runtime.base import runner_precision
 
     warn = warn or (lambda _m: None)
     if runner.contract.spatial_dims != 3:
@@ -264,7 +263,7 @@ def predict_volumes(
     results: list[VolumePrediction] = []
     used: set[str] = set()
     loop_start = time.perf_counter()
-    with _progress(progress, f"predict {Path(artifact).name}", len(paths)) as tick:
+    with progress_bar(progress, f"predict {Path(artifact).name}", len(paths)) as tick:
         for path in paths:
             t0 = time.perf_counter()
             try:
@@ -278,7 +277,7 @@ def predict_volumes(
                 if np.issubdtype(volume.dtype, np.floating) and not np.isfinite(volume).all():
                     raise ArtifactError(f"{path} holds NaN or Inf values; replace them (np.nan_to_num)")
             except DeployUnetError as exc:
-                _skip(skipped, warn, str(path), str(exc))
+                skip_input(skipped, warn, str(path), str(exc))
                 tick(1)
                 continue
             t1 = time.perf_counter()
@@ -320,28 +319,17 @@ def predict_volumes(
             spent["write"] += time.perf_counter() - t4
             tick(1)
     loop_seconds = time.perf_counter() - loop_start
-    for stage, seconds in spent.items():
-        times.add(stage, seconds)
-    with times.stage("machine info"):
-        machine = machine_info(threads)
-    report_class = _make_report_class()
-    report = report_class(
-        artifact=os.fspath(artifact), backend=_backend_label(runner), precision=runner_precision(runner),
-        fit="sliding-window", output="logits", num_classes=num_classes, class_names=class_names,
-        images=results, skipped=skipped, seconds=0.0, loop_seconds=loop_seconds, stages=times, machine=machine,
-        output_dir=os.fspath(out_dir) if out_dir is not None else None,
-        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    report = finish_report(
+        VolumeReport, runner, artifact, times=times, spent=spent, loop_seconds=loop_seconds, threads=threads,
+        out_dir=out_dir, fit="sliding-window", output="logits", num_classes=num_classes, class_names=class_names,
+        images=results, skipped=skipped,
         sliding_window={"window": list(window), "overlap": sw.overlap, "blend": sw.blend, "sw_batch": sw.sw_batch,
                         "mirror_axes": list(sw.mirror_axes), "intensity": str(how), "resample": bool(resample),
                         "spacing": list(target) if target else None},
     )
     report.seconds = time.perf_counter() - (started if started is not None else loop_start)
     if out_dir is not None:
-        import json
-
-        from deploy_unet.fileio import json_safe, write_text_atomic
-
-        write_text_atomic(out_dir / "predictions.json", json.dumps(json_safe(report.to_dict()), indent=2) + "\n")
+        report.write(out_dir)
     return report
 
 

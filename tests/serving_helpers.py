@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy_unet.describe import read_model_info
 from deploy_unet.engine.manifest import EngineManifest, manifest_path_for, model_section, write_manifest
 from deploy_unet.fileio import sha256_file
-from deploy_unet.metadata import read_model_info
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 40

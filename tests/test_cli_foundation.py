@@ -8,7 +8,7 @@ import onnxruntime as ort
 from click.testing import CliRunner
 
 from deploy_unet.cli import cli
-from deploy_unet.metadata import read_model_info
+from deploy_unet.describe import read_model_info
 from tests.conftest import smooth_images
 
 

@@ -321,7 +321,7 @@ def test_preprocessing_is_bitwise_python_processing(codec_tools, tmp_path):
 def test_cpp_mask_equals_python_predict_mask(codec_tools, tmp_path):
     """The same image through C++ (decode, preprocess) -> ONNX Runtime -> C++ (crop, argmax, indexed PNG) and
     through `deploy-unet predict`: the same mask file contents, the same palette."""
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.predict import predict
 
     model = make_onnx(tmp_path / "m.onnx", num_classes=5, divisor=16)

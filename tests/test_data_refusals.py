@@ -8,8 +8,8 @@ from PIL import Image
 
 from deploy_unet import data
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import DataError
-from deploy_unet.metadata import read_model_info
 
 
 def invoke(*args):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from deploy_unet.checkpoint import save_checkpoint
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ArtifactError, ConfigError, ShapeContractError
 from deploy_unet.export import export_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets.loading import load_net
 from deploy_unet.runtime import run_onnx
 from tests.conftest import smooth_images, thin_net

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from deploy_unet.cli import cli
-from deploy_unet.metadata import read_model_info
+from deploy_unet.describe import read_model_info
 from tests import any_nets
 from tests.test_foreign_onnx import through_everything
 

@@ -331,7 +331,7 @@ def test_export_cli_with_model_args_records_them(tmp_path, nets):
     result = invoke("export", "--model", "trap_nets:build", "--model-arg", "width=6", "--model-arg", "classes=3",
                     "--model-arg", "norm=group", "--divisor", 1, "--height", 12, "--width", 12, "-o", out)
     assert result.exit_code == 0, result.output
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
 
     info = read_model_info(out)
     assert info.net_config == {"width": 6, "classes": 3, "norm": "group"} and info.num_classes == 3

@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 
 from deploy_unet.cli import cli
-from deploy_unet.metadata import read_model_info, read_props
+from deploy_unet.describe import read_model_info
+from deploy_unet.metadata import read_props
 
 QUICK = ["--calib", "synthetic:seed=1,size=64x64", "--calib-samples", "8", "--eval", "synthetic:seed=2,size=64x64",
          "--eval-samples", "2", "--max-dice-drop", "1"]

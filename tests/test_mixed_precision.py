@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ConfigError
-from deploy_unet.metadata import ModelInfo, read_model_info, write_props
+from deploy_unet.metadata import ModelInfo, write_props
 from deploy_unet.precision import gate, quantize
 from deploy_unet.precision.layerwise import GraphView, compare_layers, match_tensors
 

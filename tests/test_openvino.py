@@ -292,8 +292,8 @@ def test_fastest_cpu_path_ranks_by_round_ratios_and_only_paths_that_passed():
 def test_ir_round_trip_with_manifest(unet_files, images, tmp_path):
     import json
 
+    from deploy_unet.describe import read_model_info
     from deploy_unet.fileio import sha256_file
-    from deploy_unet.metadata import read_model_info
     from deploy_unet.openvino.convert import convert_openvino
 
     src = unet_files["int8-tensorrt"]
@@ -415,7 +415,7 @@ def test_serve_runs_the_openvino_runner(thin_unet_onnx):
 
 def test_quantize_gate_and_auto_fallback_on_openvino(unet_files, tmp_path):
     from deploy_unet.data import load_samples
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.precision import gate, quantize
 
     info = read_model_info(unet_files["fp32"])

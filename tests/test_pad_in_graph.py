@@ -8,11 +8,11 @@ import torch
 from onnx import TensorProto, helper
 
 from deploy_unet.checkpoint import save_checkpoint
+from deploy_unet.describe import read_model_info
 from deploy_unet.engine.build import plan_build
 from deploy_unet.errors import ShapeContractError
 from deploy_unet.export import export_onnx
 from deploy_unet.inspection import inspect_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.precision import quantize
 from deploy_unet.runtime import open_runner, run_onnx
 from deploy_unet.shapes import min_size_pad_in_graph, pad_to_multiple

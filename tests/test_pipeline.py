@@ -10,7 +10,7 @@ from PIL import Image
 
 from deploy_unet.checkpoint import save_checkpoint
 from deploy_unet.cli import cli
-from deploy_unet.metadata import read_model_info
+from deploy_unet.describe import read_model_info
 from tests.conftest import thin_net
 
 

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError
-from deploy_unet.metadata import ModelInfo, read_model_info, write_props
+from deploy_unet.metadata import ModelInfo, write_props
 from deploy_unet.precision import calibration, check_gate, gate, quantize
 from deploy_unet.precision.int8 import check_opset
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from deploy_unet.cli import cli
 from deploy_unet.data import SyntheticSpec, synthetic_sample
-from deploy_unet.metadata import read_model_info
+from deploy_unet.describe import read_model_info
 from deploy_unet.shipped import checkpoint
 
 SHIPPED_UNET = checkpoint("unet")

@@ -285,7 +285,7 @@ def test_export_stores_intensity_and_spacing(tmp_path):
     from click.testing import CliRunner
 
     from deploy_unet.cli import cli
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.volume_processing import volume_settings
 
     out = tmp_path / "u.onnx"

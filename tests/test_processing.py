@@ -134,7 +134,7 @@ def test_from_model_info_then_ort_equals_the_runners_pad_path(thin_unet_onnx):
     import onnxruntime as ort
 
     from deploy_unet.data import normalize
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.runtime import run_onnx
 
     _, path = thin_unet_onnx

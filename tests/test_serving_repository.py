@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from serving_helpers import fake_engine, require_serve_extra
 
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ArtifactError, ConfigError
 from deploy_unet.fileio import sha256_file
-from deploy_unet.metadata import load_onnx, read_model_info, write_props
+from deploy_unet.metadata import load_onnx, write_props
 from deploy_unet.serving.pbtxt import check_model_config
 from deploy_unet.serving.repository import RepositoryOptions, write_repository
 

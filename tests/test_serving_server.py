@@ -242,7 +242,7 @@ def image_server(onnx_path):
 
 
 def test_image_in_mask_out_equals_predict_processing(image_server, onnx_path):
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.processing import Preprocessing, postprocess, preprocess
 
     spec = Preprocessing.from_model_info(read_model_info(onnx_path))

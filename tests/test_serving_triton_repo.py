@@ -25,7 +25,7 @@ from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from deploy_unet.metadata import read_model_info  # noqa: E402
+from deploy_unet.describe import read_model_info  # noqa: E402
 from deploy_unet.processing import Preprocessing, postprocess, preprocess  # noqa: E402
 from deploy_unet.runtime import open_runner  # noqa: E402
 from deploy_unet.serving.repository import RepositoryOptions, write_repository  # noqa: E402

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from deploy_unet.checkpoint import save_checkpoint
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ConfigError
 from deploy_unet.export import export_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets import create_net
 from deploy_unet.nets.unetpp import node_name
 from tests.conftest import _randomize_norm_stats, smooth_images

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from deploy_unet.checkpoint import save_checkpoint
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.engine.build import plan_build
 from deploy_unet.errors import ConfigError, ShapeContractError
 from deploy_unet.export import export_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets import create_net
 from deploy_unet.runtime import open_runner, run_onnx
 from deploy_unet.runtime.tiling import mirror_pad, resolve_tile_size, tile_axis, tile_infer

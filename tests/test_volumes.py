@@ -16,9 +16,10 @@ from deploy_unet.data import (
     synthetic_volume,
     synthetic_volume_batch,
 )
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ConfigError, ShapeContractError
 from deploy_unet.export import check_shapes, export_onnx, trace_shape
-from deploy_unet.metadata import ModelInfo, read_model_info
+from deploy_unet.metadata import ModelInfo
 from deploy_unet.nets import create_net
 from deploy_unet.runtime.onnxruntime_runner import OnnxRuntimeRunner
 

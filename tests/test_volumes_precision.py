@@ -9,9 +9,9 @@ from onnx import numpy_helper
 
 from deploy_unet.bench import bench, parse_sizes
 from deploy_unet.data import load_samples
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ConfigError, ShapeContractError
 from deploy_unet.export import export_onnx
-from deploy_unet.metadata import read_model_info
 from deploy_unet.nets import create_net
 from deploy_unet.precision import quantize
 from deploy_unet.runtime import open_runner

@@ -17,8 +17,8 @@ import torch
 from click.testing import CliRunner
 
 from deploy_unet.cli import cli
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ConfigError
-from deploy_unet.metadata import read_model_info
 from tests.zoo_nets import EXPORT_SIZE, NUM_CLASSES, ZOO, by_name
 
 pytestmark = pytest.mark.zoo

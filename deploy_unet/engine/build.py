@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from deploy_unet.describe import read_model_info
 from deploy_unet.engine.device import (
     TENSORRT_RTX,
     EngineLibrary,
@@ -47,7 +48,7 @@ from deploy_unet.engine.manifest import (
 )
 from deploy_unet.errors import ArtifactError, ConfigError, ShapeContractError
 from deploy_unet.fileio import sha256_file, write_bytes_atomic
-from deploy_unet.metadata import ModelInfo, load_onnx, read_model_info, read_props
+from deploy_unet.metadata import ModelInfo, load_onnx, read_props
 from deploy_unet.shapes import check_dim, check_size_pad_in_graph, min_size_pad_in_graph
 
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}

@@ -3,8 +3,9 @@ sources read them (moved here from ``predict.py`` and ``data.py`` unchanged; bot
 
 ``read_image`` (predict's reader: pixels as stored, no EXIF rotation), ``header_size`` (H, W without decoding),
 ``decode_sample`` (a training/calibration folder's image, one ``DataError`` line when it cannot be decoded),
-``read_samples_array`` (an ``.npy``/``.npz`` of samples, NCHW float32 in [0, 1]), ``check_finite``. The
-``PillowReader`` and ``NumpyReader`` put them behind the suffix registry of ``io.base``.
+``read_samples_array`` (an ``.npy``/``.npz`` of samples, NCHW float32 in [0, 1]; ``load_sample_arrays``, its
+loading, serves ``data``'s volumes too), ``check_finite``. The ``PillowReader`` and ``NumpyReader`` put them
+behind the suffix registry of ``io.base``.
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def _check_dtype(array: np.ndarray, path: Path, what: str) -> None:
         raise DataError(f"{path}: {what} have dtype {array.dtype}; expected {expected}")
 
 
-
-def read_samples_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_sample_arrays(path: Path, what: str = "image array",
+                       single_array: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, masks or None) of a .npy (the images) or .npz (``images`` and optional ``masks``; with
+    ``single_array``, a lone array of any name as the images), the images' dtype checked; ``what`` names the
+    images in the error. The 2D samples (``read_samples_array``) and the volumes of ``data`` both read so."""
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -127,13 +131,18 @@ def read_samples_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarra
             if "images" in loaded:
                 images = loaded["images"]
                 masks = loaded["masks"] if "masks" in loaded else None
-            elif len(keys) == 1:
+            elif single_array and len(keys) == 1:
                 images = loaded[keys[0]]
             else:
-                raise ArtifactError(f"{path} holds {keys}; name the image array 'images' (and masks 'masks')")
+                raise ArtifactError(f"{path} holds {keys}; name the {what} 'images' (and masks 'masks')")
     else:
         images = loaded
     _check_dtype(images, path, "images")
+    return images, masks
+
+
+def read_samples_array(path: Path, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    images, masks = load_sample_arrays(path)
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:

@@ -38,32 +38,42 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top:top + height, left:left + width]
 
 
-class Up(nn.Module):
-    """Upsample x2 to half the channels, concatenate the skip, then a conv block.
+def up_layer(c_in: int, c_out: int, up_mode: str, norm: str, padding: int = 1) -> nn.Module:
+    """The learned part of a x2 upsampling from ``c_in`` to ``c_out`` channels: the paper's 2x2 stride-2
+    up-convolution (``transpose``), or the 3x3 conv applied after interpolating (``bilinear``/``nearest``, the
+    usual cure for transposed-conv checkerboard artifacts). UNet's ``Up`` and UNet++'s ``Upsample2x`` hold it
+    as ``self.up``."""
+    if up_mode == "transpose":
+        return nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
+    return nn.Sequential(*conv3x3(c_in, c_out, norm, padding))
 
-    ``transpose`` is the paper's 2x2 stride-2 up-convolution; ``bilinear``/``nearest`` interpolate and
-    then apply a 3x3 conv, the usual cure for transposed-conv checkerboard artifacts.
-    """
+
+def upsample2x(layer: nn.Module, x: torch.Tensor, up_mode: str, valid: bool = False) -> torch.Tensor:
+    """``x`` upsampled x2 through ``layer`` (an ``up_layer``): interpolated first unless ``transpose``. ``valid``
+    (unpadded nets): bilinear's two edge pixels dropped, as its clamped sampling differs between a tile and
+    the whole image."""
+    if up_mode != "transpose":
+        # align_corners=False: the one coordinate mode every backend (ORT, TensorRT) agrees on.
+        kwargs = {"align_corners": False} if up_mode == "bilinear" else {}
+        x = F.interpolate(x, scale_factor=2.0, mode=up_mode, **kwargs)
+        if valid and up_mode == "bilinear":
+            x = x[..., 1:-1, 1:-1]
+    return layer(x)
+
+
+class Up(nn.Module):
+    """Upsample x2 to half the channels (``up_layer``), concatenate the skip, then a conv block."""
 
     def __init__(self, c_in: int, c_out: int, up_mode: str, norm: str, padding: str = "same"):
         super().__init__()
         self.up_mode = up_mode
         self.valid = padding == "valid"
         conv_padding = 0 if self.valid else 1
-        if up_mode == "transpose":
-            self.up = nn.ConvTranspose2d(c_in, c_in // 2, kernel_size=2, stride=2)
-        else:
-            self.up = nn.Sequential(*conv3x3(c_in, c_in // 2, norm, conv_padding))
+        self.up = up_layer(c_in, c_in // 2, up_mode, norm, conv_padding)
         self.block = ConvBlock(c_in // 2 + c_out, c_out, norm, padding=conv_padding)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        if self.up_mode != "transpose":
-            # align_corners=False: the one coordinate mode every backend (ORT, TensorRT) agrees on.
-            kwargs = {"align_corners": False} if self.up_mode == "bilinear" else {}
-            x = F.interpolate(x, scale_factor=2.0, mode=self.up_mode, **kwargs)
-            if self.valid and self.up_mode == "bilinear":
-                x = x[..., 1:-1, 1:-1]
-        x = self.up(x)
+        x = upsample2x(self.up, x, self.up_mode, self.valid)
         if self.valid:
             skip = center_crop(skip, x.shape[-2], x.shape[-1])
         return self.block(torch.cat([x, skip], dim=1))

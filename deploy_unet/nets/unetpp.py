@@ -32,10 +32,9 @@ from deploy_unet.nets.blocks import (
     SegmentationNet,
     check_choice,
     check_unet_options,
-    conv3x3,
 )
 from deploy_unet.nets.registry import register_net
-from deploy_unet.nets.unet import UP_MODES
+from deploy_unet.nets.unet import UP_MODES, up_layer, upsample2x
 
 HEAD_MODES = ("mean", "last")
 
@@ -51,17 +50,10 @@ class Upsample2x(nn.Module):
     def __init__(self, c_in: int, c_out: int, up_mode: str, norm: str):
         super().__init__()
         self.up_mode = up_mode
-        if up_mode == "transpose":
-            self.up = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
-        else:
-            self.up = nn.Sequential(*conv3x3(c_in, c_out, norm))
+        self.up = up_layer(c_in, c_out, up_mode, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.up_mode != "transpose":
-            # align_corners=False: the one coordinate mode every backend (ORT, TensorRT) agrees on.
-            kwargs = {"align_corners": False} if self.up_mode == "bilinear" else {}
-            x = F.interpolate(x, scale_factor=2.0, mode=self.up_mode, **kwargs)
-        return self.up(x)
+        return upsample2x(self.up, x, self.up_mode)
 
 
 class NestedNode(nn.Module):

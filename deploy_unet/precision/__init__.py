@@ -18,9 +18,10 @@ from pathlib import Path
 
 import onnx
 
+from deploy_unet.describe import read_model_info
 from deploy_unet.errors import ArtifactError, ConfigError, GateFailedError, stage_errors
 from deploy_unet.fileio import atomic_path, onnx_keeper
-from deploy_unet.metadata import load_onnx, read_model_info, read_props, write_props
+from deploy_unet.metadata import load_onnx, read_props, write_props
 from deploy_unet.timing import StageTimes
 
 PRECISIONS = ("fp16", "int8")

@@ -567,7 +567,7 @@ def per_layer_artifacts(
     """``compare_layers`` on ``samples`` images of ``data`` (prepared for the reference's metadata), fed one
     at a time; writes the JSON of every layer and the PNG of error along depth when paths are given."""
     from deploy_unet.data import load_samples
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
 
     if samples < 1:
         raise ArtifactError(f"--samples {samples} must be >= 1 for the per-layer comparison")

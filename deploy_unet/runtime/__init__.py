@@ -100,7 +100,7 @@ def _open_runner(artifact: str | os.PathLike, backend: str | None, pad: bool, **
         if options.get("torch_precision"):
             torch_options["precision"] = options["torch_precision"]
         if suffix == ".onnx":
-            from deploy_unet.metadata import read_model_info
+            from deploy_unet.describe import read_model_info
 
             checkpoint = options.get("checkpoint")
             if checkpoint is None:

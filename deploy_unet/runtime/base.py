@@ -65,6 +65,21 @@ def backend_label(runner) -> str:
     return f"{runner.backend} {mode}" if mode and mode != "fp32" else runner.backend
 
 
+def contract_options(info, divisor: int | None = None) -> dict:
+    """The shape arguments of ``Runner.__init__`` that a file's ``ModelInfo`` gives (``info`` None, a file without
+    metadata: divisor 1, no contract); a ``divisor`` given overrides the metadata's. The ONNX Runtime and OpenVINO
+    runners open files that may have none."""
+    if divisor is None:
+        divisor = info.divisor if info else 1
+    return {
+        "divisor": divisor,
+        "in_channels": info.in_channels if info else None,
+        "contract_reason": info.contract_reason if info else "",
+        "contract": info.shape_contract if info else None,
+        "pad_in_graph": bool(info and info.pad_in_graph),
+    }
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

@@ -10,7 +10,14 @@ import numpy as np
 from deploy_unet.errors import ArtifactError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props
 from deploy_unet.runtime import wait_policy
-from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, argmax_mask, check_output_kind
+from deploy_unet.runtime.base import (
+    MASK_OUTPUT,
+    Runner,
+    TensorSpec,
+    argmax_mask,
+    check_output_kind,
+    contract_options,
+)
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -37,8 +44,7 @@ def _graph_spatial_dims(model) -> int | None:
 def _described(model, path, why: list[str] | None = None) -> ModelInfo | None:
     """A file exported elsewhere: what describe.py reads and finds (None where it cannot tell; an NHWC input
     is refused in one line)."""
-    from deploy_unet.describe import LayoutError
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import LayoutError, read_model_info
 
     try:
         return read_model_info(model, source=os.fspath(path))
@@ -72,17 +78,11 @@ class OnnxRuntimeRunner(Runner):
         self.undescribed: list[str] = []  # why a file without deploy-unet metadata could not be described
         self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else \
             _described(model, path, self.undescribed)
-        if divisor is None:
-            divisor = self.info.divisor if self.info else 1
         super().__init__(
-            divisor=divisor,
-            in_channels=self.info.in_channels if self.info else None,
             pad=pad,
             pad_mode=pad_mode,
-            contract_reason=self.info.contract_reason if self.info else "",
-            contract=self.info.shape_contract if self.info else None,
-            pad_in_graph=bool(self.info and self.info.pad_in_graph),
             spatial_dims=self.info.spatial_dims if self.info else _graph_spatial_dims(model),
+            **contract_options(self.info, divisor),
         )
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads

@@ -25,7 +25,14 @@ import numpy as np
 
 from deploy_unet.errors import ArtifactError, ConfigError, MissingDependencyError
 from deploy_unet.metadata import ModelInfo, load_onnx, read_props
-from deploy_unet.runtime.base import MASK_OUTPUT, Runner, TensorSpec, argmax_mask, check_output_kind
+from deploy_unet.runtime.base import (
+    MASK_OUTPUT,
+    Runner,
+    TensorSpec,
+    argmax_mask,
+    check_output_kind,
+    contract_options,
+)
 
 OV_PRECISIONS = ("auto", "f32", "bf16", "f16")
 # OpenVINO element type name -> the project's precision name
@@ -128,17 +135,7 @@ class OpenVinoRunner(Runner):
         else:
             props = read_props(load_onnx(self.path, load_weights=False))
         self.info = ModelInfo.from_props(props, source=str(path)) if "divisor" in props else None
-        if divisor is None:
-            divisor = self.info.divisor if self.info else 1
-        super().__init__(
-            divisor=divisor,
-            in_channels=self.info.in_channels if self.info else None,
-            pad=pad,
-            pad_mode=pad_mode,
-            contract_reason=self.info.contract_reason if self.info else "",
-            contract=self.info.shape_contract if self.info else None,
-            pad_in_graph=bool(self.info and self.info.pad_in_graph),
-        )
+        super().__init__(pad=pad, pad_mode=pad_mode, **contract_options(self.info, divisor))
         self.compiled = None
         self.request = None
         self.inference_precision = ""  # read back from the compiled model: f32 | bf16 | f16

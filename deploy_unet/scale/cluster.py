@@ -4,7 +4,7 @@
 dask-kubernetes or dask-jobqueue: see ``docs/large-images.md``); ``--dask local:N`` starts a ``LocalCluster`` of
 N single-threaded worker processes on 127.0.0.1 for this run.
 
-Each task is ``scale.stream.run_chunk`` on one output chunk. The job (paths, grid, preprocessing) is scattered
+Each task is ``scale.chunks.run_chunk`` on one output chunk. The job (paths, grid, preprocessing) is scattered
 to the workers once; the runner is never pickled: each worker process opens it once, from a small
 ``RunnerSpec``, on its first chunk, and keeps it (``worker_runner``). Dask itself reschedules the tasks of a
 worker that dies; a chunk is written whole (the Zarr store renames a finished temporary file into place) and a
@@ -25,6 +25,7 @@ import numpy as np
 
 from deploy_unet.errors import ConfigError, MissingDependencyError
 from deploy_unet.runtime.windows import chunk_regions
+from deploy_unet.scale.chunks import run_chunk
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ def worker_runner(spec: RunnerSpec):
 
 
 def _chunk_task(lo, hi, job, spec: RunnerSpec) -> dict[str, Any]:
-    from deploy_unet.scale.stream import run_chunk
-
     summary = run_chunk(job, tuple(lo), tuple(hi), worker_runner(spec))
     summary["runner_opens"] = _OPENED.get(spec, 0)
     return summary

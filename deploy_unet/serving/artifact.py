@@ -129,8 +129,9 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
 def _read_onnx(path: Path) -> Artifact:
     import onnx
 
+    from deploy_unet.describe import read_model_info
     from deploy_unet.engine.build import plan_build, read_precision
-    from deploy_unet.metadata import load_onnx, read_model_info
+    from deploy_unet.metadata import load_onnx
 
     model = load_onnx(path, load_weights=False)
     info = read_model_info(model)
