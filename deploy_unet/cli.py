@@ -825,8 +825,10 @@ def _written_patterns(images) -> list[str]:
               help="Export/bench size instead of --height/--width; DxHxW for a volume net (--arch unet3d) "
                    "[default: the checkpoint's recommended size].")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which ONNX precisions to make.")
-@click.option("--int8-targets", default="tensorrt,onnxruntime", show_default=True,
-              help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU).")
+@click.option("--int8-targets", default=None,
+              help="Q/DQ placements to make for int8 (tensorrt: fusable by TensorRT; onnxruntime: fast on ORT CPU; "
+                   "openvino: NNCF's pattern, validated and timed on OpenVINO) [default: tensorrt,onnxruntime, "
+                   "and openvino when the openvino extra is installed and --openvino is on].")
 @click.option("--calib-samples", type=int, default=32, show_default=True)
 @click.option("--eval-samples", type=int, default=16, show_default=True, help="Held-out samples for validation.")
 @click.option("--iters", type=int, default=30, show_default=True, help="Timed benchmark iterations per artifact.")
@@ -868,7 +870,8 @@ def pipeline(arch, checkpoint, output_dir, height, width, size_text, precisions,
     config = PipelineConfig(
         output_dir=Path(output_dir), arch=arch, checkpoint=Path(checkpoint) if checkpoint else None,
         height=height, width=width, depth=depth, precisions=_choices(precisions, ("fp32", "fp16", "int8"), "--precisions"),
-        int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime"), "--int8-targets"),
+        int8_targets=_choices(int8_targets, ("tensorrt", "onnxruntime", "openvino"), "--int8-targets")
+        if int8_targets is not None else None,
         calib_samples=calib_samples, eval_samples=eval_samples, bench_iters=iters, bench_rounds=rounds,
         engines="auto" if engines else "off", threads=threads, bench_tensorrt_qdq=bench_tensorrt_qdq,
         engine_lib=None if engine_lib == "auto" else engine_lib, auto_fallback=auto_fallback,

@@ -36,7 +36,8 @@ class PipelineConfig:
     width: int | None = None
     depth: int | None = None  # volume nets (unet3d): None: the checkpoint's recommended depth, else 32
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
-    int8_targets: tuple[str, ...] = ("tensorrt", "onnxruntime")
+    # None: tensorrt and onnxruntime, and openvino where the openvino extra imports and openvino != "off"
+    int8_targets: tuple[str, ...] | None = None
     calib_samples: int = 32
     eval_samples: int = 16
     bench_iters: int = 30
@@ -59,7 +60,7 @@ class Artifact:
     precision: str
     backend: str | None = None
     note: str = ""
-    target: str = ""  # int8 Q/DQ placement: tensorrt | onnxruntime
+    target: str = ""  # int8 Q/DQ placement: tensorrt | onnxruntime | openvino
     runnable: bool = True  # False: built, but this GPU cannot run it (validate and bench skip it)
     kept_higher: dict[str, str] = field(default_factory=dict)  # node -> why (auto-fallback)
     fallback: Any = None  # precision.fallback.FallbackResult
@@ -102,6 +103,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
     result = PipelineResult(out)
     times = result.stages
     checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint(config.arch or "unet")
+    config = resolve_int8_targets(config)  # refused (no openvino, or --no-openvino) before any work
     rounds = resolve_rounds(config.bench_rounds, config.bench_iters)  # refused before any work
     steps = 5 + (config.engines != "off")
     step = iter(range(1, steps + 1))
@@ -147,8 +149,11 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                         f"{q.fallback.summary['conv_layers_low_precision']} of {q.fallback.summary['conv_layers']} "
                         "conv layers int8)")
                 log(f"      {q.path.name}: {q.fallback.summary_line()}")
-            onnx_artifacts.append(Artifact(label, q.path, precision, note=note, target=target,
+            onnx_artifacts.append(_openvino_placement(q, note) if target == "openvino" else
+                                  Artifact(label, q.path, precision, note=note, target=target,
                                            kept_higher=dict(q.kept_higher), fallback=q.fallback))
+    made_for_openvino = [a for a in onnx_artifacts if a.target == "openvino"]  # validated and timed on OpenVINO only
+    onnx_artifacts = [a for a in onnx_artifacts if a not in made_for_openvino]
 
     engines: list[Artifact] = []
     if config.engines != "off":
@@ -158,9 +163,13 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
             log(f"      {note}")
 
     ov_artifacts, ov_note = _openvino_artifacts(config, onnx_artifacts)
+    ov_artifacts += made_for_openvino
     if ov_note:
         result.notes.append(ov_note)
         log(f"      {ov_note}")
+    if made_for_openvino:
+        result.notes.append(OPENVINO_PLACEMENT_NOTE)
+        log(f"      {OPENVINO_PLACEMENT_NOTE}")
     candidates = onnx_artifacts + ov_artifacts + [e for e in engines if e.runnable]
     with timed("validate", f"validate every artifact against PyTorch ({config.eval_samples} held-out samples)"):
         # One pass over the samples: the PyTorch reference runs once per sample, not once per candidate.
@@ -208,7 +217,7 @@ def _run_pipeline(config: PipelineConfig, log: Callable[[str], None]) -> Pipelin
                 "threads": threads,
                 "threads_from": threads_from,
                 "artifacts": [_artifact_entry(a, a in untimed) for a in result.artifacts],
-                "auto_fallback": {a.path.name: a.fallback.metadata() for a in onnx_artifacts if a.fallback},
+                "auto_fallback": {a.path.name: a.fallback.metadata() for a in result.artifacts if a.fallback},
                 "notes": result.notes,
                 # written inside the report step, so the report's own time is not in these numbers
                 "step_seconds": {s.name: round(s.seconds, 3) for s in times.finished if not s.group},
@@ -238,6 +247,8 @@ def _fallback_options(config: PipelineConfig, target: str) -> dict[str, Any]:
         "max_dice_drop": gates["miou_drop"],
         # fp32 is the only higher precision of the onnxruntime placement (ORT CPU has no fast fp16 conv)
         "fallback_precision": config.fallback_precision if target == "tensorrt" else None,
+        # the openvino placement is gated where it deploys, as `quantize --gate-backend openvino` does
+        "gate_backend": "openvino" if target == "openvino" else "onnxruntime",
     }
 
 
@@ -266,6 +277,49 @@ def _bench_selection(config: PipelineConfig, candidates: list[Artifact]) -> tupl
                if a.precision == "int8" and a.target == "tensorrt" and a.path.suffix == ".onnx"
                and a.backend is None and not config.bench_tensorrt_qdq]  # OpenVINO runs it in int8: timed
     return [a for a in candidates if a not in untimed], untimed
+
+
+def resolve_int8_targets(config: PipelineConfig) -> PipelineConfig:
+    """The config with its int8 placements named: by default tensorrt and onnxruntime, and openvino (NNCF's Q/DQ
+    pattern, ``quantize --target openvino``) when the openvino extra imports and the OpenVINO rows are on. An
+    explicit openvino target without the extra, or with ``openvino="off"``, is one usage error."""
+    from dataclasses import replace
+
+    from deploy_unet.errors import ConfigError
+
+    available = config.openvino != "off" and _openvino_version() is not None
+    if config.int8_targets is None:
+        return replace(config, int8_targets=("tensorrt", "onnxruntime") + (("openvino",) if available else ()))
+    if "openvino" in config.int8_targets and "int8" in config.precisions and not available:
+        if config.openvino == "off":
+            raise ConfigError("--int8-targets openvino is validated and timed on OpenVINO, which --no-openvino "
+                              "turns off; drop --no-openvino or the openvino target")
+        raise ConfigError("--int8-targets openvino needs the openvino extra, which is not installed: "
+                          "pip install 'deploy-unet[openvino]' (or drop the openvino target)")
+    return config
+
+
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__.split("-")[0]
+
+
+# Why the openvino-placement int8 ONNX has OpenVINO rows only (benchmarks/openvino_cpu.md).
+OPENVINO_PLACEMENT_NOTE = (
+    "the openvino-placement int8 ONNX (NNCF's Q/DQ pattern) is validated and timed on OpenVINO only, where it "
+    "deploys (the pipeline makes it only where OpenVINO runs); ONNX Runtime's x86 CPU provider does not fuse its "
+    "signed Q/DQ (NNCF's file of this pattern ran at 0.98-1.33x ORT fp32's latency, benchmarks/openvino_cpu.md)")
+
+
+def _openvino_placement(q, note: str) -> Artifact:
+    """The ``quantize --target openvino`` result as one artifact run on OpenVINO (its gate and timing)."""
+    note = "; ".join(filter(None, ["made for OpenVINO (NNCF's Q/DQ pattern): validated and timed on OpenVINO",
+                                   note.replace("(auto-fallback:", "(auto-fallback gated on OpenVINO:")]))
+    return Artifact("OpenVINO int8 (openvino Q/DQ)", q.path, "int8", backend="openvino", note=note, target="openvino",
+                    kept_higher=dict(q.kept_higher), fallback=q.fallback)
 
 
 def _openvino_artifacts(config: PipelineConfig, onnx_artifacts: list[Artifact]) -> tuple[list[Artifact], str]:
@@ -410,7 +464,8 @@ def _build_engines(
 def _artifact_entry(artifact: Artifact, untimed: bool = False) -> dict[str, Any]:
     size = artifact.path.stat().st_size if artifact.path.exists() else None
     return {"label": artifact.label, "file": os.fspath(artifact.path), "precision": artifact.precision,
-            "size_bytes": size, "note": artifact.note, "runnable": artifact.runnable, "benchmarked": not untimed}
+            "size_bytes": size, "note": artifact.note, "runnable": artifact.runnable, "benchmarked": not untimed,
+            "backend": artifact.backend, "target": artifact.target}  # backend None: the file's own (ORT, TensorRT)
 
 
 def _preamble(result: PipelineResult, checkpoint: Path, height: int, width: int, depth: int | None = None) -> str:

@@ -483,6 +483,8 @@ def test_pipeline_auto_fallback_makes_int8_meet_its_gates(tmp_path):
     report = json.loads((out / "report.json").read_text())
     searched = report["pipeline"]["auto_fallback"]["unet.int8.onnx"]
     assert searched["passed"] is True and searched["kept"]
+    assert not list(out.glob("*.ov.onnx"))  # --int8-targets tensorrt alone: no openvino placement, whatever imports
+    assert not any(a["target"] == "openvino" for a in report["pipeline"]["artifacts"])
     assert any(f" {op} " in c for c in searched["gate_before"] for op in "<>")  # a failed check: plain int8 fails
     meta = json.loads(read_model_info(out / "unet.int8.onnx").extra["kept_higher_precision"])
     assert [k["node"] for k in meta["layers"]] == [k["node"] for k in searched["kept"]]

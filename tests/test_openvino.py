@@ -231,27 +231,37 @@ def test_bench_backend_list_errors(thin_unet_onnx):
         bench([thin_unet_onnx], backend="onnxruntime,tensorrt", iters=1, progress=False)
 
 
-def test_pipeline_adds_openvino_rows_with_gates_and_speedups(tmp_path):
-    import json
-
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """`deploy-unet pipeline` on a thin UNet with its defaults: openvino imports, so its rows and the openvino
+    int8 placement are made."""
     from click.testing import CliRunner
 
     from deploy_unet.checkpoint import save_checkpoint
     from deploy_unet.cli import cli
     from tests.conftest import thin_net
 
+    tmp_path = tmp_path_factory.mktemp("pipeline-ov")
     ckpt = tmp_path / "thin.pt"
     save_checkpoint(ckpt, thin_net("unet", num_classes=4), mean=[0.45] * 3, std=[0.15] * 3)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["pipeline", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64",
                                       "--width", "64", "--calib-samples", "8", "--eval-samples", "4", "--iters", "3",
                                       "--precisions", "fp32,int8"])
+    return result, out
+
+
+def test_pipeline_adds_openvino_rows_with_gates_and_speedups(pipeline_run):
+    import json
+
+    result, out = pipeline_run
     assert result.exit_code in (0, 1), result.output  # a random-init net's int8 may fail a gate, never crash
     report = json.loads((out / "report.json").read_text())
     labels = [a["label"] for a in report["pipeline"]["artifacts"]]
-    assert labels[-3:] == ["OpenVINO fp32", "OpenVINO int8 (tensorrt Q/DQ)", "OpenVINO int8 (onnxruntime Q/DQ)"]
+    assert labels[-4:] == ["OpenVINO fp32", "OpenVINO int8 (tensorrt Q/DQ)", "OpenVINO int8 (onnxruntime Q/DQ)",
+                           "OpenVINO int8 (openvino Q/DQ)"]
     backends = [v["candidate_backend"].split()[0] for v in report["validation"]]
-    assert backends.count("openvino") == 3 and backends.count("onnxruntime") == 3
+    assert backends.count("openvino") == 4 and backends.count("onnxruntime") == 3
     timed = [(Path(r["artifact"]).name, r["backend"]) for r in report["bench"]["results"]]
     # every OpenVINO path is timed, the TensorRT-placement file too (OpenVINO runs it in int8); ORT skips that one
     assert {("unet.onnx", "openvino"), ("unet.int8.onnx", "openvino"), ("unet.int8.ort.onnx", "openvino")} <= set(timed)
@@ -261,6 +271,53 @@ def test_pipeline_adds_openvino_rows_with_gates_and_speedups(tmp_path):
     assert "OpenVINO" in markdown and "[openvino" in markdown
     if any(v["passed"] for v in report["validation"]):
         assert "fastest CPU path on this machine" in markdown
+
+
+def test_pipeline_makes_the_openvino_int8_placement_and_gates_it_on_openvino(pipeline_run):
+    """The default pipeline (openvino installed) makes unet.int8.ov.onnx from the same calibration as the other
+    int8 files, validates it against PyTorch and times it on OpenVINO only, under its own label, with its gate."""
+    import json
+
+    from deploy_unet.metadata import read_model_info
+    from deploy_unet.validate import DEFAULT_GATES
+
+    result, out = pipeline_run
+    path = out / "unet.int8.ov.onnx"
+    assert path.is_file() and "int8 (openvino)" in result.output  # the precision step names it
+    info = read_model_info(path)
+    assert info.precision == "int8" and info.extra["quant_target"] == "openvino"
+    assert info.extra["calib_source"] == read_model_info(out / "unet.int8.onnx").extra["calib_source"]
+    assert info.extra["calib_fingerprint"] == read_model_info(out / "unet.int8.ort.onnx").extra["calib_fingerprint"]
+    report = json.loads((out / "report.json").read_text())
+    (entry,) = [a for a in report["pipeline"]["artifacts"] if Path(a["file"]).name == path.name]
+    assert entry["label"] == "OpenVINO int8 (openvino Q/DQ)" and entry["target"] == "openvino"
+    assert entry["backend"] == "openvino" and entry["benchmarked"]
+    (check,) = [v for v in report["validation"] if Path(v["candidate"]).name == path.name]
+    assert check["candidate_backend"].startswith("openvino int8") and check["precision"] == "int8"
+    # the int8 gates, measured on what OpenVINO ran; the verdict is theirs
+    gates = {g["metric"]: g for g in check["gates"]}
+    assert {m: g["threshold"] for m, g in gates.items()} == DEFAULT_GATES["int8"]
+    assert check["passed"] == all(g["passed"] for g in gates.values())
+    if not check["passed"]:
+        assert result.exit_code == 1 and "unet.int8.ov.onnx" in result.output
+    timed = [(Path(r["artifact"]).name, r["backend"]) for r in report["bench"]["results"]]
+    assert (path.name, "openvino") in timed and (path.name, "onnxruntime") not in timed
+    assert any(n.startswith("the openvino-placement int8 ONNX") for n in report["pipeline"]["notes"])
+    row = next(line for line in result.output.splitlines() if "unet.int8.ov.onnx [openvino]" in line)
+    assert ("pass" if check["passed"] else "FAIL") in row  # the console table shows its gate result
+    markdown = (out / "report.md").read_text()
+    assert "| OpenVINO int8 (openvino Q/DQ) | `unet.int8.ov.onnx` |" in markdown
+    assert "](gallery/unet.int8.ov.onnx.openvino.gallery.png)" in markdown
+    assert (out / "gallery" / "unet.int8.ov.onnx.openvino.gallery.png").is_file()
+
+
+def test_pipeline_openvino_placement_is_nncf_pattern(pipeline_run):
+    """The pipeline's file follows the same rules `quantize --target openvino` is held to, against the pipeline's
+    own fp32 export and tensorrt placement (one calibration cache)."""
+    from tests.test_precision import assert_openvino_placement
+
+    _, out = pipeline_run
+    assert_openvino_placement(out / "unet.int8.ov.onnx", out / "unet.onnx", out / "unet.int8.onnx")
 
 
 def test_fastest_cpu_path_ranks_by_round_ratios_and_only_paths_that_passed():

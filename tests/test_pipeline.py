@@ -42,6 +42,7 @@ def test_pipeline_exits_cleanly_and_prints_the_summary(pipeline_run):
 def test_pipeline_writes_every_artifact_with_the_right_precision(pipeline_run):
     _, out = pipeline_run
     expected = {"unet.onnx": "fp32", "unet.fp16.onnx": "fp16", "unet.int8.onnx": "int8", "unet.int8.ort.onnx": "int8"}
+    assert not (out / "unet.int8.ov.onnx").exists()  # --no-openvino: the default targets leave openvino out
     for name, precision in expected.items():
         onnx.checker.check_model(str(out / name))
         info = read_model_info(out / name)
@@ -145,3 +146,43 @@ def test_pipeline_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     threads, why = _threads(PipelineConfig())
     assert threads == 2 and "quota 2 CPUs" in why
     assert _threads(PipelineConfig(threads=3)) == (3, "--threads")
+
+
+def test_pipeline_openvino_target_without_the_extra_is_one_usage_line(tmp_path, monkeypatch):
+    """An explicit --int8-targets openvino where openvino does not import: one error line saying how to install
+    it, exit 2, before any work (no output folder). The default then leaves the openvino placement out."""
+    import sys
+
+    from deploy_unet.pipeline import PipelineConfig, resolve_int8_targets
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["pipeline", "-o", str(out), "--int8-targets", "tensorrt,openvino"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --int8-targets openvino needs the openvino extra")
+    assert "pip install 'deploy-unet[openvino]'" in result.output and len(result.output.splitlines()) == 1
+    assert not out.exists()
+    assert resolve_int8_targets(PipelineConfig()).int8_targets == ("tensorrt", "onnxruntime")
+    # not asked for int8 at all: the target is not used, so nothing to refuse
+    assert resolve_int8_targets(PipelineConfig(precisions=("fp32",), int8_targets=("openvino",))).int8_targets == (
+        "openvino",)
+
+
+def test_pipeline_int8_targets_resolve_with_openvino_on_and_off(tmp_path, monkeypatch):
+    from deploy_unet import pipeline
+    from deploy_unet.pipeline import PipelineConfig, _fallback_options, resolve_int8_targets
+
+    monkeypatch.setattr(pipeline, "_openvino_version", lambda: "2026.4.1")  # as if the extra were installed
+    assert resolve_int8_targets(PipelineConfig()).int8_targets == ("tensorrt", "onnxruntime", "openvino")
+    assert resolve_int8_targets(PipelineConfig(openvino="off")).int8_targets == ("tensorrt", "onnxruntime")
+    explicit = PipelineConfig(int8_targets=("tensorrt",))
+    assert resolve_int8_targets(explicit).int8_targets == ("tensorrt",)  # an explicit list is kept as given
+    result = CliRunner().invoke(cli, ["pipeline", "-o", str(tmp_path / "o"), "--int8-targets", "openvino",
+                                      "--no-openvino"])
+    assert result.exit_code == 2 and "--no-openvino turns off" in result.output and not (tmp_path / "o").exists()
+    result = CliRunner().invoke(cli, ["pipeline", "-o", str(tmp_path / "o"), "--int8-targets", "openvino,int4"])
+    assert result.exit_code == 2 and "choose from tensorrt, onnxruntime, openvino" in result.output
+    # --auto-fallback: the openvino placement's search is gated on OpenVINO, in fp32 (its only higher precision)
+    options = _fallback_options(PipelineConfig(fallback_precision="fp16"), "openvino")
+    assert options["gate_backend"] == "openvino" and options["fallback_precision"] is None
+    assert _fallback_options(PipelineConfig(), "tensorrt")["gate_backend"] == "onnxruntime"

@@ -130,8 +130,14 @@ def test_int8_openvino_placement_rules(unet_onnx, tmp_path):
     assert ov.path.name == "unet.int8.ov.onnx"
     trt = quantize(unet_onnx, "int8", target="tensorrt", calib_cache=cache, output=tmp_path / "t.onnx",
                    **{**FAST, "eval_source": None})
-    model, producers, inits, consumers = _graph(ov.path)
-    fp32_producers = {o: n for n in onnx.load(unet_onnx).graph.node for o in n.output}
+    assert_openvino_placement(ov.path, unet_onnx, trt.path)
+
+
+def assert_openvino_placement(ov_path, fp32_path, trt_path):
+    """The openvino placement's rules on ``ov_path``, against the fp32 file it came from and the tensorrt
+    placement made from the same calibration (also run on the pipeline's files, tests/test_openvino.py)."""
+    model, producers, inits, consumers = _graph(ov_path)
+    fp32_producers = {o: n for n in onnx.load(fp32_path).graph.node for o in n.output}
     for n in model.graph.node:
         if n.op_type in ("Conv", "ConvTranspose"):
             dq = producers[n.input[1]]  # per-channel symmetric int8 weights on the output-channel axis
@@ -167,13 +173,13 @@ def test_int8_openvino_placement_rules(unet_onnx, tmp_path):
     assert sum(producers.get(n.input[0]) is not None and producers[n.input[0]].op_type in ("MaxPool", "Concat")
                for n in model.graph.node if n.op_type == "Conv") > 0
     # the same calibration ranges as the tensorrt placement: uint8 scale x 255 == int8 scale x 127
-    t_model, t_producers, t_inits, _ = _graph(trt.path)
+    t_model, t_producers, t_inits, _ = _graph(trt_path)
     t_scale = {n.input[0]: float(t_inits[n.input[1]]) for n in t_model.graph.node if n.op_type == "QuantizeLinear"}
     for q in acts:
         levels = 255 if q in unsigned else 127
         assert float(inits[q.input[1]]) * levels == pytest.approx(t_scale[q.input[0]] * 127, rel=1e-6)
     assert len(acts) < len(t_scale)  # fewer Q/DQ than the tensorrt placement (none after MaxPool/Concat)
-    assert read_model_info(ov.path).extra["quant_target"] == "openvino"
+    assert read_model_info(ov_path).extra["quant_target"] == "openvino"
 
 
 def test_int8_openvino_exclusions_and_fallback(unet_onnx, tmp_path):
