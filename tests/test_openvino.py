@@ -278,7 +278,7 @@ def test_pipeline_makes_the_openvino_int8_placement_and_gates_it_on_openvino(pip
     int8 files, validates it against PyTorch and times it on OpenVINO only, under its own label, with its gate."""
     import json
 
-    from deploy_unet.metadata import read_model_info
+    from deploy_unet.describe import read_model_info
     from deploy_unet.validate import DEFAULT_GATES
 
     result, out = pipeline_run
