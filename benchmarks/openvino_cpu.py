@@ -344,6 +344,30 @@ def render_int8(r: dict) -> str:
     return "\n".join(lines)
 
 
+def main_harness(args, threads: int) -> None:
+    """The harness against benchmark_app alone, with more blocks: the part of the full run a loaded machine spoils
+    most (writes OUT_harness.json; the markdown section is written by hand from it)."""
+    import openvino
+
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_files(Path(tmp), 256, args.calib_samples)
+        from deploy_unet.openvino.convert import convert_openvino
+
+        xml = convert_openvino(files["int8 tensorrt"], Path(tmp) / "unet.int8.xml").xml
+        for path, precision in ((files["fp32"], "f32"), (files["fp32"], "bf16"), (xml, "bf16")):
+            if precision == "bf16" and "AVX512-BF16" not in cpu_info().isa and "AMX-BF16" not in cpu_info().isa:
+                continue
+            rows.append(benchmark_app_vs_harness(path, threads, precision, 256, blocks=args.blocks, seconds=4))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "command"}), flush=True)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(threads),
+              "threads": threads, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "versions": {"openvino": openvino.__version__.split("-")[0]}, "benchmark_app": rows}
+    Path(args.out + "_harness.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}_harness.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
@@ -351,12 +375,17 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="batch 1 at 256 only, few iterations (a smoke run)")
     parser.add_argument("--out", default=str(HERE / "openvino_cpu"))
-    parser.add_argument("--only", choices=["int8"], default=None,
-                        help="int8: the int8 placements and NNCF's file on OpenVINO only (writes OUT_int8.json)")
+    parser.add_argument("--only", choices=["int8", "harness"], default=None,
+                        help="int8: the int8 placements and NNCF's file on OpenVINO only (writes OUT_int8.json); "
+                             "harness: the harness against benchmark_app only (writes OUT_harness.json)")
+    parser.add_argument("--blocks", type=int, default=7, help="--only harness: alternated blocks per file")
     args = parser.parse_args()
     threads = args.threads or cpu_info().usable_cpus
     if args.only == "int8":
         main_int8(args, threads)
+        return
+    if args.only == "harness":
+        main_harness(args, threads)
         return
     load_before = os.getloadavg()
     started = time.perf_counter()
