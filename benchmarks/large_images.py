@@ -149,6 +149,10 @@ def main() -> None:
     parser.add_argument("--work-dir", default="build/large_images")
     parser.add_argument("--input-format", choices=["zarr", "tif"], default="zarr")
     parser.add_argument("--append", action="store_true", help="keep the rows of benchmarks/large_images.json")
+    parser.add_argument("--kinds", default=None,
+                        help="only these paths, e.g. stream,windows (default: all that fit the size)")
+    parser.add_argument("--json-only", default=None, metavar="FILE",
+                        help="write the rows to FILE only, leaving large_images.json/.md as they are (a side study)")
     args = parser.parse_args()
 
     from deploy_unet.export import export_onnx
@@ -170,6 +174,8 @@ def main() -> None:
         print(f"{size}: input made in {time.perf_counter() - t:.1f} s", flush=True)
         kinds = ["stream", "dask"] + (["windows", "monai"] if size <= args.in_memory_max else []) + (
             ["whole"] if size <= args.whole_max else [])
+        if args.kinds:
+            kinds = [k for k in kinds if k in args.kinds.split(",")]
         for r in range(args.rounds):
             for kind in kinds:
                 result = run_child(kind, onnx, source, work / f"out-{kind}", args)
@@ -194,6 +200,10 @@ def main() -> None:
                      "blend": "gaussian", "net": "shipped UNet, fp32 ONNX, ONNX Runtime CPU"},
         "rows": rows,
     }
+    if args.json_only:
+        Path(args.json_only).write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.json_only}")
+        return
     out = ROOT / "benchmarks" / "large_images.json"
     if args.append and out.exists():
         old = json.loads(out.read_text())
